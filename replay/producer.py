@@ -1,0 +1,444 @@
+"""Replay a :class:`~replay.history.History` onto Kafka in event-time order, at any speed.
+
+- Customer events go to ``Settings.topic_orders`` (placed, delivered, canceled) or
+  ``Settings.topic_reviews``, keyed by ``customer_unique_id`` with the Kafka record timestamp set to
+  the event time, ``acks=all``. Partitions are chosen like the Java client's default partitioner
+  (murmur2 of the key), so any Kafka client agrees on where a customer lives.
+- Clock ticks go to every partition of both topics at each multiple of the tick interval, and a
+  final tick per partition closes the replay with that partition's expected event count
+  (``docs/events.md``).
+- ``speed`` is event seconds per wall second (``None``: as fast as possible).
+- Resume: after every ``Settings.replay_batch`` timeline entries, once the broker has acknowledged
+  all of them, the position is written to a checkpoint file. An interrupted replay restarts from
+  there, so nothing is skipped; entries sent after the last checkpoint are sent again (at most one
+  batch), and consumers drop them by ``event_id``. The checkpoint is keyed by the data, the window,
+  the topics and the broker's cluster id: a new embedded broker (memory storage) starts afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from replay.history import KIND_NAMES, REVIEW, TICK, History
+from segstream.schemas import ClockTick, encode_event, make_event_id
+from segstream.settings import Settings
+
+__all__ = ["ReplaySummary", "ensure_topics", "partition_for", "replay_history"]
+
+log = logging.getLogger(__name__)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition of ``key``, as the Java client's (and aiokafka's) default partitioner picks it.
+
+    >>> partition_for("customer-1", 4), partition_for("customer-1", 4) == partition_for("customer-1", 4)
+    (0, True)
+    """
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class ReplaySummary:
+    replay_id: str
+    bootstrap: str
+    topics: list[str]
+    partitions: int
+    events_total: int  # customer events in the window
+    sent_by_type: Counter = field(default_factory=Counter)
+    ticks_sent: int = 0
+    resumed_from: int = 0  # timeline position this run started at
+    positions: int = 0  # timeline length (events + ticks)
+    duration_s: float = 0.0
+    already_complete: bool = False
+    stopped_early: bool = False
+    first_event_time: str | None = None
+    last_event_time: str | None = None
+
+    @property
+    def events_sent(self) -> int:
+        return sum(self.sent_by_type.values())
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events_sent / self.duration_s if self.duration_s else 0.0
+
+
+# --- topics -----------------------------------------------------------------------------------
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int) -> dict[str, int]:
+    """Create missing topics; returns each topic's partition count (existing topics keep theirs).
+
+    Replay topics keep their records forever (``retention.ms=-1``): on Apache Kafka, time-based
+    retention looks at record timestamps, and replayed history is years old.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            configs = {"retention.ms": "-1"}
+            try:
+                await admin.create_topics([NewTopic(t, partitions, replication, topic_configs=configs) for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another replay or worker
+            log.info("created topics %s with %d partitions", ", ".join(missing), partitions)
+        described = await admin.describe_topics(topics)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()
+    for topic in topics:
+        if not counts.get(topic):
+            raise RuntimeError(f"topic {topic} has no partitions after creation on {bootstrap}")
+    return counts
+
+
+async def _cluster_id(bootstrap: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return str((await admin.describe_cluster())["cluster_id"])
+    finally:
+        await admin.close()
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checkpoint:
+    path: Path
+    identity: dict
+    position: int = 0
+    completed: bool = False
+
+    @classmethod
+    def load(cls, path: Path, identity: dict) -> _Checkpoint:
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                log.warning("ignoring unreadable checkpoint %s", path)
+            else:
+                if saved.get("identity") == identity:
+                    return cls(path, identity, int(saved["position"]), bool(saved["completed"]))
+        return cls(path, identity)
+
+    def save(self, position: int, completed: bool = False) -> None:
+        self.position, self.completed = position, completed
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        payload = {
+            "identity": self.identity,
+            "position": position,
+            "completed": completed,
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(self.path)  # atomic: a crash leaves the old checkpoint or the new one
+
+
+def _fingerprint(paths: list[Path]) -> list[list]:
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(paths)]
+
+
+# --- the replay -------------------------------------------------------------------------------
+
+
+class _Batches:
+    """Open aiokafka record batches per (topic, partition), and the futures of those sent."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.open: dict[tuple[str, int], object] = {}
+        self.pending: list[asyncio.Future] = []
+
+    async def append(self, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
+        batch = self.open.get((topic, partition))
+        if batch is None:
+            batch = self.open[(topic, partition)] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=timestamp_ms) is None:
+            await self._send(topic, partition, batch)
+            batch = self.open[(topic, partition)] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=timestamp_ms) is None:
+                raise ValueError(f"a {len(value)}-byte record does not fit in an empty batch; raise max_batch_size")
+
+    async def _send(self, topic: str, partition: int, batch) -> None:
+        self.pending.append(await self.producer.send_batch(batch, topic, partition=partition))
+
+    async def flush(self) -> None:
+        """Send every open batch and wait until the broker acknowledged all that was sent."""
+        for (topic, partition), batch in self.open.items():
+            if batch.record_count():
+                await self._send(topic, partition, batch)
+        self.open.clear()
+        if self.pending:
+            await asyncio.gather(*self.pending)
+            self.pending.clear()
+
+
+async def replay_history(
+    history: History,
+    settings: Settings,
+    *,
+    data_files: list[Path] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    speed: float | None = None,
+    restart: bool = False,
+    max_events: int | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> ReplaySummary:
+    """Send ``history`` to Kafka; see the module docstring for the guarantees.
+
+    ``max_events`` stops after that many timeline entries (checkpoint kept, so a later call
+    resumes); ``on_progress(position, total, events_sent)`` is called after each acknowledged batch.
+    """
+    if speed is not None and speed <= 0:
+        raise ValueError(f"speed must be positive (event seconds per wall second), not {speed}")
+    bootstrap = settings.kafka_bootstrap_servers
+    topics = [settings.topic_orders, settings.topic_reviews]
+    timeline = history.timeline(since, until, settings.replay_tick_seconds)
+    cluster_id = await _cluster_id(bootstrap)
+    partition_counts = await ensure_topics(bootstrap, topics, settings.topic_partitions, settings.topic_replication)
+
+    identity = {
+        "source": history.source,
+        "data": _fingerprint(data_files or []),
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "tick_seconds": settings.replay_tick_seconds,
+        "topics": partition_counts,
+        "bootstrap": bootstrap,
+        "cluster_id": cluster_id,
+        "entries": len(timeline),
+    }
+    replay_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint_path = settings.run_dir / "checkpoints" / f"replay-{replay_id}.json"
+    checkpoint = _Checkpoint(checkpoint_path, identity) if restart else _Checkpoint.load(checkpoint_path, identity)
+
+    is_event = timeline.kind != TICK
+    summary = ReplaySummary(
+        replay_id=replay_id,
+        bootstrap=bootstrap,
+        topics=topics,
+        partitions=max(partition_counts.values()),
+        events_total=int(is_event.sum()),
+        resumed_from=checkpoint.position,
+        positions=len(timeline),
+    )
+    if len(timeline):
+        summary.first_event_time = _iso(int(timeline.time_ns[0]))
+        summary.last_event_time = _iso(int(timeline.time_ns[-1]))
+    if checkpoint.completed:
+        summary.already_complete = True
+        return summary
+    if checkpoint.position:
+        log.info("resuming replay %s at position %d of %d (checkpoint %s)", replay_id, checkpoint.position, len(timeline), checkpoint_path)
+
+    # Partition of every customer event, and how many events each partition gets in the window.
+    partition_of: dict[str, int] = {}
+    topic_of_kind = {kind: settings.topic_reviews if kind == REVIEW else settings.topic_orders for kind in KIND_NAMES}
+    expected: Counter = Counter()
+    entry_partition = np.full(len(timeline), -1, dtype="int64")
+    for i in np.flatnonzero(is_event).tolist():
+        customer = timeline.customer[i]
+        topic = topic_of_kind[int(timeline.kind[i])]
+        partition = partition_of.get(customer)
+        if partition is None:
+            partition = partition_of[customer] = partition_for(customer, partition_counts[topic])
+        entry_partition[i] = partition
+        expected[(topic, partition)] += 1
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=4 * 1024 * 1024,
+        client_id=f"segstream-replay-{replay_id}",
+    )
+    await producer.start()
+    build = history.builder()
+    batches = _Batches(producer)
+    started = time.monotonic()
+    position = checkpoint.position
+    stop_at = len(timeline) if max_events is None else min(len(timeline), position + max_events)
+    kinds, rows, times = timeline.kind.tolist(), timeline.row.tolist(), timeline.time_ns.tolist()
+    wall_zero = time.monotonic()
+    event_zero = times[position] if position < len(times) else 0
+    since_checkpoint = 0
+    try:
+        while position < stop_at:
+            kind, time_ns = kinds[position], times[position]
+            if speed is not None:
+                delay = wall_zero + (time_ns - event_zero) / 1e9 / speed - time.monotonic()
+                if delay > 0:
+                    await batches.flush()  # what is due goes out before we wait
+                    await asyncio.sleep(delay)
+            timestamp_ms = time_ns // 1_000_000
+            if kind == TICK:
+                moment = _datetime(time_ns)
+                for topic in topics:
+                    for partition in range(partition_counts[topic]):
+                        tick = ClockTick(
+                            event_id=make_event_id("tick", topic, str(partition), str(time_ns // 1_000_000_000)),
+                            event_time=moment,
+                            replay_id=replay_id,
+                            topic=topic,
+                            partition=partition,
+                        )
+                        await batches.append(topic, partition, None, encode_event(tick), timestamp_ms)
+                summary.ticks_sent += sum(partition_counts.values())
+            else:
+                event = build(kind, rows[position])
+                await batches.append(
+                    topic_of_kind[kind],
+                    int(entry_partition[position]),
+                    event.customer_unique_id.encode(),
+                    encode_event(event),
+                    timestamp_ms,
+                )
+                summary.sent_by_type[KIND_NAMES[kind]] += 1
+            position += 1
+            since_checkpoint += 1
+            if since_checkpoint >= settings.replay_batch:
+                await batches.flush()
+                checkpoint.save(position)
+                since_checkpoint = 0
+                if on_progress:
+                    on_progress(position, len(timeline), summary.events_sent)
+        await batches.flush()
+        if position >= len(timeline):
+            last = _datetime(times[-1]) if times else datetime.now(UTC)
+            for topic in topics:
+                for partition in range(partition_counts[topic]):
+                    final = ClockTick(
+                        event_id=make_event_id("end", replay_id, topic, str(partition)),
+                        event_time=last,
+                        replay_id=replay_id,
+                        topic=topic,
+                        partition=partition,
+                        final=True,
+                        expected_events=expected[(topic, partition)],
+                    )
+                    await batches.append(topic, partition, None, encode_event(final), int(last.timestamp() * 1000))
+            await batches.flush()
+            checkpoint.save(position, completed=True)
+        else:
+            checkpoint.save(position)
+            summary.stopped_early = True
+        if on_progress:
+            on_progress(position, len(timeline), summary.events_sent)
+    finally:
+        summary.duration_s = time.monotonic() - started
+        await producer.stop()
+    return summary
+
+
+def _datetime(time_ns: int) -> datetime:
+    return datetime.fromtimestamp(time_ns / 1e9, tz=UTC)
+
+
+def _iso(time_ns: int) -> str:
+    return _datetime(time_ns).isoformat()
+
+
+def summary_dict(summary: ReplaySummary) -> dict:
+    """A JSON-friendly view of a summary (for ``--json`` and the benchmark)."""
+    data = asdict(summary)
+    data["sent_by_type"] = dict(summary.sent_by_type)
+    data["events_sent"] = summary.events_sent
+    data["events_per_s"] = round(summary.events_per_s, 1)
+    return data
+
+
+def run_replay(
+    location: Path,
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    speed: float | None = None,
+    restart: bool = False,
+    max_events: int | None = None,
+    rejects_path: Path | None = None,
+    progress: bool = True,
+) -> tuple[History, ReplaySummary]:
+    """Load the Olist files at ``location`` and replay them, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from replay.olist import OLIST_FILES, load_olist
+
+    started = time.monotonic()
+    history = load_olist(location)
+    log.info(
+        "loaded %s in %.1f s: %s; %d rows rejected",
+        location, time.monotonic() - started,
+        ", ".join(f"{n} {k}" for k, n in history.event_counts().items()), history.report.rejected,
+    )
+    if rejects_path is not None:
+        written = history.report.write_rejects(rejects_path)
+        log.info("wrote %d rejected/partial rows to %s", written, rejects_path)
+    files = [location] if location.is_file() else [location / name for name in OLIST_FILES.values() if (location / name).exists()]
+    bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    last = {"sent": 0, "at": time.monotonic()}
+
+    def on_progress(position: int, total: int, events_sent: int) -> None:
+        if bar.total is None:
+            bar.reset(total=total)
+        bar.n = position
+        now = time.monotonic()
+        rate = (events_sent - last["sent"]) / max(now - last["at"], 1e-6)
+        last.update(sent=events_sent, at=now)
+        bar.set_postfix_str(f"{events_sent:,} events, {rate:,.0f} events/s", refresh=True)
+
+    try:
+        summary = asyncio.run(
+            replay_history(
+                history, settings, data_files=files, since=since, until=until, speed=speed,
+                restart=restart, max_events=max_events, on_progress=on_progress,
+            )
+        )
+    finally:
+        bar.close()
+    return history, summary
+
+
+def summary_lines(history: History, summary: ReplaySummary) -> list[str]:
+    """The human summary of a replay, as printed by ``segstream replay`` and ``segstream demo``."""
+    if summary.already_complete:
+        return [
+            f"replay {summary.replay_id} of this window to {summary.bootstrap} already completed "
+            f"({summary.events_total:,} events); pass --restart to send it again"
+        ]
+    state = "stopped early (resumable)" if summary.stopped_early else "complete"
+    resumed = f", resumed at entry {summary.resumed_from:,}" if summary.resumed_from else ""
+    partial = len(history.report.rejects) - history.report.rejected
+    lines = [
+        f"replay {summary.replay_id} {state}{resumed}: {summary.bootstrap} topics {', '.join(summary.topics)}",
+        f"  event time       {summary.first_event_time} .. {summary.last_event_time}",
+    ]
+    lines += [f"  {kind:<16} {count:>10,}" for kind, count in sorted(summary.sent_by_type.items())]
+    lines += [
+        f"  clock ticks      {summary.ticks_sent:>10,}",
+        f"  rejected rows    {history.report.rejected:>10,}  ({partial:,} partial)",
+        f"  sent {summary.events_sent:,} events in {summary.duration_s:.1f} s = {summary.events_per_s:,.0f} events/s",
+    ]
+    return lines

@@ -1,0 +1,229 @@
+"""The ``segstream`` command line: the face of the project.
+
+It may import every stage and nothing imports it. Each subcommand parses its flags, builds
+:class:`~segstream.settings.Settings` (flags > ``SEGSTREAM_*`` environment > defaults) and calls
+one function of a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segstream.settings import Settings, load_settings
+
+log = logging.getLogger("segstream")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    """Settings from the group's flags plus this command's, then env, then defaults."""
+    try:
+        settings = load_settings(**{**ctx.obj, **flags})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise click.UsageError(str(exc)) from None
+    _setup_logging(settings.log_level)
+    return settings
+
+
+def _event_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date or datetime such as 2017-06-01 or 2017-06-01T12:00") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+class _Errors(click.Group):
+    """Turn the project's expected errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from replay.olist import LoaderError
+        from segstream.services import ServiceError
+
+        try:
+            return super().invoke(ctx)
+        except (ServiceError, LoaderError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume from its checkpoint", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory for embedded services' data, logs, pids and checkpoints [env SEGSTREAM_RUN_DIR; default .segstream].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging level [env SEGSTREAM_LOG_LEVEL; default info].")
+@click.option("--kafka-bootstrap", help="External Kafka bootstrap servers; unset uses the embedded broker [env SEGSTREAM_KAFKA_BOOTSTRAP].")
+@click.option("--kafka-port", type=int, help="Port of the embedded broker [env SEGSTREAM_KAFKA_PORT; default 9092].")
+@click.option("--redis-url", help="External Redis URL; unset uses the embedded redis-server [env SEGSTREAM_REDIS_URL].")
+@click.option("--redis-port", type=int, help="Port of the embedded redis-server [env SEGSTREAM_REDIS_PORT; default 6379].")
+@click.version_option(package_name="segstream")
+@click.pass_context
+def cli(ctx: click.Context, **flags: Any) -> None:
+    """segstream: live customer profiles (RFM, segments, CLV, recommendations) from event streams.
+
+    Data path: replay (history -> Kafka topics) -> streams (topics -> Redis) -> models (Redis ->
+    models -> Redis). With no external URLs configured, everything runs on an embedded Kafka-
+    compatible broker (tansu) and a real redis-server, started by `segstream services up`.
+    """
+    ctx.obj = flags
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def services() -> None:
+    """Start, stop and inspect the embedded broker and Redis (or check external ones)."""
+
+
+@services.command("up")
+@click.pass_context
+def services_up_command(ctx: click.Context) -> None:
+    """Start the embedded broker and redis-server if not running; wait until they answer."""
+    from segstream.services import services_up
+
+    for status in services_up(_settings(ctx.parent)):
+        click.echo(status.line())
+
+
+@services.command("down")
+@click.pass_context
+def services_down_command(ctx: click.Context) -> None:
+    """Stop the embedded services started from this run directory (Redis flushes its AOF)."""
+    from segstream.services import services_down
+
+    for message in services_down(_settings(ctx.parent)):
+        click.echo(message)
+
+
+@services.command("status")
+@click.pass_context
+def services_status_command(ctx: click.Context) -> None:
+    """Say what runs where and whether it answers; exit 1 if something is down."""
+    from segstream.services import services_status
+
+    statuses = services_status(_settings(ctx.parent))
+    for status in statuses:
+        click.echo(status.line())
+    if not all(s.healthy for s in statuses):
+        sys.exit(1)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--orders", type=click.IntRange(min=1), required=True, help="Number of orders to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed writes the same files.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write the Olist-format CSVs into.")
+@click.option("--repeat-share", type=click.FloatRange(0, 1, max_open=True), default=0.03, show_default=True, help="Share of people who buy more than once.")
+@click.option("--late-share", type=click.FloatRange(0, 1, max_open=True), default=0.08, show_default=True, help="Share of deliveries that arrive late.")
+def synth(orders: int, seed: int, out: Path, repeat_share: float, late_share: float) -> None:
+    """Write a synthetic Olist history (the Kaggle files' names and columns), deterministic per seed."""
+    import time
+
+    from replay.synth import SynthConfig, synthesize
+
+    started = time.monotonic()
+    written = synthesize(SynthConfig(orders, seed, repeat_share, late_share), out)
+    for name, rows in written.items():
+        click.echo(f"{rows:>10,}  {out / name}")
+    click.echo(f"wrote {orders:,} orders in {time.monotonic() - started:.1f} s")
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs.")
+@click.option("--rejects", type=click.Path(path_type=Path), help="Write every rejected or partial row (file, key, reason) to this CSV.")
+@click.pass_context
+def inspect(ctx: click.Context, data: Path, rejects: Path | None) -> None:
+    """Load a history without sending it: events by type, and rejected rows by reason."""
+    from replay.olist import load_olist
+
+    _settings(ctx)
+    history = load_olist(data)
+    _print_load(history)
+    if rejects:
+        click.echo(f"wrote {history.report.write_rejects(rejects):,} rows to {rejects}")
+
+
+def _print_load(history) -> None:
+    for name, rows in history.report.rows_read.items():
+        click.echo(f"read     {rows:>10,}  {name}")
+    for kind, count in history.event_counts().items():
+        click.echo(f"events   {count:>10,}  {kind}")
+    for kind in ("rejected", "partial"):
+        for (file, reason), count in sorted(history.report.counts(kind).items()):
+            click.echo(f"{kind:<8} {count:>10,}  {file}: {reason}")
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Event seconds per wall second (86400: a day per second). Default: as fast as possible.")
+@click.option("--from", "since", help="Replay events at or after this event time (ISO date/datetime, UTC).")
+@click.option("--until", help="Replay events before this event time (ISO date/datetime, UTC).")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint and replay the window from its start.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after this many timeline entries (resumable).")
+@click.option("--rejects", type=click.Path(path_type=Path), help="Write rejected and partial rows to this CSV.")
+@click.option("--partitions", "topic_partitions", type=click.IntRange(min=1), help="Partitions of topics created by the replay [env SEGSTREAM_TOPIC_PARTITIONS; default 4].")
+@click.option("--orders-topic", "topic_orders", help="Topic for order events [env SEGSTREAM_TOPIC_ORDERS; default olist.orders].")
+@click.option("--reviews-topic", "topic_reviews", help="Topic for review events [env SEGSTREAM_TOPIC_REVIEWS; default olist.reviews].")
+@click.option("--tick-seconds", "replay_tick_seconds", type=click.IntRange(min=60), help="Event-time interval between clock ticks [env SEGSTREAM_REPLAY_TICK_SECONDS; default 86400].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def replay(
+    ctx: click.Context, data: Path, speed: float | None, since: str | None, until: str | None, restart: bool,
+    max_events: int | None, rejects: Path | None, as_json: bool, **flags: Any,
+) -> None:
+    """Replay Olist history onto Kafka in event-time order, resuming from its checkpoint."""
+    from replay.producer import run_replay, summary_dict, summary_lines
+
+    settings = _settings(ctx, **flags)
+    history, summary = run_replay(
+        data, settings, since=_event_time(since), until=_event_time(until), speed=speed, restart=restart,
+        max_events=max_events, rejects_path=rejects, progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        click.echo(json.dumps({**summary_dict(summary), "rejected_rows": history.report.rejected}, indent=2))
+    else:
+        click.echo("\n".join(summary_lines(history, summary)))
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True), help="Olist CSVs to replay instead of the bundled sample.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Event seconds per wall second. Default: as fast as possible.")
+@click.option("--keep-services/--stop-services", default=True, show_default=True, help="Leave the embedded services running afterwards.")
+@click.pass_context
+def demo(ctx: click.Context, data: Path | None, speed: float | None, keep_services: bool) -> None:
+    """Start the embedded services if needed, replay the bundled sample and print a summary."""
+    from segstream.demo import run_demo
+
+    run_demo(_settings(ctx), data=data, speed=speed, keep_services=keep_services, echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="segstream")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The one schemas module: every event on segstream's topics, as pydantic v2 models.
+
+Events travel as UTF-8 JSON. Each carries ``event_type`` (the discriminator), ``schema_version``,
+a deterministic ``event_id`` (the same source row always gives the same id, so a consumer can
+drop redeliveries and replay overlaps by id) and its ``event_time``. Times must carry a UTC offset
+(naive times are rejected, so no consumer has to guess a zone).
+
+Customer events are keyed on the wire by ``customer_unique_id``, the person; Olist's
+``customer_id`` is per order and only travels as an attribute of :class:`OrderPlaced`.
+
+:class:`ClockTick` carries the event-time clock to consumers when no customer event arrives;
+see ``docs/events.md`` for its contract.
+
+>>> placed = OrderPlaced(
+...     event_id=make_event_id("olist", "placed", "o1"), event_time="2017-03-01T10:00:00Z",
+...     order_id="o1", customer_unique_id="u1", customer_id="c1", zip_prefix="01001",
+...     city="sao paulo", state="SP", payment_total=10.5, payment_types=["boleto"],
+...     installments=1, payment_source="payments",
+...     items=[Item(product_id="p1", category="toys", price=9.0, freight=1.5, seller_id="s1")])
+>>> placed.event_id, placed.event_time.isoformat()
+('olist:placed:o1', '2017-03-01T10:00:00+00:00')
+>>> decode_event(encode_event(placed)) == placed
+True
+>>> kafka_timestamp_ms(placed.event_time)
+1488362400000
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AnyEvent",
+    "ClockTick",
+    "CustomerEvent",
+    "Item",
+    "OrderCanceled",
+    "OrderDelivered",
+    "OrderPlaced",
+    "ReviewPosted",
+    "decode_event",
+    "encode_event",
+    "kafka_timestamp_ms",
+    "make_event_id",
+]
+
+SCHEMA_VERSION = 1
+
+
+def make_event_id(source: str, kind: str, *parts: str) -> str:
+    """A deterministic, readable event id built from the source row's natural key.
+
+    >>> make_event_id("olist", "review", "r9", "o1")
+    'olist:review:r9:o1'
+    """
+    return ":".join((source, kind, *parts))
+
+
+def kafka_timestamp_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, the Kafka record timestamp of an event."""
+    return int(moment.timestamp() * 1000)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(min_length=1)
+    event_time: AwareDatetime
+
+
+class CustomerEvent(_Event):
+    """Base of every event about one customer's order; keyed on the wire by the person."""
+
+    customer_unique_id: str = Field(min_length=1)
+    order_id: str = Field(min_length=1)
+
+
+class Item(BaseModel):
+    """One line of an order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: str
+    category: str = Field(description="English category name ('unknown' when the product has none).")
+    price: float = Field(ge=0)
+    freight: float = Field(ge=0)
+    seller_id: str
+
+
+class OrderPlaced(CustomerEvent):
+    """A purchase. ``event_time`` is the purchase time; canceled orders never produce one."""
+
+    event_type: Literal["order_placed"] = "order_placed"
+    customer_id: str = Field(description="Olist's per-order customer id.")
+    zip_prefix: str
+    city: str
+    state: str
+    items: list[Item]
+    payment_total: float = Field(ge=0, description="Sum of payments, or items' price + freight.")
+    payment_types: list[str]
+    installments: int = Field(ge=0)
+    payment_source: Literal["payments", "items", "none"] = Field(
+        description="Where payment_total came from: the payments file, the items' fallback, or neither."
+    )
+
+
+class OrderDelivered(CustomerEvent):
+    """The order reached the customer. ``event_time`` is the delivery time."""
+
+    event_type: Literal["order_delivered"] = "order_delivered"
+    estimated_time: AwareDatetime | None = None
+    late: bool | None = Field(description="Delivered on a later day than estimated; None if no estimate.")
+
+
+class OrderCanceled(CustomerEvent):
+    """A canceled or unavailable order: not a purchase. ``event_time`` is its purchase time."""
+
+    event_type: Literal["order_canceled"] = "order_canceled"
+    status: str
+    order_value: float = Field(ge=0, description="What the order was worth; it never counted as spend.")
+
+
+class ReviewPosted(CustomerEvent):
+    """A review answer. ``event_time`` is when it was answered (its creation date if unknown)."""
+
+    event_type: Literal["review_posted"] = "review_posted"
+    review_id: str
+    score: int = Field(ge=1, le=5)
+    created_time: AwareDatetime
+    comment_present: bool
+    comment_length: int = Field(ge=0)
+
+
+class ClockTick(_Event):
+    """The event-time clock, written by the replay to every partition of every topic it feeds.
+
+    On the partition that carries it, a tick promises that every later record has
+    ``event_time >= tick.event_time``: it is that partition's watermark. ``final`` marks the end of
+    a replay on the partition, and then ``expected_events`` is the number of customer events the
+    replay window holds for it, so a consumer can tell that it has seen everything without
+    trusting broker end offsets.
+    """
+
+    event_type: Literal["clock_tick"] = "clock_tick"
+    replay_id: str
+    topic: str
+    partition: int = Field(ge=0)
+    final: bool = False
+    expected_events: int | None = Field(default=None, ge=0)
+
+
+AnyEvent = Annotated[
+    OrderPlaced | OrderDelivered | OrderCanceled | ReviewPosted | ClockTick,
+    Field(discriminator="event_type"),
+]
+_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def encode_event(event: _Event) -> bytes:
+    """The wire form of an event: compact UTF-8 JSON."""
+    return event.model_dump_json().encode()
+
+
+def decode_event(payload: bytes | str) -> AnyEvent:
+    """Parse and validate any segstream event; raises ``pydantic.ValidationError`` on bad input."""
+    return _adapter.validate_json(payload)
+
+
+def event_json_schema() -> dict:
+    """JSON Schema of every event, for consumers in other languages (exported to docs/)."""
+    return _adapter.json_schema()

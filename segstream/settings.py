@@ -1,0 +1,101 @@
+"""The one settings module: every stage reads its configuration from here.
+
+Precedence is flags > environment variables (``SEGSTREAM_*``) > defaults. The command line
+passes only the flags a user actually gave (see :func:`load_settings`), so an unset flag never
+hides an environment variable.
+
+>>> s = Settings(kafka_port=19092, redis_port=16379)
+>>> s.kafka_bootstrap_servers, s.embedded_kafka
+('127.0.0.1:19092', True)
+>>> s.redis_address
+'redis://127.0.0.1:16379/0'
+>>> Settings(kafka_bootstrap="broker:9092").embedded_kafka
+False
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration shared by replay, streams and models."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGSTREAM_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    run_dir: Path = Field(
+        Path(".segstream"),
+        description="Directory for embedded services' data, logs, pids and replay checkpoints.",
+    )
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="External Kafka bootstrap servers (host:port,...). Unset: use the embedded broker.",
+    )
+    kafka_host: str = Field("127.0.0.1", description="Address the embedded broker listens on.")
+    kafka_port: int = Field(9092, description="Port of the embedded broker.")
+    topic_orders: str = Field("olist.orders", description="Topic for order events.")
+    topic_reviews: str = Field("olist.reviews", description="Topic for review events.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of topics the replay creates.")
+    topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
+
+    # --- Redis ---------------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="External Redis URL (redis://host:port/db). Unset: use the embedded redis-server."
+    )
+    redis_host: str = Field("127.0.0.1", description="Address the embedded redis-server listens on.")
+    redis_port: int = Field(6379, description="Port of the embedded redis-server.")
+
+    # --- replay --------------------------------------------------------------------------------
+    replay_tick_seconds: int = Field(
+        86_400,
+        ge=60,
+        description="Event-time interval between clock ticks written to every partition (seconds).",
+    )
+    replay_batch: int = Field(
+        5_000, ge=1, description="Events sent between acknowledged checkpoints during a replay."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = {"warn": "warning", "crit": "critical"}.get(value.lower(), value.lower())
+        if level not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError(f"log_level must be debug, info, warning or error, not {value!r}")
+        return level
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def redis_address(self) -> str:
+        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from the flags that were given (``None`` means "not given"), then env, then defaults.
+
+    >>> load_settings(kafka_port=None).kafka_port == Settings().kafka_port
+    True
+    >>> load_settings(topic_partitions=8).topic_partitions
+    8
+    """
+    return Settings(**{name: value for name, value in flags.items() if value is not None})
