@@ -33,7 +33,7 @@ from segstream.schemas import (
     make_event_id,
 )
 
-__all__ = ["History", "LoadReport", "Reject", "TICK", "Timeline"]
+__all__ = ["TICK", "History", "LoadReport", "Reject", "Timeline"]
 
 # Kind codes in the timeline; their order is the tie-break rank at equal event times.
 TICK, PLACED, DELIVERED, CANCELED, REVIEW = 0, 1, 2, 3, 4
@@ -182,9 +182,7 @@ class History:
 
     # ---- materialisation ---------------------------------------------------------------------
 
-    def events(
-        self, since: datetime | None = None, until: datetime | None = None
-    ) -> Iterator[CustomerEvent]:
+    def events(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[CustomerEvent]:
         """Customer events in event-time order (no ticks): what a replay sends, as objects."""
         timeline = self.timeline(since, until, tick_seconds=None)
         builder = self.builder()

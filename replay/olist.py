@@ -46,27 +46,58 @@ OLIST_FILES = {
 }
 OLIST_COLUMNS = {
     "customers": [
-        "customer_id", "customer_unique_id", "customer_zip_code_prefix", "customer_city", "customer_state",
+        "customer_id",
+        "customer_unique_id",
+        "customer_zip_code_prefix",
+        "customer_city",
+        "customer_state",
     ],
     "geolocation": [
-        "geolocation_zip_code_prefix", "geolocation_lat", "geolocation_lng", "geolocation_city",
+        "geolocation_zip_code_prefix",
+        "geolocation_lat",
+        "geolocation_lng",
+        "geolocation_city",
         "geolocation_state",
     ],
     "items": [
-        "order_id", "order_item_id", "product_id", "seller_id", "shipping_limit_date", "price", "freight_value",
+        "order_id",
+        "order_item_id",
+        "product_id",
+        "seller_id",
+        "shipping_limit_date",
+        "price",
+        "freight_value",
     ],
     "payments": ["order_id", "payment_sequential", "payment_type", "payment_installments", "payment_value"],
     "reviews": [
-        "review_id", "order_id", "review_score", "review_comment_title", "review_comment_message",
-        "review_creation_date", "review_answer_timestamp",
+        "review_id",
+        "order_id",
+        "review_score",
+        "review_comment_title",
+        "review_comment_message",
+        "review_creation_date",
+        "review_answer_timestamp",
     ],
     "orders": [
-        "order_id", "customer_id", "order_status", "order_purchase_timestamp", "order_approved_at",
-        "order_delivered_carrier_date", "order_delivered_customer_date", "order_estimated_delivery_date",
+        "order_id",
+        "customer_id",
+        "order_status",
+        "order_purchase_timestamp",
+        "order_approved_at",
+        "order_delivered_carrier_date",
+        "order_delivered_customer_date",
+        "order_estimated_delivery_date",
     ],
     "products": [
-        "product_id", "product_category_name", "product_name_lenght", "product_description_lenght",
-        "product_photos_qty", "product_weight_g", "product_length_cm", "product_height_cm", "product_width_cm",
+        "product_id",
+        "product_category_name",
+        "product_name_lenght",
+        "product_description_lenght",
+        "product_photos_qty",
+        "product_weight_g",
+        "product_length_cm",
+        "product_height_cm",
+        "product_width_cm",
     ],
     "sellers": ["seller_id", "seller_zip_code_prefix", "seller_city", "seller_state"],
     "categories": ["product_category_name", "product_category_name_english"],
@@ -76,15 +107,24 @@ REQUIRED_FILES = ("orders", "customers", "items", "payments", "reviews", "produc
 # The columns the loader reads; a file missing one of these is an error naming it.
 USED_COLUMNS = {
     "orders": [
-        "order_id", "customer_id", "order_status", "order_purchase_timestamp",
-        "order_delivered_customer_date", "order_estimated_delivery_date",
+        "order_id",
+        "customer_id",
+        "order_status",
+        "order_purchase_timestamp",
+        "order_delivered_customer_date",
+        "order_estimated_delivery_date",
     ],
     "customers": OLIST_COLUMNS["customers"],
     "items": ["order_id", "order_item_id", "product_id", "seller_id", "price", "freight_value"],
     "payments": OLIST_COLUMNS["payments"],
     "reviews": [
-        "review_id", "order_id", "review_score", "review_comment_title", "review_comment_message",
-        "review_creation_date", "review_answer_timestamp",
+        "review_id",
+        "order_id",
+        "review_score",
+        "review_comment_title",
+        "review_comment_message",
+        "review_creation_date",
+        "review_answer_timestamp",
     ],
     "products": ["product_id", "product_category_name"],
     "categories": OLIST_COLUMNS["categories"],
@@ -140,9 +180,7 @@ class _Files:
         frame.columns = [str(c).strip() for c in frame.columns]
         missing = [c for c in USED_COLUMNS[name] if c not in frame.columns]
         if missing:
-            raise LoaderError(
-                f"{filename} lacks column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}"
-            )
+            raise LoaderError(f"{filename} lacks column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}")
         return frame[USED_COLUMNS[name]]
 
 
@@ -227,7 +265,9 @@ def _orders(frame: pd.DataFrame, customers: pd.DataFrame, report: LoadReport) ->
         order_status=frame["order_status"].fillna("").str.strip().str.lower(),
     )
     frame = _take(frame, frame["purchase_time"].isna(), report, file, "order_id", "bad_purchase_timestamp")
-    frame = _take(frame, ~frame["customer_id"].isin(customers["customer_id"]), report, file, "order_id", "unknown_customer")
+    frame = _take(
+        frame, ~frame["customer_id"].isin(customers["customer_id"]), report, file, "order_id", "unknown_customer"
+    )
     return frame.merge(customers, on="customer_id", how="left", validate="many_to_one")
 
 
@@ -236,19 +276,25 @@ def _items(
 ) -> pd.DataFrame:
     file = OLIST_FILES["items"]
     frame = frame.assign(price=_numbers(frame["price"]), freight=_numbers(frame["freight_value"]))
-    frame = _take(frame, ~frame["order_id"].isin(orders["order_id"]), report, file, ("order_id", "order_item_id"), "unknown_order")
+    frame = _take(
+        frame, ~frame["order_id"].isin(orders["order_id"]), report, file, ("order_id", "order_item_id"), "unknown_order"
+    )
     bad_money = frame["price"].isna() | frame["freight"].isna() | (frame["price"] < 0) | (frame["freight"] < 0)
     frame = _take(frame, bad_money, report, file, ("order_id", "order_item_id"), "bad_price")
     duplicate = frame.duplicated(["order_id", "order_item_id"])
     frame = _take(frame, duplicate, report, file, ("order_id", "order_item_id"), "duplicate_item")
-    english = categories.dropna().drop_duplicates("product_category_name").set_index("product_category_name")[
-        "product_category_name_english"
-    ]
+    english = (
+        categories.dropna()
+        .drop_duplicates("product_category_name")
+        .set_index("product_category_name")["product_category_name_english"]
+    )
     product_category = products.drop_duplicates("product_id").set_index("product_id")["product_category_name"]
     portuguese = frame["product_id"].map(product_category)
     # Untranslated categories keep their Portuguese name; products without one are 'unknown'.
     category = portuguese.map(english).fillna(portuguese).fillna(UNKNOWN_CATEGORY)
-    return frame.assign(category=category, seller_id=frame["seller_id"].fillna(""), product_id=frame["product_id"].fillna(""))
+    return frame.assign(
+        category=category, seller_id=frame["seller_id"].fillna(""), product_id=frame["product_id"].fillna("")
+    )
 
 
 def _payments(frame: pd.DataFrame, orders: pd.DataFrame, report: LoadReport) -> pd.DataFrame:
@@ -319,7 +365,12 @@ def _placed(orders: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd
 def _delivered(orders: pd.DataFrame, report: LoadReport) -> pd.DataFrame:
     file = OLIST_FILES["orders"]
     undated = orders["delivered_time"].isna()
-    report.add(file, orders.loc[undated & (orders["order_status"] == "delivered"), "order_id"], "missing_delivery_date", "partial")
+    report.add(
+        file,
+        orders.loc[undated & (orders["order_status"] == "delivered"), "order_id"],
+        "missing_delivery_date",
+        "partial",
+    )
     dated = orders[~undated]
     early = dated["delivered_time"] < dated["purchase_time"]
     report.add(file, dated.loc[early, "order_id"], "delivery_before_purchase", "partial")

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -94,10 +95,11 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         missing = [t for t in topics if t not in existing]
         if missing:
             configs = {"retention.ms": "-1"}
-            try:
-                await admin.create_topics([NewTopic(t, partitions, replication, topic_configs=configs) for t in missing])
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another replay or worker
+            # suppress: another replay or worker may create them concurrently
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(t, partitions, replication, topic_configs=configs) for t in missing]
+                )
             log.info("created topics %s with %d partitions", ", ".join(missing), partitions)
         described = await admin.describe_topics(topics)
         counts = {d["topic"]: len(d["partitions"]) for d in described}
@@ -250,7 +252,13 @@ async def replay_history(
         summary.already_complete = True
         return summary
     if checkpoint.position:
-        log.info("resuming replay %s at position %d of %d (checkpoint %s)", replay_id, checkpoint.position, len(timeline), checkpoint_path)
+        log.info(
+            "resuming replay %s at position %d of %d (checkpoint %s)",
+            replay_id,
+            checkpoint.position,
+            len(timeline),
+            checkpoint_path,
+        )
 
     # Partition of every customer event, and how many events each partition gets in the window.
     partition_of: dict[str, int] = {}
@@ -390,13 +398,19 @@ def run_replay(
     history = load_olist(location)
     log.info(
         "loaded %s in %.1f s: %s; %d rows rejected",
-        location, time.monotonic() - started,
-        ", ".join(f"{n} {k}" for k, n in history.event_counts().items()), history.report.rejected,
+        location,
+        time.monotonic() - started,
+        ", ".join(f"{n} {k}" for k, n in history.event_counts().items()),
+        history.report.rejected,
     )
     if rejects_path is not None:
         written = history.report.write_rejects(rejects_path)
         log.info("wrote %d rejected/partial rows to %s", written, rejects_path)
-    files = [location] if location.is_file() else [location / name for name in OLIST_FILES.values() if (location / name).exists()]
+    files = (
+        [location]
+        if location.is_file()
+        else [location / name for name in OLIST_FILES.values() if (location / name).exists()]
+    )
     bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     last = {"sent": 0, "at": time.monotonic()}
 
@@ -412,8 +426,15 @@ def run_replay(
     try:
         summary = asyncio.run(
             replay_history(
-                history, settings, data_files=files, since=since, until=until, speed=speed,
-                restart=restart, max_events=max_events, on_progress=on_progress,
+                history,
+                settings,
+                data_files=files,
+                since=since,
+                until=until,
+                speed=speed,
+                restart=restart,
+                max_events=max_events,
+                on_progress=on_progress,
             )
         )
     finally:

@@ -73,7 +73,9 @@ async def _read(settings: Settings, replay_id: str, timeout_s: float, keep_recor
                         seen.add(event.event_id)
                         result.unique_events[where] += 1
                     if keep_records:
-                        result.records.append((tp.topic, tp.partition, message.offset, message.key, message.timestamp, event))
+                        result.records.append(
+                            (tp.topic, tp.partition, message.offset, message.key, message.timestamp, event)
+                        )
             if partitions and set(result.expected_events) >= partitions:
                 result.complete = True
                 break

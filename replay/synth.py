@@ -33,23 +33,72 @@ DAY = 86_400
 
 # Share of customers by state, from the Olist customers file.
 STATES = {
-    "SP": 0.420, "RJ": 0.129, "MG": 0.117, "RS": 0.055, "PR": 0.051, "SC": 0.037, "BA": 0.034,
-    "DF": 0.022, "ES": 0.020, "GO": 0.020, "PE": 0.017, "CE": 0.013, "PA": 0.010, "MT": 0.009,
-    "MA": 0.008, "MS": 0.007, "PB": 0.005, "PI": 0.005, "RN": 0.005, "AL": 0.004, "SE": 0.003,
-    "TO": 0.003, "RO": 0.003, "AM": 0.002, "AC": 0.001, "AP": 0.001, "RR": 0.001,
+    "SP": 0.420,
+    "RJ": 0.129,
+    "MG": 0.117,
+    "RS": 0.055,
+    "PR": 0.051,
+    "SC": 0.037,
+    "BA": 0.034,
+    "DF": 0.022,
+    "ES": 0.020,
+    "GO": 0.020,
+    "PE": 0.017,
+    "CE": 0.013,
+    "PA": 0.010,
+    "MT": 0.009,
+    "MA": 0.008,
+    "MS": 0.007,
+    "PB": 0.005,
+    "PI": 0.005,
+    "RN": 0.005,
+    "AL": 0.004,
+    "SE": 0.003,
+    "TO": 0.003,
+    "RO": 0.003,
+    "AM": 0.002,
+    "AC": 0.001,
+    "AP": 0.001,
+    "RR": 0.001,
 }
 CAPITALS = {
-    "SP": "sao paulo", "RJ": "rio de janeiro", "MG": "belo horizonte", "RS": "porto alegre",
-    "PR": "curitiba", "SC": "florianopolis", "BA": "salvador", "DF": "brasilia", "ES": "vitoria",
-    "GO": "goiania", "PE": "recife", "CE": "fortaleza", "PA": "belem", "MT": "cuiaba", "MA": "sao luis",
-    "MS": "campo grande", "PB": "joao pessoa", "PI": "teresina", "RN": "natal", "AL": "maceio",
-    "SE": "aracaju", "TO": "palmas", "RO": "porto velho", "AM": "manaus", "AC": "rio branco",
-    "AP": "macapa", "RR": "boa vista",
+    "SP": "sao paulo",
+    "RJ": "rio de janeiro",
+    "MG": "belo horizonte",
+    "RS": "porto alegre",
+    "PR": "curitiba",
+    "SC": "florianopolis",
+    "BA": "salvador",
+    "DF": "brasilia",
+    "ES": "vitoria",
+    "GO": "goiania",
+    "PE": "recife",
+    "CE": "fortaleza",
+    "PA": "belem",
+    "MT": "cuiaba",
+    "MA": "sao luis",
+    "MS": "campo grande",
+    "PB": "joao pessoa",
+    "PI": "teresina",
+    "RN": "natal",
+    "AL": "maceio",
+    "SE": "aracaju",
+    "TO": "palmas",
+    "RO": "porto velho",
+    "AM": "manaus",
+    "AC": "rio branco",
+    "AP": "macapa",
+    "RR": "boa vista",
 }
 OTHER_CITIES = ["campinas", "guarulhos", "santo andre", "niteroi", "londrina", "juiz de fora", "santos", "sorocaba"]
 STATUSES = {
-    "delivered": 0.9702, "shipped": 0.0111, "canceled": 0.0063, "unavailable": 0.0061,
-    "invoiced": 0.0032, "processing": 0.0030, "created": 0.0001,
+    "delivered": 0.9702,
+    "shipped": 0.0111,
+    "canceled": 0.0063,
+    "unavailable": 0.0061,
+    "invoiced": 0.0032,
+    "processing": 0.0030,
+    "created": 0.0001,
 }
 SCORES = np.array([1, 2, 3, 4, 5])
 SCORE_ON_TIME = np.array([0.09, 0.028, 0.078, 0.20, 0.604])
@@ -168,7 +217,9 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
     order_in_time = np.argsort(purchase, kind="stable")  # rows of the orders file by purchase time
     person, purchase = person[order_in_time], purchase[order_in_time]
 
-    status = rng.choice(np.array(list(STATUSES)), n_orders, p=np.array(list(STATUSES.values())) / sum(STATUSES.values()))
+    status = rng.choice(
+        np.array(list(STATUSES)), n_orders, p=np.array(list(STATUSES.values())) / sum(STATUSES.values())
+    )
     seconds = lambda values: values.astype("int64").astype("timedelta64[s]")  # noqa: E731
     approved = purchase + seconds(rng.exponential(10 * 3600, n_orders))
     carrier = approved + seconds(rng.exponential(2.5 * DAY, n_orders) + 3600)
@@ -241,7 +292,9 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
     payment_order = np.concatenate([np.flatnonzero(paid), np.flatnonzero(paid & split)])
     sequential = np.concatenate([np.ones(int(paid.sum()), "int64"), np.full(int((paid & split).sum()), 2)])
     values = np.concatenate([first_value[paid], np.round(order_value - first_value, 2)[paid & split]])
-    types = np.concatenate([np.where(split, "voucher", pay_type)[paid], np.full(int((paid & split).sum()), "credit_card")])
+    types = np.concatenate(
+        [np.where(split, "voucher", pay_type)[paid], np.full(int((paid & split).sum()), "credit_card")]
+    )
     inst = np.concatenate([np.where(split, 1, installments)[paid], installments[paid & split]])
     payments = pd.DataFrame(
         {

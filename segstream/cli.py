@@ -47,7 +47,9 @@ def _event_time(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO date or datetime such as 2017-06-01 or 2017-06-01T12:00") from None
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or datetime such as 2017-06-01 or 2017-06-01T12:00"
+        ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
@@ -68,12 +70,25 @@ class _Errors(click.Group):
 
 
 @click.group(cls=_Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory for embedded services' data, logs, pids and checkpoints [env SEGSTREAM_RUN_DIR; default .segstream].")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging level [env SEGSTREAM_LOG_LEVEL; default info].")
-@click.option("--kafka-bootstrap", help="External Kafka bootstrap servers; unset uses the embedded broker [env SEGSTREAM_KAFKA_BOOTSTRAP].")
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    help="Directory for embedded services' data, logs, pids, checkpoints [env SEGSTREAM_RUN_DIR; default .segstream].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Logging level [env SEGSTREAM_LOG_LEVEL; default info].",
+)
+@click.option(
+    "--kafka-bootstrap",
+    help="External Kafka bootstrap servers; unset uses the embedded broker [env SEGSTREAM_KAFKA_BOOTSTRAP].",
+)
 @click.option("--kafka-port", type=int, help="Port of the embedded broker [env SEGSTREAM_KAFKA_PORT; default 9092].")
 @click.option("--redis-url", help="External Redis URL; unset uses the embedded redis-server [env SEGSTREAM_REDIS_URL].")
-@click.option("--redis-port", type=int, help="Port of the embedded redis-server [env SEGSTREAM_REDIS_PORT; default 6379].")
+@click.option(
+    "--redis-port", type=int, help="Port of the embedded redis-server [env SEGSTREAM_REDIS_PORT; default 6379]."
+)
 @click.version_option(package_name="segstream")
 @click.pass_context
 def cli(ctx: click.Context, **flags: Any) -> None:
@@ -132,10 +147,26 @@ def services_status_command(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--orders", type=click.IntRange(min=1), required=True, help="Number of orders to generate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed writes the same files.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write the Olist-format CSVs into.")
-@click.option("--repeat-share", type=click.FloatRange(0, 1, max_open=True), default=0.03, show_default=True, help="Share of people who buy more than once.")
-@click.option("--late-share", type=click.FloatRange(0, 1, max_open=True), default=0.08, show_default=True, help="Share of deliveries that arrive late.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed; the same seed writes the same files."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory to write the Olist-format CSVs into."
+)
+@click.option(
+    "--repeat-share",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.03,
+    show_default=True,
+    help="Share of people who buy more than once.",
+)
+@click.option(
+    "--late-share",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.08,
+    show_default=True,
+    help="Share of deliveries that arrive late.",
+)
 def synth(orders: int, seed: int, out: Path, repeat_share: float, late_share: float) -> None:
     """Write a synthetic Olist history (the Kaggle files' names and columns), deterministic per seed."""
     import time
@@ -150,8 +181,14 @@ def synth(orders: int, seed: int, out: Path, repeat_share: float, late_share: fl
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs.")
-@click.option("--rejects", type=click.Path(path_type=Path), help="Write every rejected or partial row (file, key, reason) to this CSV.")
+@click.option(
+    "--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path),
+    help="Write every rejected or partial row (file, key, reason) to this CSV.",
+)
 @click.pass_context
 def inspect(ctx: click.Context, data: Path, rejects: Path | None) -> None:
     """Load a history without sending it: events by type, and rejected rows by reason."""
@@ -175,30 +212,67 @@ def _print_load(history) -> None:
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs.")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Event seconds per wall second (86400: a day per second). Default: as fast as possible.")
+@click.option(
+    "--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs."
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Event seconds per wall second (86400: a day per second). Default: as fast as possible.",
+)
 @click.option("--from", "since", help="Replay events at or after this event time (ISO date/datetime, UTC).")
 @click.option("--until", help="Replay events before this event time (ISO date/datetime, UTC).")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint and replay the window from its start.")
 @click.option("--max-events", type=click.IntRange(min=1), help="Stop after this many timeline entries (resumable).")
 @click.option("--rejects", type=click.Path(path_type=Path), help="Write rejected and partial rows to this CSV.")
-@click.option("--partitions", "topic_partitions", type=click.IntRange(min=1), help="Partitions of topics created by the replay [env SEGSTREAM_TOPIC_PARTITIONS; default 4].")
-@click.option("--orders-topic", "topic_orders", help="Topic for order events [env SEGSTREAM_TOPIC_ORDERS; default olist.orders].")
-@click.option("--reviews-topic", "topic_reviews", help="Topic for review events [env SEGSTREAM_TOPIC_REVIEWS; default olist.reviews].")
-@click.option("--tick-seconds", "replay_tick_seconds", type=click.IntRange(min=60), help="Event-time interval between clock ticks [env SEGSTREAM_REPLAY_TICK_SECONDS; default 86400].")
+@click.option(
+    "--partitions",
+    "topic_partitions",
+    type=click.IntRange(min=1),
+    help="Partitions of topics created by the replay [env SEGSTREAM_TOPIC_PARTITIONS; default 4].",
+)
+@click.option(
+    "--orders-topic", "topic_orders", help="Topic for order events [env SEGSTREAM_TOPIC_ORDERS; default olist.orders]."
+)
+@click.option(
+    "--reviews-topic",
+    "topic_reviews",
+    help="Topic for review events [env SEGSTREAM_TOPIC_REVIEWS; default olist.reviews].",
+)
+@click.option(
+    "--tick-seconds",
+    "replay_tick_seconds",
+    type=click.IntRange(min=60),
+    help="Event-time interval between clock ticks [env SEGSTREAM_REPLAY_TICK_SECONDS; default 86400].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def replay(
-    ctx: click.Context, data: Path, speed: float | None, since: str | None, until: str | None, restart: bool,
-    max_events: int | None, rejects: Path | None, as_json: bool, **flags: Any,
+    ctx: click.Context,
+    data: Path,
+    speed: float | None,
+    since: str | None,
+    until: str | None,
+    restart: bool,
+    max_events: int | None,
+    rejects: Path | None,
+    as_json: bool,
+    **flags: Any,
 ) -> None:
     """Replay Olist history onto Kafka in event-time order, resuming from its checkpoint."""
     from replay.producer import run_replay, summary_dict, summary_lines
 
     settings = _settings(ctx, **flags)
     history, summary = run_replay(
-        data, settings, since=_event_time(since), until=_event_time(until), speed=speed, restart=restart,
-        max_events=max_events, rejects_path=rejects, progress=sys.stderr.isatty(),
+        data,
+        settings,
+        since=_event_time(since),
+        until=_event_time(until),
+        speed=speed,
+        restart=restart,
+        max_events=max_events,
+        rejects_path=rejects,
+        progress=sys.stderr.isatty(),
     )
     if as_json:
         click.echo(json.dumps({**summary_dict(summary), "rejected_rows": history.report.rejected}, indent=2))
@@ -210,9 +284,20 @@ def replay(
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True), help="Olist CSVs to replay instead of the bundled sample.")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Event seconds per wall second. Default: as fast as possible.")
-@click.option("--keep-services/--stop-services", default=True, show_default=True, help="Leave the embedded services running afterwards.")
+@click.option(
+    "--data", type=click.Path(path_type=Path, exists=True), help="Olist CSVs to replay instead of the bundled sample."
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Event seconds per wall second. Default: as fast as possible.",
+)
+@click.option(
+    "--keep-services/--stop-services",
+    default=True,
+    show_default=True,
+    help="Leave the embedded services running afterwards.",
+)
 @click.pass_context
 def demo(ctx: click.Context, data: Path | None, speed: float | None, keep_services: bool) -> None:
     """Start the embedded services if needed, replay the bundled sample and print a summary."""

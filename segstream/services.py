@@ -131,7 +131,9 @@ def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0) -> str:
     try:
         return asyncio.run(describe())
     except Exception as exc:  # every failure here means "not reachable", whatever its type
-        raise ServiceError(f"Kafka at {bootstrap} does not answer metadata requests: {exc or type(exc).__name__}")
+        raise ServiceError(
+            f"Kafka at {bootstrap} does not answer metadata requests: {exc or type(exc).__name__}"
+        ) from None
 
 
 def _redis_ping(url: str, timeout_s: float = 2.0) -> None:
@@ -227,7 +229,9 @@ def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> N
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _last_line(log_path)
-            raise ServiceError(f"the embedded {what} exited with code {proc.returncode} at start: {tail} (log: {log_path})")
+            raise ServiceError(
+                f"the embedded {what} exited with code {proc.returncode} at start: {tail} (log: {log_path})"
+            )
         try:
             check()
             return
@@ -235,7 +239,9 @@ def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> N
             last_error = exc
             time.sleep(0.1)
     proc.terminate()
-    raise ServiceError(f"the embedded {what} did not become healthy in {STARTUP_TIMEOUT_S:.0f} s: {last_error} (log: {log_path})")
+    raise ServiceError(
+        f"the embedded {what} did not become healthy in {STARTUP_TIMEOUT_S:.0f} s: {last_error} (log: {log_path})"
+    )
 
 
 def _last_line(path: Path) -> str:
@@ -256,10 +262,14 @@ def _start_kafka(settings: Settings) -> _Spawned:
         [
             str(tansu_binary()),
             "broker",
-            "--cluster-id", cluster_id,
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--cluster-id",
+            cluster_id,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ],
         log_path,
         "Kafka broker (tansu)",
@@ -277,13 +287,20 @@ def _start_redis(settings: Settings) -> _Spawned:
     proc = _spawn(
         [
             str(redis_server_binary()),
-            "--bind", host,
-            "--port", str(port),
-            "--dir", str(data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
+            "--bind",
+            host,
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
         ],
         log_path,
         "redis-server",
@@ -357,7 +374,9 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
         spawned = start(settings)
         state[name] = asdict(spawned)
         _write_state(settings, state)
-        log.info("started embedded %s on %s:%s (pid %s, log %s)", name, spawned.host, spawned.port, spawned.pid, spawned.log)
+        log.info(
+            "started embedded %s on %s:%s (pid %s, log %s)", name, spawned.host, spawned.port, spawned.pid, spawned.log
+        )
     statuses = services_status(settings)
     for status in statuses:
         if not status.healthy:

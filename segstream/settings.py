@@ -61,9 +61,7 @@ class Settings(BaseSettings):
         ge=60,
         description="Event-time interval between clock ticks written to every partition (seconds).",
     )
-    replay_batch: int = Field(
-        5_000, ge=1, description="Events sent between acknowledged checkpoints during a replay."
-    )
+    replay_batch: int = Field(5_000, ge=1, description="Events sent between acknowledged checkpoints during a replay.")
 
     @field_validator("log_level")
     @classmethod
