@@ -159,13 +159,18 @@ class _Files:
         filename = OLIST_FILES[name]
         return filename in self.members if self.zip else (self.location / filename).exists()
 
-    def read(self, name: str) -> pd.DataFrame:
-        filename = OLIST_FILES[name]
-        if not self.has(name):
+    def require(self, names: Iterable[str]) -> None:
+        """Fail before reading anything if a file is missing, naming every missing one."""
+        missing = [OLIST_FILES[name] for name in names if not self.has(name)]
+        if missing:
             raise LoaderError(
-                f"{filename} is missing from {self.location} (the loader needs the Kaggle Olist files: "
+                f"{self.location} lacks {', '.join(missing)} (the loader needs the Kaggle Olist files: "
                 f"{', '.join(OLIST_FILES[n] for n in REQUIRED_FILES)})"
             )
+
+    def read(self, name: str) -> pd.DataFrame:
+        filename = OLIST_FILES[name]
+        self.require([name])
         handle = io.BytesIO(self.zip.read(self.members[filename])) if self.zip else self.location / filename
         try:
             frame = pd.read_csv(
@@ -207,6 +212,7 @@ def _take(frame: pd.DataFrame, bad: pd.Series, report: LoadReport, file: str, ke
 def load_olist(location: str | Path) -> History:
     """Load the Olist CSVs in ``location`` (a directory or a .zip) into a :class:`History`."""
     files = _Files(Path(location))
+    files.require(REQUIRED_FILES)
     report = LoadReport()
     raw = {name: files.read(name) for name in REQUIRED_FILES}
     for name, frame in raw.items():

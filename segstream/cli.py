@@ -69,7 +69,9 @@ class _Errors(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    name="segstream", cls=_Errors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -278,6 +280,22 @@ def replay(
         click.echo(json.dumps({**summary_dict(summary), "rejected_rows": history.report.rejected}, indent=2))
     else:
         click.echo("\n".join(summary_lines(history, summary)))
+
+
+@cli.command()
+@click.pass_context
+def config(ctx: click.Context) -> None:
+    """Print the settings in effect (flags > SEGSTREAM_* environment > defaults) as JSON."""
+    settings = _settings(ctx)
+    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+@cli.command()
+def schemas() -> None:
+    """Print the JSON Schema of every event on segstream's topics (docs/events.schema.json)."""
+    from segstream.schemas import event_json_schema
+
+    click.echo(json.dumps(event_json_schema(), indent=2, sort_keys=True))
 
 
 # --- demo -------------------------------------------------------------------------------------

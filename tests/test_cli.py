@@ -1,0 +1,86 @@
+"""The command line: help everywhere, configuration precedence, clear errors, the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from segstream.cli import cli
+from segstream.settings import Settings
+from tests.conftest import EDGE, free_port
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *_commands(cli)], ids=lambda p: " ".join(p) or "segstream")
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: segstream" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_flags_beat_environment_beat_defaults() -> None:
+    runner = CliRunner()
+    env = {"SEGSTREAM_TOPIC_PARTITIONS": "7", "SEGSTREAM_KAFKA_PORT": "19999"}
+    shown = json.loads(runner.invoke(cli, ["config"], env=env).output)
+    assert shown["topic_partitions"] == 7 and shown["kafka_port"] == 19999
+    shown = json.loads(runner.invoke(cli, ["--kafka-port", "18888", "config"], env=env).output)
+    assert shown["kafka_port"] == 18888 and shown["topic_partitions"] == 7
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
+    done = subprocess.run([sys.executable, "-m", "segstream.cli", "config"], env=clean, capture_output=True, text=True)
+    assert json.loads(done.stdout)["kafka_port"] == Settings.model_fields["kafka_port"].default == 9092
+
+
+def test_bad_environment_value_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["config"], env={"SEGSTREAM_TOPIC_PARTITIONS": "zero"})
+    assert result.exit_code == 2 and "topic_partitions" in result.output
+
+
+def test_inspect_counts_events_and_rejects(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["inspect", "--data", str(EDGE), "--rejects", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "events            7  order_placed" in result.output
+    assert "rejected          1  olist_orders_dataset.csv: unknown_customer" in result.output
+    assert "partial           1  olist_orders_dataset.csv: missing_delivery_date" in result.output
+    assert (tmp_path / "r.csv").read_text().count("\n") == 15
+
+
+def test_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "olist_orders_dataset.csv").write_text("order_id\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream.cli", "inspect", "--data", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "lacks olist_customers_dataset.csv, olist_order_items_dataset.csv" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")},
+        "SEGSTREAM_RUN_DIR": str(tmp_path / "run"),
+        "SEGSTREAM_KAFKA_PORT": str(free_port()),
+        "SEGSTREAM_REDIS_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream.cli", "demo", "--stop-services"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "every event arrived" in done.stdout
+    assert "order_placed          2,971" in done.stdout
+    assert "kafka: stopped pid" in done.stdout and "redis: stopped pid" in done.stdout
