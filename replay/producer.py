@@ -37,6 +37,7 @@ from aiokafka.partitioner import murmur2
 
 from replay.history import KIND_NAMES, REVIEW, TICK, History
 from segstream.schemas import ClockTick, encode_event, make_event_id
+from segstream.services import describe_kafka
 from segstream.settings import Settings
 
 __all__ = ["ReplaySummary", "ensure_topics", "partition_for", "replay_history"]
@@ -112,15 +113,6 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         if not counts.get(topic):
             raise RuntimeError(f"topic {topic} has no partitions after creation on {bootstrap}")
     return counts
-
-
-async def _cluster_id(bootstrap: str) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return str((await admin.describe_cluster())["cluster_id"])
-    finally:
-        await admin.close()
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -220,7 +212,7 @@ async def replay_history(
     bootstrap = settings.kafka_bootstrap_servers
     topics = [settings.topic_orders, settings.topic_reviews]
     timeline = history.timeline(since, until, settings.replay_tick_seconds)
-    cluster_id = await _cluster_id(bootstrap)
+    cluster_id = await describe_kafka(bootstrap)
     partition_counts = await ensure_topics(bootstrap, topics, settings.topic_partitions, settings.topic_replication)
 
     identity = {

@@ -33,7 +33,7 @@ from segstream.settings import Settings
 __all__ = [
     "ServiceError",
     "ServiceStatus",
-    "ensure_services",
+    "describe_kafka",
     "kafka_cluster_id",
     "redis_server_binary",
     "services_down",
@@ -110,30 +110,33 @@ def _tcp_open(address: str, timeout_s: float) -> bool:
         return False
 
 
-def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0) -> str:
+async def describe_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
     """Ask the broker for its metadata; returns the cluster id or raises ``ServiceError``."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     # Without a listener, aiokafka would log a connection error per attempt; say it once, here.
     if not _tcp_open(bootstrap, timeout_s):
-        raise ServiceError(f"nothing accepts connections at Kafka address {bootstrap}")
-
-    async def describe() -> str:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-        try:
-            await asyncio.wait_for(admin.start(), timeout_s)
-            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
-            return str(cluster["cluster_id"])
-        finally:
-            with contextlib.suppress(Exception):
-                await admin.close()
-
+        raise ServiceError(
+            f"nothing accepts connections at Kafka address {bootstrap}; start the embedded broker with "
+            "`segstream services up`, or point SEGSTREAM_KAFKA_BOOTSTRAP at a running one"
+        )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
-        return asyncio.run(describe())
-    except Exception as exc:  # every failure here means "not reachable", whatever its type
+        await asyncio.wait_for(admin.start(), timeout_s)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        return str(cluster["cluster_id"])
+    except Exception as exc:  # every failure here means "not usable", whatever its type
         raise ServiceError(
             f"Kafka at {bootstrap} does not answer metadata requests: {exc or type(exc).__name__}"
         ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0) -> str:
+    """:func:`describe_kafka` for synchronous callers."""
+    return asyncio.run(describe_kafka(bootstrap, timeout_s))
 
 
 def _redis_ping(url: str, timeout_s: float = 2.0) -> None:
@@ -382,11 +385,6 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
         if not status.healthy:
             raise ServiceError(f"{status.name} at {status.address} is not usable: {status.detail}")
     return statuses
-
-
-def ensure_services(settings: Settings) -> list[ServiceStatus]:
-    """Like :func:`services_up`; the name says what callers such as ``demo`` want from it."""
-    return services_up(settings)
 
 
 def services_down(settings: Settings, timeout_s: float = 10.0) -> list[str]:

@@ -68,6 +68,17 @@ def test_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_replay_without_a_broker_says_how_to_start_one(tmp_path: Path) -> None:
+    env = {**os.environ, "SEGSTREAM_RUN_DIR": str(tmp_path), "SEGSTREAM_KAFKA_PORT": str(free_port())}
+    env.pop("SEGSTREAM_KAFKA_BOOTSTRAP", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream", "replay", "--data", str(EDGE)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "nothing accepts connections at Kafka address" in done.stderr
+    assert "segstream services up" in done.stderr
+
+
 @pytest.mark.integration
 def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None:
     env = {
