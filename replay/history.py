@@ -161,7 +161,10 @@ class History:
         if tick_seconds and len(entries):
             step = tick_seconds * 1_000_000_000
             first = -(-int(entries["time_ns"].min()) // step) * step  # first boundary at/after start
-            boundaries = np.arange(first, int(entries["time_ns"].max()) + 1, step, dtype="int64")
+            # Integer arithmetic: np.arange(first, stop, step) sizes itself in floating point and can
+            # drop the last boundary at nanosecond magnitudes.
+            count = max(0, (int(entries["time_ns"].max()) - first) // step + 1)
+            boundaries = first + step * np.arange(count, dtype="int64")
             ticks = pd.DataFrame(
                 {
                     "time_ns": boundaries,

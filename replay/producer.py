@@ -407,16 +407,20 @@ def run_replay(
         else [location / name for name in OLIST_FILES.values() if (location / name).exists()]
     )
     bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-    last = {"sent": 0, "at": time.monotonic()}
+    last = {"sent": 0, "at": time.monotonic(), "logged": time.monotonic()}
 
     def on_progress(position: int, total: int, events_sent: int) -> None:
-        if bar.total is None:
-            bar.reset(total=total)
-        bar.n = position
         now = time.monotonic()
         rate = (events_sent - last["sent"]) / max(now - last["at"], 1e-6)
         last.update(sent=events_sent, at=now)
-        bar.set_postfix_str(f"{events_sent:,} events, {rate:,.0f} events/s", refresh=True)
+        if progress:
+            if bar.total is None:
+                bar.reset(total=total)
+            bar.n = position
+            bar.set_postfix_str(f"{events_sent:,} events, {rate:,.0f} events/s", refresh=True)
+        elif now - last["logged"] >= 10 or position == total:  # no terminal: a log line every 10 s
+            last["logged"] = now
+            log.info("replayed %d/%d timeline entries, %d events, %.0f events/s", position, total, events_sent, rate)
 
     try:
         summary = asyncio.run(

@@ -320,18 +320,30 @@ def services_status(settings: Settings) -> list[ServiceStatus]:
     state = _read_state(settings)
     statuses = []
     if settings.embedded_kafka:
-        recorded = state.get(KAFKA, {})
-        pid = recorded.get("pid") if _alive(recorded.get("pid"), "tansu") else None
+        pid = _recorded_pid(state, KAFKA, "tansu", settings.kafka_port)
         statuses.append(_probe_kafka(settings, "embedded", pid))
     else:
         statuses.append(_probe_kafka(settings, "external", None))
     if settings.embedded_redis:
-        recorded = state.get(REDIS, {})
-        pid = recorded.get("pid") if _alive(recorded.get("pid"), "redis-server") else None
+        pid = _recorded_pid(state, REDIS, "redis-server", settings.redis_port)
         statuses.append(_probe_redis(settings, "embedded", pid))
     else:
         statuses.append(_probe_redis(settings, "external", None))
     return statuses
+
+
+def _recorded_pid(state: dict[str, dict], name: str, binary: str, port: int) -> int | None:
+    """The pid of the embedded service this run directory started, if it runs on ``port``."""
+    recorded = state.get(name, {})
+    if not _alive(recorded.get("pid"), binary):
+        return None
+    if recorded.get("port") != port:
+        raise ServiceError(
+            f"the embedded {name} of this run directory runs on port {recorded.get('port')}, not {port}: "
+            f"pass --{name}-port {recorded.get('port')} (or SEGSTREAM_{name.upper()}_PORT), "
+            "or stop it with `segstream services down`"
+        )
+    return recorded["pid"]
 
 
 def _probe_kafka(settings: Settings, mode: str, pid: int | None) -> ServiceStatus:
@@ -364,15 +376,10 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
         embedded = settings.embedded_kafka if name == KAFKA else settings.embedded_redis
         if not embedded:
             continue
-        recorded = state.get(name, {})
         wanted_port = settings.kafka_port if name == KAFKA else settings.redis_port
-        if _alive(recorded.get("pid"), binary):
-            if recorded.get("port") != wanted_port:
-                raise ServiceError(
-                    f"the embedded {name} already runs on port {recorded.get('port')} (pid {recorded.get('pid')}), "
-                    f"not {wanted_port}; stop it first: segstream services down"
-                )
-            log.info("embedded %s already running (pid %s)", name, recorded["pid"])
+        pid = _recorded_pid(state, name, binary, wanted_port)
+        if pid is not None:
+            log.info("embedded %s already running (pid %s)", name, pid)
             continue
         spawned = start(settings)
         state[name] = asdict(spawned)

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         ge=60,
         description="Event-time interval between clock ticks written to every partition (seconds).",
     )
-    replay_batch: int = Field(5_000, ge=1, description="Events sent between acknowledged checkpoints during a replay.")
+    replay_batch: int = Field(
+        5_000, ge=1, description="Timeline entries (events, ticks) sent between acknowledged replay checkpoints."
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -39,6 +39,15 @@ def test_up_is_idempotent_status_and_down(own: Settings) -> None:
     assert not any(s.healthy for s in services_status(own))
 
 
+def test_other_port_than_the_running_one_is_explained(own: Settings) -> None:
+    services_up(own)
+    elsewhere = own.model_copy(update={"kafka_port": free_port()})
+    with pytest.raises(ServiceError, match=f"runs on port {own.kafka_port}, not {elsewhere.kafka_port}"):
+        services_status(elsewhere)
+    with pytest.raises(ServiceError, match=f"pass --kafka-port {own.kafka_port}"):
+        services_up(elsewhere)
+
+
 def test_redis_append_only_file_survives_a_restart(own: Settings) -> None:
     services_up(own)
     client = redis.Redis.from_url(own.redis_address)
