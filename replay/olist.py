@@ -117,15 +117,7 @@ USED_COLUMNS = {
     "customers": OLIST_COLUMNS["customers"],
     "items": ["order_id", "order_item_id", "product_id", "seller_id", "price", "freight_value"],
     "payments": OLIST_COLUMNS["payments"],
-    "reviews": [
-        "review_id",
-        "order_id",
-        "review_score",
-        "review_comment_title",
-        "review_comment_message",
-        "review_creation_date",
-        "review_answer_timestamp",
-    ],
+    "reviews": OLIST_COLUMNS["reviews"],
     "products": ["product_id", "product_category_name"],
     "categories": OLIST_COLUMNS["categories"],
 }
