@@ -131,8 +131,15 @@ class History:
         since: datetime | None = None,
         until: datetime | None = None,
         tick_seconds: int | None = 86_400,
+        lateness_seconds: int = 0,
+        seed: int = 0,
     ) -> Timeline:
-        """Every event with ``since <= event_time < until`` plus clock ticks, in event-time order."""
+        """Every event with ``since <= event_time < until`` plus clock ticks, in event-time order.
+
+        ``lateness_seconds`` > 0 makes a disordered timeline for robustness backtests: each customer
+        event is delivered as if it were up to that many seconds late (uniformly at random,
+        reproducible by ``seed``); ticks stay in place, so late events arrive after the watermark.
+        """
         frames = [
             (PLACED, self.placed, "order_id"),
             (DELIVERED, self.delivered, "order_id"),
@@ -175,7 +182,12 @@ class History:
                 }
             )
             entries = pd.concat([entries, ticks], ignore_index=True)
-        entries = entries.sort_values(["time_ns", "kind", "tie"], kind="mergesort", ignore_index=True)
+        entries["order"] = entries["time_ns"]
+        if lateness_seconds > 0:
+            late = entries["kind"] != TICK
+            delay = np.random.default_rng(seed).integers(0, lateness_seconds * 1_000_000_000, int(late.sum()))
+            entries.loc[late, "order"] += delay
+        entries = entries.sort_values(["order", "kind", "tie"], kind="mergesort", ignore_index=True)
         return Timeline(
             time_ns=entries["time_ns"].to_numpy("int64"),
             kind=entries["kind"].to_numpy("int8"),

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ def partition_for(key: str, partitions: int) -> int:
 @dataclass
 class ReplaySummary:
     replay_id: str
+    run_id: str
     bootstrap: str
     topics: list[str]
     partitions: int
@@ -200,6 +202,8 @@ async def replay_history(
     speed: float | None = None,
     restart: bool = False,
     max_events: int | None = None,
+    lateness_seconds: int = 0,
+    seed: int = 0,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> ReplaySummary:
     """Send ``history`` to Kafka; see the module docstring for the guarantees.
@@ -211,7 +215,7 @@ async def replay_history(
         raise ValueError(f"speed must be positive (event seconds per wall second), not {speed}")
     bootstrap = settings.kafka_bootstrap_servers
     topics = [settings.topic_orders, settings.topic_reviews]
-    timeline = history.timeline(since, until, settings.replay_tick_seconds)
+    timeline = history.timeline(since, until, settings.replay_tick_seconds, lateness_seconds, seed)
     cluster_id = await describe_kafka(bootstrap)
     partition_counts = await ensure_topics(bootstrap, topics, settings.topic_partitions, settings.topic_replication)
 
@@ -221,6 +225,7 @@ async def replay_history(
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
         "tick_seconds": settings.replay_tick_seconds,
+        "lateness": [lateness_seconds, seed] if lateness_seconds else None,
         "topics": partition_counts,
         "bootstrap": bootstrap,
         "cluster_id": cluster_id,
@@ -231,8 +236,10 @@ async def replay_history(
     checkpoint = _Checkpoint(checkpoint_path, identity) if restart else _Checkpoint.load(checkpoint_path, identity)
 
     is_event = timeline.kind != TICK
+    run_id = uuid.uuid4().hex[:12]
     summary = ReplaySummary(
         replay_id=replay_id,
+        run_id=run_id,
         bootstrap=bootstrap,
         topics=topics,
         partitions=max(partition_counts.values()),
@@ -241,8 +248,8 @@ async def replay_history(
         positions=len(timeline),
     )
     if len(timeline):
-        summary.first_event_time = _iso(int(timeline.time_ns[0]))
-        summary.last_event_time = _iso(int(timeline.time_ns[-1]))
+        summary.first_event_time = _iso(int(timeline.time_ns.min()))
+        summary.last_event_time = _iso(int(timeline.time_ns.max()))
     if checkpoint.completed:
         summary.already_complete = True
         return summary
@@ -304,6 +311,7 @@ async def replay_history(
                             event_id=make_event_id("tick", topic, str(partition), str(time_ns // 1_000_000_000)),
                             event_time=moment,
                             replay_id=replay_id,
+                            run_id=run_id,
                             topic=topic,
                             partition=partition,
                         )
@@ -329,13 +337,14 @@ async def replay_history(
                     on_progress(position, len(timeline), summary.events_sent)
         await batches.flush()
         if position >= len(timeline):
-            last = _datetime(times[-1]) if times else datetime.now(UTC)
+            last = _datetime(max(times)) if times else datetime.now(UTC)
             for topic in topics:
                 for partition in range(partition_counts[topic]):
                     final = ClockTick(
                         event_id=make_event_id("end", replay_id, topic, str(partition)),
                         event_time=last,
                         replay_id=replay_id,
+                        run_id=run_id,
                         topic=topic,
                         partition=partition,
                         final=True,

@@ -283,6 +283,22 @@ def replay(
 
 
 @cli.command()
+@click.option(
+    "--web-port", "worker_web_port", type=int, help="Serve Faust's web interface on this port (default: off)."
+)
+@click.option("--batch", "worker_batch", type=click.IntRange(min=1), help="Events per Redis round trip [default 500].")
+@click.pass_context
+def worker(ctx: click.Context, **flags: Any) -> None:
+    """Run a stream worker: consume the replay topics and keep profiles current in Redis.
+
+    Start several to share the partitions (each with its own --web-port, if any).
+    """
+    from streams.worker import run_worker
+
+    run_worker(_settings(ctx, **flags))
+
+
+@cli.command()
 @click.pass_context
 def config(ctx: click.Context) -> None:
     """Print the settings in effect (flags > SEGSTREAM_* environment > defaults) as JSON."""

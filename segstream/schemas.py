@@ -35,14 +35,19 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 __all__ = [
     "SCHEMA_VERSION",
     "AnyEvent",
+    "ChurnChanged",
     "ClockTick",
     "CustomerEvent",
+    "DeadLetter",
     "Item",
     "OrderCanceled",
     "OrderDelivered",
     "OrderPlaced",
+    "OutputEvent",
     "ReviewPosted",
+    "SegmentChanged",
     "decode_event",
+    "decode_output",
     "encode_event",
     "kafka_timestamp_ms",
     "make_event_id",
@@ -148,17 +153,66 @@ class ClockTick(_Event):
 
     event_type: Literal["clock_tick"] = "clock_tick"
     replay_id: str
+    run_id: str | None = Field(default=None, description="One run of the replay (a resumed replay gets a new one).")
     topic: str
     partition: int = Field(ge=0)
     final: bool = False
     expected_events: int | None = Field(default=None, ge=0)
 
 
+class SegmentChanged(_Event):
+    """Published on ``profiles.segment-changes`` (keyed by customer) when a stored segment changes.
+
+    ``event_id`` is ``segment:<customer>:<n>`` for the customer's n-th change, so a re-publication
+    after a crash carries the same id. ``previous_segment`` is empty for a first segment.
+    """
+
+    event_type: Literal["segment_changed"] = "segment_changed"
+    customer_unique_id: str = Field(min_length=1)
+    previous_segment: str
+    segment: str
+    cause: Literal["purchase", "review", "delivery", "cancel", "time", "rescore"]
+    r: int | None = Field(default=None, ge=1, le=5)
+    f: int | None = Field(default=None, ge=1, le=5)
+    m: int | None = Field(default=None, ge=1, le=5)
+    cluster: int | None = None
+    churn: str
+    source_event_id: str | None = Field(default=None, description="The event that caused it, if any.")
+
+
+class ChurnChanged(_Event):
+    """Published on ``profiles.churn-signals`` when a customer's churn status changes."""
+
+    event_type: Literal["churn_changed"] = "churn_changed"
+    customer_unique_id: str = Field(min_length=1)
+    previous_status: str
+    status: Literal["active", "at_risk", "churned", ""]
+    reasons: list[str]
+    cause: Literal["purchase", "review", "delivery", "cancel", "time", "rescore"]
+    source_event_id: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """A message a worker could not use, on ``segstream.dead-letter``, with the reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: Literal["dead_letter"] = "dead_letter"
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: str = Field(description="The original value, decoded as UTF-8 with replacement characters.")
+
+
 AnyEvent = Annotated[
     OrderPlaced | OrderDelivered | OrderCanceled | ReviewPosted | ClockTick,
     Field(discriminator="event_type"),
 ]
+OutputEvent = Annotated[SegmentChanged | ChurnChanged | DeadLetter, Field(discriminator="event_type")]
 _adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+_output_adapter: TypeAdapter[OutputEvent] = TypeAdapter(OutputEvent)
 
 
 def encode_event(event: _Event) -> bytes:
@@ -171,6 +225,15 @@ def decode_event(payload: bytes | str) -> AnyEvent:
     return _adapter.validate_json(payload)
 
 
+def decode_output(payload: bytes | str) -> OutputEvent:
+    """Parse a record of the workers' output topics (segment changes, churn signals, dead letters)."""
+    return _output_adapter.validate_json(payload)
+
+
 def event_json_schema() -> dict:
-    """JSON Schema of every event, for consumers in other languages (exported to docs/)."""
-    return _adapter.json_schema()
+    """JSON Schema of every event, input and output, for consumers in other languages (docs/)."""
+    return {
+        "title": "segstream events",
+        "input": _adapter.json_schema(),
+        "output": _output_adapter.json_schema(),
+    }

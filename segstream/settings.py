@@ -65,6 +65,25 @@ class Settings(BaseSettings):
         5_000, ge=1, description="Timeline entries (events, ticks) sent between acknowledged replay checkpoints."
     )
 
+    # --- streams ------------------------------------------------------------------------------
+    app_id: str = Field("segstream", description="Faust application id: the consumer group of the workers.")
+    redis_prefix: str = Field("segstream", description="Prefix of every Redis key segstream writes.")
+    topic_segment_changes: str = Field("profiles.segment-changes", description="Topic of segment-change events.")
+    topic_churn_signals: str = Field("profiles.churn-signals", description="Topic of churn-status transitions.")
+    topic_dead_letter: str = Field("segstream.dead-letter", description="Topic of messages the workers cannot use.")
+    worker_web_port: int | None = Field(
+        None, description="Port of a worker's Faust web server; unset disables it (two workers on one host)."
+    )
+    worker_batch: int = Field(500, ge=1, description="Events a worker applies to Redis per round trip, at most.")
+    broker_session_timeout: float = Field(
+        6.0, gt=0, description="Kafka consumer session timeout (s): how long a dead worker's partitions wait."
+    )
+    broker_rebalance_timeout: float = Field(5.0, gt=0, description="Kafka consumer-group rebalance timeout (s).")
+    broker_heartbeat_interval: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval (s).")
+    churn_default_gap_days: float = Field(
+        180.0, gt=0, description="Expected days between purchases for customers who bought once."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -1,0 +1,79 @@
+"""The one place that knows Redis key names.
+
+Every key starts with ``Settings.redis_prefix`` (default ``segstream``), so several deployments
+can share a Redis and ``SCAN segstream:*`` finds everything of one.
+
+>>> keys = Keys("segstream")
+>>> keys.profile("u1"), keys.due(3), keys.transitions("2017-03-01")
+('segstream:profile:u1', 'segstream:due:3', 'segstream:transitions:2017-03-01')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "segstream"
+
+    def profile(self, customer: str) -> str:
+        """Hash: one customer's profile (streams/profile.py)."""
+        return f"{self.prefix}:profile:{customer}"
+
+    def applied(self, customer: str) -> str:
+        """Set: event ids already folded into the customer's profile (idempotence)."""
+        return f"{self.prefix}:applied:{customer}"
+
+    def due(self, partition: int) -> str:
+        """Sorted set: customers of a partition by the event time their state next changes by time alone."""
+        return f"{self.prefix}:due:{partition}"
+
+    def transitions(self, day: str) -> str:
+        """Hash: 'previous>new' segment transitions counted per event-day (YYYY-MM-DD)."""
+        return f"{self.prefix}:transitions:{day}"
+
+    @property
+    def profiles_pattern(self) -> str:
+        return f"{self.prefix}:profile:*"
+
+    @property
+    def segments(self) -> str:
+        """Hash: number of customers per segment."""
+        return f"{self.prefix}:segments"
+
+    @property
+    def changes(self) -> str:
+        """Stream (capped): the latest segment changes, for operations."""
+        return f"{self.prefix}:changes"
+
+    @property
+    def outbox(self) -> str:
+        """Stream: change events written with the state, waiting to be published to Kafka."""
+        return f"{self.prefix}:outbox"
+
+    @property
+    def outbox_lock(self) -> str:
+        return f"{self.prefix}:outbox:lock"
+
+    @property
+    def counters(self) -> str:
+        """Hash: consumed, applied, duplicates, dead_lettered, ticks, time_evaluations, published."""
+        return f"{self.prefix}:counters"
+
+    @property
+    def watermarks(self) -> str:
+        """Hash: partition -> event-time watermark (epoch seconds) from the clock ticks."""
+        return f"{self.prefix}:watermarks"
+
+    @property
+    def replay_ends(self) -> str:
+        """Hash: 'topic:partition' -> replay id of the last end-of-replay tick processed."""
+        return f"{self.prefix}:replay-ends"
+
+    @property
+    def thresholds(self) -> str:
+        """String: the RFM thresholds in force (JSON, see streams.scoring.RfmScorer)."""
+        return f"{self.prefix}:thresholds"

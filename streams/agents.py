@@ -1,0 +1,180 @@
+"""What the agents do with a batch of records: thin glue between Faust, the schemas and Redis.
+
+- Undecodable records and records failing the schema go to the dead-letter topic with the reason,
+  are counted, and the worker keeps going.
+- Customer events are applied to their profiles (``streams.state.ProfileStore.apply``).
+- Clock ticks advance the partition's watermark; on the orders topic, they also re-derive the
+  customers due by then (time-driven segment and churn changes). A final tick records that the
+  replay's end was reached on that partition (how tests and the demo know the stream caught up).
+- Change events reach Kafka through the Redis outbox (``publish``), so a change is never lost
+  between the Redis write and the Kafka send; a crash there re-publishes it with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from segstream.keys import Keys
+from segstream.schemas import ClockTick, DeadLetter, decode_event
+from segstream.settings import Settings
+from streams.scoring import ChurnRules, RfmScorer
+from streams.state import ProfileStore
+
+__all__ = ["StreamHandler"]
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value) -> delivery future
+
+
+class StreamHandler:
+    """Per-worker state: the Redis client, the profile store, and each topic's watermarks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.client = aioredis.Redis.from_url(settings.redis_address)
+        self.store: ProfileStore | None = None
+        self.watermarks: dict[str, dict[int, float]] = {}
+        self.token = uuid.uuid4().hex
+
+    async def _ready(self) -> ProfileStore:
+        if self.store is None:
+            # The thresholds in force live in Redis (the retrain job republishes them); bootstrap defaults.
+            await self.client.set(self.keys.thresholds, RfmScorer().to_json(), nx=True)
+            scorer = RfmScorer.from_json((await self.client.get(self.keys.thresholds)).decode())
+            self.store = ProfileStore(
+                self.client,
+                self.keys,
+                scorer=scorer,
+                rules=ChurnRules(default_gap_days=self.settings.churn_default_gap_days),
+                segment_topic=self.settings.topic_segment_changes,
+                churn_topic=self.settings.topic_churn_signals,
+            )
+        return self.store
+
+    async def handle(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+        """Process ``(partition, offset, key, value)`` records of one topic, in order; retries Redis outages."""
+        try:
+            await self._with_retries(topic, records, send)
+        except Exception:
+            # A record that breaks the processing must not stop the worker nor vanish: find it by
+            # redoing the batch one record at a time (updates are idempotent) and dead-letter it.
+            log.exception("a batch of %d records from %s failed; retrying them one by one", len(records), topic)
+            for record in records:
+                try:
+                    await self._with_retries(topic, [record], send)
+                except Exception as exc:
+                    partition, offset, key, value = record
+                    reason = f"processing error: {type(exc).__name__}: {exc}"[:500]
+                    await self._dead_letter(send, topic, partition, offset, key, value, reason)
+
+    async def _with_retries(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._handle(topic, records, send)
+                return
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("Redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _handle(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+        store = await self._ready()
+        watermarks = self.watermarks.setdefault(topic, {})
+        clock = topic == self.settings.topic_orders
+        # Partitions hold disjoint customers: each partition's records are handled on their own,
+        # in order, as runs of customer events (one apply) and runs of clock ticks (one advance).
+        by_partition: dict[int, list] = {}
+        for partition, offset, key, value in records:
+            try:
+                event = decode_event(value)
+            except ValidationError as exc:
+                await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
+                continue
+            by_partition.setdefault(partition, []).append(event)
+        await asyncio.gather(
+            *(self._partition(store, topic, p, events, watermarks, clock) for p, events in by_partition.items())
+        )
+        await store.count(ticks=sum(isinstance(e, ClockTick) for events in by_partition.values() for e in events))
+
+    async def _partition(
+        self, store: ProfileStore, topic: str, partition: int, events: list, watermarks: dict, clock: bool
+    ) -> None:
+        run: list = []
+        for event in events:
+            if run and isinstance(event, ClockTick) != isinstance(run[0], ClockTick):
+                await self._run(store, topic, partition, run, watermarks, clock)
+                run = []
+            run.append(event)
+        if run:
+            await self._run(store, topic, partition, run, watermarks, clock)
+
+    async def _run(
+        self, store: ProfileStore, topic: str, partition: int, run: list, watermarks: dict, clock: bool
+    ) -> None:
+        if not isinstance(run[0], ClockTick):
+            await store.apply([(event, partition) for event in run], watermarks, clock)
+            return
+        times = sorted(tick.event_time.timestamp() for tick in run)
+        watermarks[partition] = max(watermarks.get(partition, 0.0), times[-1])
+        if clock:
+            await store.advance(partition, times)
+        for tick in run:
+            if tick.final:
+                await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
+                log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
+
+    async def _dead_letter(
+        self, send: Send, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, reason: str
+    ) -> None:
+        record = DeadLetter(
+            reason=reason,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key.decode(errors="replace") if key is not None else None,
+            payload=value.decode(errors="replace") if value is not None else "",
+        )
+        await (await send(self.settings.topic_dead_letter, key, record.model_dump_json().encode()))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(self.keys.counters, "consumed", 1)
+        pipe.hincrby(self.keys.counters, "dead_lettered", 1)
+        await pipe.execute()
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+
+    async def publish(self, send: Send, batch: int = 1_000) -> int:
+        """Move change events from the Redis outbox to Kafka; one worker at a time (a Redis lease)."""
+        lock = self.keys.outbox_lock
+        if not await self.client.set(lock, self.token, nx=True, px=5_000):
+            holder = await self.client.get(lock)
+            if holder != self.token.encode():
+                return 0
+            await self.client.pexpire(lock, 5_000)
+        entries = await self.client.xrange(self.keys.outbox, count=batch)
+        if not entries:
+            return 0
+        futures = [await send(f[b"topic"].decode(), f[b"key"], f[b"value"]) for _, f in entries]
+        await asyncio.gather(*futures)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xdel(self.keys.outbox, *[entry_id for entry_id, _ in entries])
+        pipe.hincrby(self.keys.counters, "published", len(entries))
+        await pipe.execute()
+        return len(entries)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _reason(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+    return f"{first.get('type')}: {where}: {first.get('msg')}"[:500]

@@ -1,0 +1,79 @@
+"""The Faust topology: the app, its topics and agents, in one place.
+
+    olist.orders  ──▶ order_events  ──┐                ┌──▶ profiles.segment-changes
+                                      ├─▶ Redis ─ outbox ┤
+    olist.reviews ──▶ review_events ──┘   (profiles,      └──▶ profiles.churn-signals
+                          │               due index,
+                          └──▶ segstream.dead-letter     read model)
+
+Both input topics are keyed by customer and co-partitioned, so a worker that owns partition p of
+one owns partition p of the other. Agents are thin: they hand batches to
+:class:`streams.agents.StreamHandler`. State of record lives in Redis, not in Faust tables (the
+embedded broker's end offsets are unreliable, and Faust table recovery depends on them).
+"""
+
+from __future__ import annotations
+
+import faust
+
+from segstream.settings import Settings
+from streams.agents import StreamHandler
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> faust.App:
+    brokers = ";".join(f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(","))
+    app = faust.App(
+        settings.app_id,
+        broker=brokers,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_commit_every=settings.worker_batch,
+        broker_commit_interval=0.5,
+        web_enabled=settings.worker_web_port is not None,
+        web_port=settings.worker_web_port or 6066,
+        producer_acks=-1,
+    )
+    handler = StreamHandler(settings)
+
+    def output(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions)
+
+    outputs = {
+        name: output(name)
+        for name in (settings.topic_segment_changes, settings.topic_churn_signals, settings.topic_dead_letter)
+    }
+
+    async def send(topic: str, key: bytes | None, value: bytes):
+        return await outputs[topic].send(key=key, value=value)
+
+    orders = app.topic(settings.topic_orders, key_serializer="raw", value_serializer="raw")
+    reviews = app.topic(settings.topic_reviews, key_serializer="raw", value_serializer="raw")
+
+    async def consume(topic: str, stream) -> None:
+        async for batch in stream.take_events(settings.worker_batch, within=0.05):
+            records = [(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in batch]
+            await handler.handle(topic, records, send)
+
+    @app.agent(orders, name="order_events")
+    async def order_events(stream) -> None:
+        await consume(settings.topic_orders, stream)
+
+    @app.agent(reviews, name="review_events")
+    async def review_events(stream) -> None:
+        await consume(settings.topic_reviews, stream)
+
+    @app.timer(interval=0.2, name="publish_changes")
+    async def publish_changes() -> None:
+        while await handler.publish(send) > 0:
+            pass
+
+    app.segstream_handler = handler  # for tests and tooling
+    return app

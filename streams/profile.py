@@ -1,0 +1,178 @@
+"""A customer's profile: aggregates folded from events, and what is derived from them at a time.
+
+Every aggregate is order-independent (counts, sums, min/max times, "latest" chosen by
+``(event_time, event_id)``), so events that arrive late or out of order give the same state as in
+order, and the derived part (R/F/M, segment, churn) is a function of the aggregates and "now",
+the event-time watermark. Redelivered events are filtered out before :meth:`Profile.apply` by
+their ``event_id`` (see ``streams/state.py``).
+
+>>> from datetime import UTC, datetime
+>>> from segstream.schemas import Item, OrderPlaced
+>>> placed = OrderPlaced(
+...     event_id="olist:placed:o1", event_time=datetime(2017, 3, 1, tzinfo=UTC), order_id="o1",
+...     customer_unique_id="u1", customer_id="c1", zip_prefix="01001", city="sao paulo", state="SP",
+...     items=[Item(product_id="p1", category="toys", price=90.0, freight=10.0, seller_id="s1")],
+...     payment_total=100.0, payment_types=["boleto"], installments=1, payment_source="payments")
+>>> profile = Profile("u1")
+>>> profile.apply(placed)
+>>> profile.evaluate(now=placed.event_time.timestamp(), scorer=RfmScorer(), rules=ChurnRules())
+>>> profile.r, profile.f, profile.m, profile.segment, profile.churn
+(5, 1, 3, 'Potential Loyalists', 'active')
+>>> profile.evaluate(now=placed.event_time.timestamp() + 200 * DAY, scorer=RfmScorer(), rules=ChurnRules())
+>>> profile.r, profile.segment, profile.churn, profile.churn_reasons
+(2, 'Hibernating', 'at_risk', ['recency'])
+>>> Profile.from_redis(profile.to_redis()) == profile
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, ReviewPosted
+from streams.scoring import DAY, ChurnRules, RfmScorer, segment_for
+
+__all__ = ["Profile"]
+
+_LATEST = tuple[float, str]  # (event time, event id): the order that picks "the latest" review/delivery
+
+
+@dataclass
+class Profile:
+    """The state kept per ``customer_unique_id`` (one Redis hash)."""
+
+    customer_unique_id: str
+    # aggregates
+    first_purchase: float | None = None  # epoch seconds
+    last_purchase: float | None = None
+    orders: int = 0
+    monetary: float = 0.0
+    products: list[str] = field(default_factory=list)  # product ids bought, for the recommendation job
+    canceled: int = 0
+    reviews: int = 0
+    review_sum: int = 0
+    last_review: tuple[float, str] | None = None
+    last_review_score: int | None = None
+    deliveries: int = 0
+    late_deliveries: int = 0
+    last_delivery: tuple[float, str] | None = None
+    last_delivery_late: bool | None = None
+    state: str = ""
+    city: str = ""
+    last_event_time: float | None = None
+    # derived at "now"
+    r: int | None = None
+    f: int | None = None
+    m: int | None = None
+    segment: str = ""
+    churn: str = ""
+    churn_reasons: list[str] = field(default_factory=list)
+    cluster: int | None = None
+    evaluated_at: float | None = None
+    segment_changes: int = 0  # how many times the segment changed: numbers the change events
+    churn_changes: int = 0
+    version: int = 0
+
+    # ---- aggregates ----------------------------------------------------------------------------
+
+    def apply(self, event: CustomerEvent) -> None:
+        """Fold one (new, never seen) event into the aggregates."""
+        moment = event.event_time.timestamp()
+        latest: _LATEST = (moment, event.event_id)
+        self.last_event_time = moment if self.last_event_time is None else max(self.last_event_time, moment)
+        if isinstance(event, OrderPlaced):
+            self.first_purchase = moment if self.first_purchase is None else min(self.first_purchase, moment)
+            if self.last_purchase is None or moment >= self.last_purchase:
+                self.state, self.city = event.state, event.city
+            self.last_purchase = moment if self.last_purchase is None else max(self.last_purchase, moment)
+            self.orders += 1
+            self.monetary = round(self.monetary + event.payment_total, 2)
+            self.products.extend(item.product_id for item in event.items)
+        elif isinstance(event, OrderCanceled):
+            self.canceled += 1
+        elif isinstance(event, ReviewPosted):
+            self.reviews += 1
+            self.review_sum += event.score
+            if self.last_review is None or latest > tuple(self.last_review):
+                self.last_review, self.last_review_score = latest, event.score
+        elif isinstance(event, OrderDelivered):
+            self.deliveries += 1
+            self.late_deliveries += bool(event.late)
+            if self.last_delivery is None or latest > tuple(self.last_delivery):
+                self.last_delivery, self.last_delivery_late = latest, event.late
+
+    @property
+    def mean_gap_days(self) -> float | None:
+        if self.orders < 2 or self.first_purchase is None or self.last_purchase is None:
+            return None
+        return (self.last_purchase - self.first_purchase) / DAY / (self.orders - 1)
+
+    @property
+    def review_mean(self) -> float | None:
+        return self.review_sum / self.reviews if self.reviews else None
+
+    # ---- derived ---------------------------------------------------------------------------------
+
+    def evaluate(self, now: float, scorer: RfmScorer, rules: ChurnRules) -> None:
+        """Derive R/F/M, segment and churn status as of ``now`` (epoch seconds, event time)."""
+        self.evaluated_at = now
+        if self.last_purchase is None:  # reviews or cancellations only: no purchase to score
+            self.r = self.f = self.m = None
+            self.segment, self.churn, self.churn_reasons = "", "", []
+            return
+        recency = max(0.0, (now - self.last_purchase) / DAY)
+        self.r, self.f, self.m = scorer.score_one(recency, self.orders, self.monetary)
+        self.segment = segment_for(self.r, self.f, self.m)
+        status, reasons = rules.status_one(recency, self.mean_gap_days, self.last_review_score, self.last_delivery_late)
+        self.churn, self.churn_reasons = status, list(reasons)
+
+    def next_due(self, now: float, scorer: RfmScorer, rules: ChurnRules) -> float | None:
+        """The event time at which time alone next changes R or churn status, or None."""
+        if self.last_purchase is None:
+            return None
+        recency = max(0.0, (now - self.last_purchase) / DAY)
+        candidates = [scorer.next_change_days(recency), rules.due_days(recency, self.mean_gap_days)]
+        days = [d for d in candidates if d is not None]
+        return self.last_purchase + min(days) * DAY if days else None
+
+    # ---- Redis form ------------------------------------------------------------------------------
+
+    def to_redis(self) -> dict[str, str]:
+        """Flat string fields for one Redis hash (lists and pairs as JSON, None as empty)."""
+        out = {}
+        for name, value in asdict(self).items():
+            if value is None:
+                out[name] = ""
+            elif isinstance(value, list | tuple):
+                out[name] = json.dumps(value, separators=(",", ":"))
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str] | dict[bytes, bytes]) -> Profile:
+        raw = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in data.items()
+        }
+        values: dict = {}
+        for item in fields(cls):
+            text = raw.get(item.name)
+            if text is None or text == "":
+                continue
+            kind = str(item.type)
+            if kind.startswith("list") or kind.startswith("tuple"):
+                loaded = json.loads(text)
+                values[item.name] = tuple(loaded) if kind.startswith("tuple") else loaded
+            elif kind.startswith("bool"):
+                values[item.name] = text == "1"
+            elif kind.startswith("int"):
+                values[item.name] = int(text)
+            elif kind.startswith("float"):
+                values[item.name] = float(text)
+            else:
+                values[item.name] = text
+        return cls(**values)

@@ -1,0 +1,161 @@
+"""RFM scoring, named segments and churn rules: plain objects the stream and the tests call.
+
+The definitions are written down in ``docs/definitions.md``; this module is their one
+implementation (the test oracle is an independent pandas version).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+
+__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "segment_for"]
+
+DAY = 86_400.0
+
+# (R, FM) -> segment, FM = ceil((F + M) / 2). Rows R = 5..1, columns FM = 1..5.
+_TABLE = {
+    5: ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
+    4: ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal", "Loyal"],
+    3: ["About to Sleep", "About to Sleep", "Need Attention", "Loyal", "Loyal"],
+    2: ["Hibernating", "Hibernating", "At Risk", "At Risk", "Can't Lose Them"],
+    1: ["Lost", "Lost", "At Risk", "At Risk", "Can't Lose Them"],
+}
+SEGMENTS = (
+    "Champions", "Loyal", "Potential Loyalists", "New Customers", "Promising", "Need Attention",
+    "About to Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost",
+)  # fmt: skip
+
+
+def segment_for(r: int, f: int, m: int) -> str:
+    """The named segment of an RFM score.
+
+    >>> segment_for(5, 1, 1), segment_for(5, 5, 5), segment_for(1, 1, 5), segment_for(1, 1, 1)
+    ('New Customers', 'Champions', 'At Risk', 'Lost')
+    """
+    for name, score in (("r", r), ("f", f), ("m", m)):
+        if not 1 <= score <= 5:
+            raise ValueError(f"{name} score must be 1..5, not {score}")
+    return _TABLE[r][(f + m + 1) // 2 - 1]
+
+
+@dataclass(frozen=True)
+class RfmScorer:
+    """Scores recency, frequency and monetary value from 1 (worst) to 5 (best).
+
+    R and M are scored against four ascending thresholds each (quantiles of the live population,
+    republished by the retrain job; these defaults bootstrap a fresh system). F uses fixed tiers,
+    because about 97% of Olist customers buy once and F quantiles would all be 1.
+
+    Parameters
+    ----------
+    recency_days
+        R is 5 while the days since the last purchase are below the first threshold, 4 below the
+        second, ..., 1 from the fourth on.
+    monetary
+        M is 1 below the first threshold, 2 below the second, ..., 5 from the fourth on.
+    version
+        Increases with every republication; the stream re-scores everyone when it changes.
+
+    Examples
+    --------
+    >>> scorer = RfmScorer()
+    >>> scorer.score_one(recency_days=10, orders=1, monetary=60.0)
+    (5, 1, 2)
+    >>> scorer.score_one(recency_days=400, orders=4, monetary=1000.0)
+    (1, 5, 5)
+    >>> scorer.next_change_days(10)  # R drops when 30 days have passed
+    30.0
+    >>> scorer.next_change_days(400) is None
+    True
+    >>> RfmScorer.from_json(scorer.to_json()) == scorer
+    True
+    """
+
+    recency_days: tuple[float, ...] = (30.0, 90.0, 180.0, 365.0)
+    monetary: tuple[float, ...] = (55.0, 90.0, 140.0, 220.0)
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("recency_days", "monetary"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 4 or list(values) != sorted(values) or values[0] < 0:
+                raise ValueError(f"{name} must be four ascending non-negative thresholds, not {values}")
+            object.__setattr__(self, name, values)
+
+    def score_one(self, recency_days: float, orders: int, monetary: float) -> tuple[int, int, int]:
+        r = 5 - bisect.bisect_right(self.recency_days, recency_days)
+        f = 1 if orders <= 1 else min(orders + 1, 5)
+        m = 1 + bisect.bisect_right(self.monetary, monetary)
+        return r, f, m
+
+    def next_change_days(self, recency_days: float) -> float | None:
+        """The recency (days) at which R next drops, or None if it cannot drop further."""
+        later = [t for t in self.recency_days if t > recency_days]
+        return later[0] if later else None
+
+    def to_json(self) -> str:
+        return json.dumps({"recency_days": self.recency_days, "monetary": self.monetary, "version": self.version})
+
+    @classmethod
+    def from_json(cls, text: str) -> RfmScorer:
+        data = json.loads(text)
+        return cls(tuple(data["recency_days"]), tuple(data["monetary"]), int(data["version"]))
+
+
+@dataclass(frozen=True)
+class ChurnRules:
+    """Churn status of a customer: ``active``, ``at_risk`` or ``churned``, with reasons.
+
+    The expected gap between purchases is the customer's own mean gap once they have bought at
+    least twice, ``default_gap_days`` before. Recency of at least one gap is a reason to be at
+    risk, at least ``churned_gaps`` gaps is churned. A latest review of ``low_review`` stars or
+    fewer, and a late latest delivery, are reasons to be at risk too.
+
+    Examples
+    --------
+    >>> rules = ChurnRules()
+    >>> rules.status_one(recency_days=20, mean_gap_days=None, last_review=5, last_delivery_late=False)
+    ('active', ())
+    >>> rules.status_one(recency_days=20, mean_gap_days=None, last_review=1, last_delivery_late=True)
+    ('at_risk', ('low_review', 'late_delivery'))
+    >>> rules.status_one(recency_days=200, mean_gap_days=None, last_review=None, last_delivery_late=None)
+    ('at_risk', ('recency',))
+    >>> rules.status_one(recency_days=70, mean_gap_days=30, last_review=None, last_delivery_late=None)
+    ('churned', ('recency',))
+    >>> rules.due_days(recency_days=70, mean_gap_days=None)  # next status change: at 180 days
+    180.0
+    """
+
+    default_gap_days: float = 180.0
+    churned_gaps: float = 2.0
+    low_review: int = 2
+
+    def gaps(self, mean_gap_days: float | None) -> tuple[float, float]:
+        gap = mean_gap_days if mean_gap_days and mean_gap_days > 0 else self.default_gap_days
+        return gap, gap * self.churned_gaps
+
+    def status_one(
+        self,
+        recency_days: float,
+        mean_gap_days: float | None,
+        last_review: int | None,
+        last_delivery_late: bool | None,
+    ) -> tuple[str, tuple[str, ...]]:
+        at_risk_after, churned_after = self.gaps(mean_gap_days)
+        reasons = []
+        if recency_days >= at_risk_after:
+            reasons.append("recency")
+        if last_review is not None and last_review <= self.low_review:
+            reasons.append("low_review")
+        if last_delivery_late:
+            reasons.append("late_delivery")
+        if recency_days >= churned_after:
+            return "churned", tuple(reasons)
+        return ("at_risk" if reasons else "active"), tuple(reasons)
+
+    def due_days(self, recency_days: float, mean_gap_days: float | None) -> float | None:
+        """The recency (days) at which the status next changes by time alone, or None."""
+        later = [t for t in self.gaps(mean_gap_days) if t > recency_days]
+        return min(later) if later else None

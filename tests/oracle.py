@@ -1,0 +1,148 @@
+"""The correctness oracle: docs/definitions.md computed in batch with pandas, from the raw CSVs.
+
+Independent of segstream's loader and streaming code on purpose: it reads the Olist files
+itself and computes, for a history replayed up to its last event, each customer's final R/F/M,
+segment and churn status, and every segment transition the stream must publish.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DAY = 86_400.0
+R_THRESHOLDS = np.array([30.0, 90.0, 180.0, 365.0])
+M_THRESHOLDS = np.array([55.0, 90.0, 140.0, 220.0])
+DEFAULT_GAP_DAYS = 180.0
+TABLE = np.array(
+    [  # rows R = 1..5, columns FM = 1..5
+        ["Lost", "Lost", "At Risk", "At Risk", "Can't Lose Them"],
+        ["Hibernating", "Hibernating", "At Risk", "At Risk", "Can't Lose Them"],
+        ["About to Sleep", "About to Sleep", "Need Attention", "Loyal", "Loyal"],
+        ["Promising", "Potential Loyalists", "Potential Loyalists", "Loyal", "Loyal"],
+        ["New Customers", "Potential Loyalists", "Potential Loyalists", "Champions", "Champions"],
+    ]
+)
+
+
+def _seconds(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, format="ISO8601").astype("datetime64[ns]").astype("int64") / 1e9
+
+
+def load_facts(data: Path) -> dict[str, pd.DataFrame]:
+    """Purchases, deliveries, cancellations and reviews per customer, straight from the CSVs."""
+    orders = pd.read_csv(data / "olist_orders_dataset.csv", dtype=str)
+    customers = pd.read_csv(data / "olist_customers_dataset.csv", dtype=str)
+    payments = pd.read_csv(data / "olist_order_payments_dataset.csv", dtype={"order_id": str})
+    items = pd.read_csv(data / "olist_order_items_dataset.csv", dtype={"order_id": str})
+    reviews = pd.read_csv(data / "olist_order_reviews_dataset.csv", dtype={"review_id": str, "order_id": str})
+
+    orders = orders.merge(customers[["customer_id", "customer_unique_id"]], on="customer_id")
+    orders["time"] = _seconds(orders["order_purchase_timestamp"])
+    paid = payments.groupby("order_id")["payment_value"].sum()
+    items_value = (items["price"] + items["freight_value"]).groupby(items["order_id"]).sum()
+    orders["value"] = orders["order_id"].map(paid).fillna(orders["order_id"].map(items_value)).fillna(0.0)
+    canceled = orders["order_status"].isin(["canceled", "unavailable"])
+
+    purchases = orders.loc[~canceled, ["customer_unique_id", "order_id", "time", "value"]]
+    cancels = orders.loc[canceled, ["customer_unique_id", "order_id", "time"]]
+    kept = orders[~canceled & orders["order_delivered_customer_date"].notna()]
+    delivered = _seconds(kept["order_delivered_customer_date"])
+    delivered_day = pd.to_datetime(kept["order_delivered_customer_date"]).dt.normalize()
+    estimated_day = pd.to_datetime(kept["order_estimated_delivery_date"]).dt.normalize()
+    deliveries = pd.DataFrame(
+        {
+            "customer_unique_id": kept["customer_unique_id"],
+            "order_id": kept["order_id"],
+            "time": delivered,
+            "late": (delivered_day > estimated_day).where(estimated_day.notna()),
+        }
+    )
+    deliveries = deliveries[deliveries["time"] >= kept["time"]]
+
+    reviews = reviews.drop_duplicates(["review_id", "order_id"])
+    reviews = reviews[reviews["review_score"].between(1, 5)]
+    reviews["time"] = _seconds(reviews["review_answer_timestamp"].fillna(reviews["review_creation_date"]))
+    reviews = reviews.merge(orders[["order_id", "customer_unique_id", "time"]].rename(columns={"time": "bought"}))
+    reviews = reviews[reviews["time"] >= reviews["bought"]]
+    return {"purchases": purchases, "cancels": cancels, "deliveries": deliveries, "reviews": reviews}
+
+
+def _scores(recency_days, orders, monetary):
+    r = 5 - np.searchsorted(R_THRESHOLDS, recency_days, side="right")
+    f = np.where(orders <= 1, 1, np.minimum(orders + 1, 5))
+    m = 1 + np.searchsorted(M_THRESHOLDS, monetary, side="right")
+    return r, f, m
+
+
+def _latest(frame: pd.DataFrame, id_column: str, value: str) -> pd.Series:
+    ordered = frame.assign(_id=frame[id_column]).sort_values(["time", "_id"])
+    return ordered.groupby("customer_unique_id")[value].last()
+
+
+def final_state(data: Path) -> pd.DataFrame:
+    """Per customer with a purchase: orders, monetary, r, f, m, segment, churn, as of the last event."""
+    facts = load_facts(data)
+    purchases = facts["purchases"]
+    now = max(frame["time"].max() for frame in facts.values() if len(frame))
+    per = purchases.groupby("customer_unique_id").agg(
+        orders=("order_id", "size"), monetary=("value", "sum"), first=("time", "min"), last=("time", "max")
+    )
+    per["monetary"] = per["monetary"].round(2)
+    recency = (now - per["last"]) / DAY
+    per["r"], per["f"], per["m"] = _scores(recency.to_numpy(), per["orders"].to_numpy(), per["monetary"].to_numpy())
+    per["segment"] = TABLE[per["r"] - 1, (per["f"] + per["m"] + 1) // 2 - 1]
+
+    gap = ((per["last"] - per["first"]) / DAY / (per["orders"] - 1)).where(per["orders"] > 1)
+    gap = gap.where(gap > 0, DEFAULT_GAP_DAYS)
+    reviews = facts["reviews"].assign(event_id=lambda f: f["review_id"] + ":" + f["order_id"])
+    low_review = _latest(reviews, "event_id", "review_score").reindex(per.index) <= 2
+    late = _latest(facts["deliveries"], "order_id", "late").reindex(per.index).fillna(False).astype(bool)
+    at_risk = (recency >= gap) | low_review | late
+    per["churn"] = np.where(recency >= 2 * gap, "churned", np.where(at_risk, "at_risk", "active"))
+    return per
+
+
+def transitions(data: Path, tick_seconds: int = 86_400) -> pd.DataFrame:
+    """Every segment change: customer, previous, segment, cause, time (epoch seconds)."""
+    facts = load_facts(data)
+    times = pd.concat([frame["time"] for frame in facts.values()])
+    start, end = times.min(), times.max()
+    step = float(tick_seconds)
+    ticks = np.arange(np.ceil(start / step) * step, end + 1e-9, step)
+    ticks = np.append(ticks, end)  # the final tick of the replay, at its last event
+
+    # The customer's clock moves with the orders topic: purchases, deliveries, cancellations, ticks.
+    events = pd.concat(
+        [
+            facts["purchases"].assign(rank=1, cause="purchase"),
+            facts["deliveries"].assign(rank=2, cause="delivery", value=0.0),
+            facts["cancels"].assign(rank=3, cause="cancel", value=0.0),
+        ]
+    )
+    rows = []
+    for customer, own in events.groupby("customer_unique_id"):
+        bought = own[own["cause"] == "purchase"]
+        if bought.empty:
+            continue
+        own_ticks = ticks[ticks >= bought["time"].min()]
+        points = pd.concat(
+            [
+                own[["time", "rank", "order_id", "cause", "value"]],
+                pd.DataFrame({"time": own_ticks, "rank": 0, "order_id": "", "cause": "time", "value": 0.0}),
+            ]
+        ).sort_values(["time", "rank", "order_id"], kind="mergesort")
+        is_purchase = (points["cause"] == "purchase").to_numpy()
+        when = points["time"].to_numpy()
+        orders = np.cumsum(is_purchase)
+        monetary = np.round(np.cumsum(np.where(is_purchase, points["value"].to_numpy(), 0.0)), 2)
+        last = np.maximum.accumulate(np.where(is_purchase, when, -np.inf))
+        valid = orders > 0
+        r, f, m = _scores((when - last) / DAY, orders, monetary)
+        segment = np.where(valid, TABLE[np.clip(r, 1, 5) - 1, (f + m + 1) // 2 - 1], "")
+        previous = np.concatenate([[""], segment[:-1]])
+        for i in np.flatnonzero(segment != previous):
+            rows.append((customer, previous[i], segment[i], points["cause"].iloc[i], float(when[i])))
+    return pd.DataFrame(rows, columns=["customer_unique_id", "previous", "segment", "cause", "time"])

@@ -1,0 +1,298 @@
+"""The stream workers against the real broker and Redis, checked against the pandas oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from replay.olist import load_olist
+from replay.producer import ReplaySummary, ensure_topics, replay_history
+from replay.synth import SynthConfig, synthesize
+from segstream.keys import Keys
+from segstream.schemas import decode_output
+from segstream.settings import Settings
+from streams.profile import Profile
+from tests import oracle
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Workers:
+    settings: Settings
+    env: dict[str, str]
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self) -> subprocess.Popen:
+        log = (self.logs / f"worker-{len(self.procs)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "segstream", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_address)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.redis_prefix)
+
+    def wait_for_end(self, summary: ReplaySummary, timeout_s: float = 120) -> None:
+        """Until every partition of both topics has processed the replay run's final tick."""
+        client, wanted = self.redis, 2 * self.settings.topic_partitions
+        run = f"{summary.replay_id}/{summary.run_id}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends = client.hgetall(self.keys.replay_ends)
+            if sum(1 for v in ends.values() if v.decode() == run) == wanted:
+                break
+            for proc in self.procs:
+                assert proc.poll() is None or proc.returncode in (0, -9), self.log_text()
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"replay {run} not consumed in {timeout_s} s\n{self.log_text()}")
+        while client.xlen(self.keys.outbox) and time.monotonic() < deadline:  # changes published
+            time.sleep(0.1)
+        assert client.xlen(self.keys.outbox) == 0
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("*.log")))
+
+    def profiles(self) -> dict[str, Profile]:
+        client, out = self.redis, {}
+        for key in client.scan_iter(match=self.keys.profiles_pattern, count=1000):
+            profile = Profile.from_redis(client.hgetall(key))
+            out[profile.customer_unique_id] = profile
+        return out
+
+    def counters(self) -> Counter:
+        return Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()})
+
+
+@pytest.fixture
+def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
+    tag = uuid.uuid4().hex[:8]
+    settings = kafka.model_copy(
+        update={
+            "app_id": f"seg-{tag}",
+            "redis_prefix": f"seg-{tag}",
+            "topic_segment_changes": f"{tag}.segment-changes",
+            "topic_churn_signals": f"{tag}.churn-signals",
+            "topic_dead_letter": f"{tag}.dead-letter",
+            "worker_batch": 200,
+        }
+    )
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.topic_orders, settings.topic_reviews],
+            settings.topic_partitions,
+            1,
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
+    env.update(
+        {f"SEGSTREAM_{name.upper()}": str(value) for name, value in settings.model_dump().items() if value is not None}
+    )
+    env["SEGSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap_servers
+    env["SEGSTREAM_REDIS_URL"] = settings.redis_address
+    env["SEGSTREAM_LOG_LEVEL"] = "info"
+    group = Workers(settings, env, tmp_path)
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def history_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few thousand orders with repeat buyers, reviews, cancellations and late deliveries."""
+    out = tmp_path_factory.mktemp("stream-history")
+    synthesize(SynthConfig(orders=2_000, seed=23, repeat_share=0.25, late_share=0.15), out)
+    return out
+
+
+def _read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30) -> list:
+    async def read() -> list:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        records, deadline = [], time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=300)
+                records += [decode_output(m.value) for ms in batch.values() for m in ms]
+                if len(records) >= expected and not batch:
+                    break
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(read())
+
+
+def _assert_matches_oracle(group: Workers, data: Path) -> pd.DataFrame:
+    expected = oracle.final_state(data)
+    profiles = group.profiles()
+    scored = {c: p for c, p in profiles.items() if p.orders}
+    assert set(scored) == set(expected.index)
+    mismatches = []
+    for customer, row in expected.iterrows():
+        p = scored[customer]
+        got = (p.orders, round(p.monetary, 2), p.r, p.f, p.m, p.segment, p.churn)
+        want = (row.orders, round(row.monetary, 2), row.r, row.f, row.m, row.segment, row.churn)
+        if got != want:
+            mismatches.append((customer, got, want))
+    assert not mismatches, mismatches[:5]
+    return expected
+
+
+def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary)
+    expected = _assert_matches_oracle(workers, history_dir)
+    assert expected["orders"].gt(1).sum() > 100 and expected["churn"].nunique() == 3
+    assert expected["segment"].nunique() >= 8
+
+    changes = oracle.transitions(history_dir)
+    published = [e for e in _read_topic(workers.settings, workers.settings.topic_segment_changes, len(changes))]
+    got = Counter(
+        (e.customer_unique_id, e.previous_segment, e.segment, e.cause, e.event_time.timestamp()) for e in published
+    )
+    want = Counter(changes.itertuples(index=False, name=None))
+    assert got == want
+    assert len({e.event_id for e in published}) == len(published)  # never twice for the same change
+
+    counts = workers.redis.hgetall(workers.keys.segments)
+    assert {k.decode(): int(v) for k, v in counts.items() if int(v)} == expected["segment"].value_counts().to_dict()
+    counters = workers.counters()
+    assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+    assert counters["applied"] == summary.events_total
+
+
+def test_replaying_again_changes_nothing(workers: Workers, history_dir: Path) -> None:
+    workers.start()
+    history = load_olist(history_dir)
+    first = asyncio.run(replay_history(history, workers.settings))
+    workers.wait_for_end(first)
+    before = workers.profiles()
+    published = workers.counters()["published"]
+    # Same data, same window: a new replay id only because --restart sends it all again.
+    second = asyncio.run(replay_history(history, workers.settings, restart=True))
+    workers.wait_for_end(second)
+    assert workers.profiles() == before
+    counters = workers.counters()
+    assert counters["published"] == published  # no new change events
+    assert counters["duplicates"] == first.events_total
+    assert counters["applied"] == first.events_total
+
+
+def test_killed_worker_restarts_without_loss_or_double_count(workers: Workers, history_dir: Path) -> None:
+    proc = workers.start()
+    settings = workers.settings.model_copy(update={"replay_batch": 200})
+    history = load_olist(history_dir)
+
+    async def replay_slowly():
+        return await replay_history(history, settings, speed=40 * 86_400)  # ~20 s of replay
+
+    import threading
+
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("summary", asyncio.run(replay_slowly())))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while workers.counters()["applied"] < 1_000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers.counters()["applied"] >= 1_000, workers.log_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    workers.start()
+    thread.join(timeout=120)
+    workers.wait_for_end(result["summary"], timeout_s=180)
+    _assert_matches_oracle(workers, history_dir)
+    counters = workers.counters()
+    assert counters["applied"] == result["summary"].events_total  # nothing counted twice
+    assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+
+
+def test_malformed_messages_are_dead_lettered(workers: Workers, tmp_path: Path) -> None:
+    data = tmp_path / "small"
+    synthesize(SynthConfig(orders=200, seed=5, repeat_share=0.2), data)
+    bad = [
+        b"\xff\xfe not json at all",
+        b'{"event_type": "order_placed", "event_id": "x"}',
+        b'{"event_type": "teleported", "event_id": "y", "event_time": "2017-01-01T00:00:00Z"}',
+    ]
+    review = (
+        b'{"event_type":"review_posted","schema_version":1,"event_id":"bad-score","event_time":"2017-05-01T00:00:00Z",'
+        b'"customer_unique_id":"u","order_id":"o","review_id":"r","score":9,"created_time":"2017-05-01T00:00:00Z",'
+        b'"comment_present":false,"comment_length":0}'
+    )
+
+    async def inject() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=workers.settings.kafka_bootstrap_servers)
+        await producer.start()
+        for i, value in enumerate(bad):
+            await producer.send_and_wait(workers.settings.topic_orders, value, key=b"k", partition=i % 4)
+        await producer.send_and_wait(workers.settings.topic_reviews, review, key=b"u", partition=1)
+        await producer.stop()
+
+    asyncio.run(inject())
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(data), workers.settings))
+    workers.wait_for_end(summary)
+    letters = _read_topic(workers.settings, workers.settings.topic_dead_letter, 4)
+    assert len(letters) == 4
+    reasons = sorted(letter.reason.split(":")[0] for letter in letters)
+    assert reasons == ["json_invalid", "less_than_equal", "missing", "union_tag_invalid"]
+    counters = workers.counters()
+    assert counters["dead_lettered"] == 4
+    assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+    assert counters["applied"] == summary.events_total
+
+
+def test_shuffled_within_the_late_bound_gives_the_same_state(workers: Workers, history_dir: Path) -> None:
+    workers.start()
+    history = load_olist(history_dir)
+    summary = asyncio.run(replay_history(history, workers.settings, lateness_seconds=7 * 86_400, seed=3))
+    workers.wait_for_end(summary)
+    _assert_matches_oracle(workers, history_dir)
+
+
+def test_event_time_not_wall_clock(workers: Workers, history_dir: Path) -> None:
+    """The profiles' 'now' is the replay's last event time, years before the wall clock."""
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary)
+    last = datetime.fromisoformat(summary.last_event_time).timestamp()
+    evaluated = [p.evaluated_at for p in workers.profiles().values() if p.evaluated_at]
+    assert max(evaluated) == pytest.approx(last)
+    assert max(evaluated) < datetime(2020, 1, 1, tzinfo=UTC).timestamp()
