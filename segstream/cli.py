@@ -299,6 +299,33 @@ def worker(ctx: click.Context, **flags: Any) -> None:
 
 
 @cli.command()
+@click.argument("customer_unique_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw profile as JSON.")
+@click.pass_context
+def profile(ctx: click.Context, customer_unique_id: str, as_json: bool) -> None:
+    """Print one customer's profile (RFM, segment, churn, aggregates) from Redis."""
+    from streams.readmodel import profile_lines, read_profile
+
+    found = read_profile(_settings(ctx), customer_unique_id)
+    if found is None:
+        raise click.ClickException(f"no profile for {customer_unique_id} (is the worker running, the id right?)")
+    if as_json:
+        click.echo(json.dumps(vars(found), indent=2))
+    else:
+        click.echo("\n".join(profile_lines(found)))
+
+
+@cli.command()
+@click.option("--latest", type=click.IntRange(min=0), default=10, show_default=True, help="How many recent shifts.")
+@click.pass_context
+def segments(ctx: click.Context, latest: int) -> None:
+    """Print customers per segment and the latest segment shifts."""
+    from streams.readmodel import overview, overview_lines
+
+    click.echo("\n".join(overview_lines(overview(_settings(ctx), latest))))
+
+
+@cli.command()
 @click.pass_context
 def config(ctx: click.Context) -> None:
     """Print the settings in effect (flags > SEGSTREAM_* environment > defaults) as JSON."""
@@ -334,10 +361,11 @@ def schemas() -> None:
 )
 @click.pass_context
 def demo(ctx: click.Context, data: Path | None, speed: float | None, keep_services: bool) -> None:
-    """Start the embedded services if needed, replay the bundled sample and print a summary."""
+    """Start services and a stream worker, replay the bundled sample, show segments live."""
     from segstream.demo import run_demo
 
-    run_demo(_settings(ctx), data=data, speed=speed, keep_services=keep_services, echo=click.echo)
+    if not run_demo(_settings(ctx), data=data, speed=speed, keep_services=keep_services, echo=click.echo):
+        sys.exit(1)
 
 
 def main() -> None:

@@ -1,23 +1,42 @@
 """``segstream demo``: the main job on the embedded default, end to end.
 
-Like the CLI, this is the face of the project: it may import every stage, and no stage or
-vocabulary module imports it.
+Starts the embedded broker and Redis if needed, a stream worker, replays the bundled sample (or
+``--data``) and shows the segment counts live while the worker catches up, then the latest shifts.
+Like the CLI, this is the face of the project: it may import every stage, and nothing imports it.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from segstream.settings import Settings
+from segstream.settings import Settings, settings_env
 
-__all__ = ["run_demo", "sample_path"]
+__all__ = ["run_demo", "sample_path", "start_worker"]
 
 
 def sample_path() -> Path:
     """The bundled synthetic Olist sample (see its README for how it was generated)."""
     return Path(str(resources.files("replay") / "data" / "sample"))
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    """A ``segstream worker`` process with exactly these settings, logging to ``log_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
+    env.update(settings_env(settings))
+    env["SEGSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap_servers
+    env["SEGSTREAM_REDIS_URL"] = settings.redis_address
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "segstream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def run_demo(
@@ -26,37 +45,63 @@ def run_demo(
     data: Path | None = None,
     speed: float | None = None,
     keep_services: bool = True,
+    timeout_s: float = 600,
     echo: Callable[[str], None] = print,
 ) -> bool:
-    """Start services if needed, replay ``data`` (default: the bundled sample), read it back.
-
-    Returns whether every partition's read-back matched what the replay sent.
-    """
-    import sys
-
+    """Returns whether the worker processed the whole replay (every partition's end tick)."""
     from replay.producer import run_replay, summary_lines
-    from replay.readback import read_back
     from segstream.services import services_down, services_up
+    from streams.readmodel import overview, overview_lines, replay_consumed
 
     echo("services:")
     for status in services_up(settings):
         echo("  " + status.line())
-    data = data or sample_path()
-    echo(f"replaying {data} (event time order, speed {'max' if speed is None else speed})")
+    worker_log = settings.run_dir / "logs" / "worker.log"
+    worker = start_worker(settings, worker_log)
+    echo(f"started stream worker pid {worker.pid} (log {worker_log})")
+    caught_up = False
     try:
+        data = data or sample_path()
+        echo(f"replaying {data} (event-time order, speed {'max' if speed is None else speed})")
         history, summary = run_replay(data, settings, speed=speed, restart=True, progress=sys.stderr.isatty())
         for line in summary_lines(history, summary):
             echo(line)
-        echo("read back from Kafka (until each partition's end-of-replay tick):")
-        check = read_back(settings, summary.replay_id, timeout_s=120)
-        for line in check.lines():
-            echo(line)
-        echo("every event arrived" if check.matches else "READ-BACK INCOMPLETE: see the lines above")
-        echo("streaming profile workers are not part of segstream yet (next: issue 4)")
+        partitions = 2 * summary.partitions
+        live = sys.stdout.isatty()
+        deadline, shown = time.monotonic() + timeout_s, 0.0
+        while time.monotonic() < deadline:
+            done = replay_consumed(settings, summary.replay_id, summary.run_id)
+            if worker.poll() is not None:
+                echo(f"the worker exited with code {worker.returncode}; see {worker_log}")
+                break
+            if done == partitions:
+                caught_up = True
+                break
+            if live or time.monotonic() - shown > 5:
+                view = overview(settings, latest=0)
+                lines = [
+                    f"worker catching up: {done}/{partitions} partitions at the end of the replay",
+                    *overview_lines(view),
+                ]
+                if live:
+                    echo("\033[2J\033[H" + "\n".join(lines))
+                else:
+                    echo("\n".join(lines))
+                shown = time.monotonic()
+            time.sleep(1 if live else 0.5)
+        echo("segments after the replay:" if caught_up else "segments so far (the worker did not catch up in time):")
+        for line in overview_lines(overview(settings, latest=10)):
+            echo("  " + line)
+        echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
     finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
         if not keep_services:
             for message in services_down(settings):
                 echo("  " + message)
     if keep_services:
         echo("services keep running: `segstream services status`, `segstream services down`")
-    return check.matches
+    return caught_up

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "settings_env"]
 
 
 class Settings(BaseSettings):
@@ -107,6 +107,19 @@ class Settings(BaseSettings):
     @property
     def redis_address(self) -> str:
         return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/0"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``SEGSTREAM_*`` environment that reproduces ``settings`` in another process.
+
+    >>> settings_env(Settings(kafka_port=19092))["SEGSTREAM_KAFKA_PORT"]
+    '19092'
+    """
+    return {
+        f"SEGSTREAM_{name.upper()}": str(value)
+        for name, value in settings.model_dump(mode="json").items()
+        if value is not None
+    }
 
 
 def load_settings(**flags: Any) -> Settings:

@@ -92,6 +92,8 @@ def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "every event arrived" in done.stdout
+    assert "segments after the replay:" in done.stdout
     assert "order_placed          2,971" in done.stdout
+    assert "Potential Loyalists" in done.stdout and "latest shifts:" in done.stdout
+    assert "consumed 8,903, applied 8,903" in done.stdout
     assert "kafka: stopped pid" in done.stdout and "redis: stopped pid" in done.stdout

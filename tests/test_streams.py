@@ -25,7 +25,7 @@ from replay.producer import ReplaySummary, ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.keys import Keys
 from segstream.schemas import decode_output
-from segstream.settings import Settings
+from segstream.settings import Settings, settings_env
 from streams.profile import Profile
 from tests import oracle
 
@@ -119,9 +119,7 @@ def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
-    env.update(
-        {f"SEGSTREAM_{name.upper()}": str(value) for name, value in settings.model_dump().items() if value is not None}
-    )
+    env.update(settings_env(settings))
     env["SEGSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap_servers
     env["SEGSTREAM_REDIS_URL"] = settings.redis_address
     env["SEGSTREAM_LOG_LEVEL"] = "info"
