@@ -37,7 +37,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 from replay.history import KIND_NAMES, REVIEW, TICK, History
-from segstream.schemas import ClockTick, encode_event, make_event_id
+from segstream.schemas import SENT_AT_HEADER, ClockTick, encode_event, make_event_id
 from segstream.services import describe_kafka
 from segstream.settings import Settings
 
@@ -168,14 +168,16 @@ class _Batches:
         self.open: dict[tuple[str, int], object] = {}
         self.pending: list[asyncio.Future] = []
 
-    async def append(self, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
+    async def append(
+        self, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int, headers=()
+    ) -> None:
         batch = self.open.get((topic, partition))
         if batch is None:
             batch = self.open[(topic, partition)] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=timestamp_ms) is None:
+        if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
             await self._send(topic, partition, batch)
             batch = self.open[(topic, partition)] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=timestamp_ms) is None:
+            if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
                 raise ValueError(f"a {len(value)}-byte record does not fit in an empty batch; raise max_batch_size")
 
     async def _send(self, topic: str, partition: int, batch) -> None:
@@ -325,6 +327,8 @@ async def replay_history(
                     event.customer_unique_id.encode(),
                     encode_event(event),
                     timestamp_ms,
+                    # wall-clock send time: lets workers measure append-to-Redis latency
+                    ((SENT_AT_HEADER, str(int(time.time() * 1000)).encode()),),
                 )
                 summary.sent_by_type[KIND_NAMES[kind]] += 1
             position += 1

@@ -74,6 +74,21 @@ class Keys:
         return f"{self.prefix}:replay-ends"
 
     @property
+    def latencies(self) -> str:
+        """List (capped): recent Kafka-send-to-Redis-update latencies in ms, newest first."""
+        return f"{self.prefix}:latency-ms"
+
+    @property
+    def cluster_model(self) -> str:
+        """String: the online cluster model checkpoint (JSON, streams/clusters.py)."""
+        return f"{self.prefix}:clusters:model"
+
+    @property
+    def cluster_profiles(self) -> str:
+        """String: each cluster's center in original units (JSON)."""
+        return f"{self.prefix}:clusters:profiles"
+
+    @property
     def thresholds(self) -> str:
         """String: the RFM thresholds in force (JSON, see streams.scoring.RfmScorer)."""
         return f"{self.prefix}:thresholds"

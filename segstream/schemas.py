@@ -34,6 +34,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SENT_AT_HEADER",
     "AnyEvent",
     "ChurnChanged",
     "ClockTick",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# Kafka header the replay puts on customer events: wall-clock send time in ms, for latency metrics.
+SENT_AT_HEADER = "segstream-sent-at-ms"
 
 
 def make_event_id(source: str, kind: str, *parts: str) -> str:

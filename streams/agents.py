@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,8 +24,9 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from segstream.keys import Keys
-from segstream.schemas import ClockTick, DeadLetter, decode_event
+from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
 from segstream.settings import Settings
+from streams.clusters import OnlineClusters
 from streams.scoring import ChurnRules, RfmScorer
 from streams.state import ProfileStore
 
@@ -31,6 +34,7 @@ __all__ = ["StreamHandler"]
 
 log = logging.getLogger(__name__)
 
+Record = tuple[int, int, bytes | None, bytes, Any]  # partition, offset, key, value, headers
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value) -> delivery future
 
 
@@ -50,6 +54,8 @@ class StreamHandler:
             # The thresholds in force live in Redis (the retrain job republishes them); bootstrap defaults.
             await self.client.set(self.keys.thresholds, RfmScorer().to_json(), nx=True)
             scorer = RfmScorer.from_json((await self.client.get(self.keys.thresholds)).decode())
+            saved = await self.client.get(self.keys.cluster_model)
+            clusters = OnlineClusters.from_json(saved.decode()) if saved else OnlineClusters()
             self.store = ProfileStore(
                 self.client,
                 self.keys,
@@ -57,10 +63,11 @@ class StreamHandler:
                 rules=ChurnRules(default_gap_days=self.settings.churn_default_gap_days),
                 segment_topic=self.settings.topic_segment_changes,
                 churn_topic=self.settings.topic_churn_signals,
+                clusters=clusters,
             )
         return self.store
 
-    async def handle(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+    async def handle(self, topic: str, records: list[Record], send: Send) -> None:
         """Process ``(partition, offset, key, value)`` records of one topic, in order; retries Redis outages."""
         try:
             await self._with_retries(topic, records, send)
@@ -72,11 +79,11 @@ class StreamHandler:
                 try:
                     await self._with_retries(topic, [record], send)
                 except Exception as exc:
-                    partition, offset, key, value = record
+                    partition, offset, key, value, _headers = record
                     reason = f"processing error: {type(exc).__name__}: {exc}"[:500]
                     await self._dead_letter(send, topic, partition, offset, key, value, reason)
 
-    async def _with_retries(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+    async def _with_retries(self, topic: str, records: list[Record], send: Send) -> None:
         delay = 0.5
         while True:
             try:
@@ -87,24 +94,30 @@ class StreamHandler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _handle(self, topic: str, records: list[tuple[int, int, bytes | None, bytes]], send: Send) -> None:
+    async def _handle(self, topic: str, records: list[Record], send: Send) -> None:
         store = await self._ready()
         watermarks = self.watermarks.setdefault(topic, {})
         clock = topic == self.settings.topic_orders
         # Partitions hold disjoint customers: each partition's records are handled on their own,
         # in order, as runs of customer events (one apply) and runs of clock ticks (one advance).
         by_partition: dict[int, list] = {}
-        for partition, offset, key, value in records:
+        sent_at = []
+        for partition, offset, key, value, headers in records:
             try:
                 event = decode_event(value)
             except ValidationError as exc:
                 await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
                 continue
             by_partition.setdefault(partition, []).append(event)
+            sent_at.extend(int(v) for k, v in (headers or ()) if k == SENT_AT_HEADER)
         await asyncio.gather(
             *(self._partition(store, topic, p, events, watermarks, clock) for p, events in by_partition.items())
         )
-        await store.count(ticks=sum(isinstance(e, ClockTick) for events in by_partition.values() for e in events))
+        done_ms = time.time() * 1000
+        await store.count(
+            ticks=sum(isinstance(e, ClockTick) for events in by_partition.values() for e in events),
+            latencies_ms=[round(done_ms - sent, 1) for sent in sent_at],
+        )
 
     async def _partition(
         self, store: ProfileStore, topic: str, partition: int, events: list, watermarks: dict, clock: bool
@@ -169,6 +182,16 @@ class StreamHandler:
         pipe.hincrby(self.keys.counters, "published", len(entries))
         await pipe.execute()
         return len(entries)
+
+    async def checkpoint_clusters(self) -> None:
+        """Save the cluster model and its profiles (JSON). With several workers, the last save wins."""
+        if self.store is None or self.store.clusters is None or not self.store.clusters.learned:
+            return
+        clusters = self.store.clusters
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.cluster_model, clusters.to_json())
+        pipe.set(self.keys.cluster_profiles, json.dumps(clusters.profiles()))
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()

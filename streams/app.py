@@ -4,7 +4,8 @@
                                       ├─▶ Redis ─ outbox ┤
     olist.reviews ──▶ review_events ──┘   (profiles,      └──▶ profiles.churn-signals
                           │               due index,
-                          └──▶ segstream.dead-letter     read model)
+                          └──▶ segstream.dead-letter     read model,
+                                                          cluster model every 5 s)
 
 Both input topics are keyed by customer and co-partitioned, so a worker that owns partition p of
 one owns partition p of the other. Agents are thin: they hand batches to
@@ -59,7 +60,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def consume(topic: str, stream) -> None:
         async for batch in stream.take_events(settings.worker_batch, within=0.05):
-            records = [(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in batch]
+            records = [
+                (e.message.partition, e.message.offset, e.message.key, e.message.value, e.message.headers)
+                for e in batch
+            ]
             await handler.handle(topic, records, send)
 
     @app.agent(orders, name="order_events")
@@ -74,6 +78,10 @@ def create_app(settings: Settings) -> faust.App:
     async def publish_changes() -> None:
         while await handler.publish(send) > 0:
             pass
+
+    @app.timer(interval=5.0, name="checkpoint_clusters")
+    async def checkpoint_clusters() -> None:
+        await handler.checkpoint_clusters()
 
     app.segstream_handler = handler  # for tests and tooling
     return app

@@ -36,6 +36,7 @@ from segstream.schemas import (
     SegmentChanged,
     encode_event,
 )
+from streams.clusters import OnlineClusters, features
 from streams.profile import Profile
 from streams.scoring import ChurnRules, RfmScorer
 
@@ -108,6 +109,7 @@ class ProfileStore:
         segment_topic: str,
         churn_topic: str,
         recent_changes: int = 1000,
+        clusters: OnlineClusters | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -116,6 +118,7 @@ class ProfileStore:
         self.segment_topic = segment_topic
         self.churn_topic = churn_topic
         self.recent_changes = recent_changes
+        self.clusters = clusters
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._script_loaded = False
 
@@ -281,6 +284,8 @@ class ProfileStore:
                         now = profile.evaluated_at
                     else:
                         continue  # nothing to derive before the customer's first purchase
+                    if self.clusters is not None and profile.last_purchase is not None:
+                        profile.cluster = self.clusters.learn_predict_one(features(profile, now))
                     steps.append(self._step(profile, now, cause_of(event), event.event_id))
                 partition = fresh[-1][1]
                 profile.version = before_version + 1
@@ -349,12 +354,16 @@ class ProfileStore:
         await self.client.hset(self.keys.watermarks, str(partition), last)
         return changed
 
-    async def count(self, **increments: int) -> None:
-        increments = {k: v for k, v in increments.items() if v}
-        if increments:
-            pipe = self.client.pipeline(transaction=False)
-            for name, value in increments.items():
+    async def count(self, latencies_ms: list[float] = (), keep_latencies: int = 50_000, **increments: int) -> None:
+        """Add to the counters, and remember the latest send-to-update latencies (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name, value in increments.items():
+            if value:
                 pipe.hincrby(self.keys.counters, name, value)
+        if latencies_ms:
+            pipe.lpush(self.keys.latencies, *latencies_ms)
+            pipe.ltrim(self.keys.latencies, 0, keep_latencies - 1)
+        if len(pipe):
             await pipe.execute()
 
     async def counters(self) -> Counter:

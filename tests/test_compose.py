@@ -38,6 +38,17 @@ def test_compose_has_kraft_kafka_redis_with_aof_and_segstream() -> None:
     assert env["SEGSTREAM_KAFKA_BOOTSTRAP"] in listeners
 
 
+def test_compose_runs_workers_with_the_shared_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert worker["command"] == ["worker"] and "worker" in cli.commands
+    env = worker["environment"]
+    fields = {f"SEGSTREAM_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    assert env["SEGSTREAM_KAFKA_BOOTSTRAP"] == compose["services"]["replay"]["environment"]["SEGSTREAM_KAFKA_BOOTSTRAP"]
+    assert worker["deploy"]["replicas"] >= 2
+
+
 def test_dockerfile_installs_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("segstream", "replay", "streams", "models"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from replay.synth import SynthConfig, synthesize
 from segstream.keys import Keys
 from segstream.schemas import decode_output
 from segstream.settings import Settings, settings_env
+from streams.clusters import OnlineClusters
 from streams.profile import Profile
 from tests import oracle
 
@@ -188,6 +190,16 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
     want = Counter(changes.itertuples(index=False, name=None))
     assert got == want
     assert len({e.event_id for e in published}) == len(published)  # never twice for the same change
+
+    # Online clusters: every scored customer has one; the checkpointed model restores; profiles in units.
+    assert all(p.cluster in range(5) for p in workers.profiles().values() if p.orders)
+    deadline = time.monotonic() + 15
+    while not workers.redis.get(workers.keys.cluster_model) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    model = OnlineClusters.from_json(workers.redis.get(workers.keys.cluster_model).decode())
+    assert model.learned >= summary.events_total // 2
+    profiles = json.loads(workers.redis.get(workers.keys.cluster_profiles))
+    assert len(profiles) == 5 and all(0 <= c["late_share"] <= 1 and c["orders"] >= 0.5 for c in profiles.values())
 
     counts = workers.redis.hgetall(workers.keys.segments)
     assert {k.decode(): int(v) for k, v in counts.items() if int(v)} == expected["segment"].value_counts().to_dict()

@@ -1,0 +1,255 @@
+"""Stream throughput and latency, next to a raw aiokafka consumer and a bare Faust agent.
+
+    python bench/stream_throughput.py --orders 100000
+
+One run, on the embedded broker and redis-server (fresh, free ports), a synthetic history:
+
+1. end-to-end: a segstream worker is started and has joined its group; the replay starts; the
+   clock stops when every partition's end-of-replay tick has been processed (the last Redis
+   update). events/s = customer events / that time.
+2. catch-up: a second, fresh worker group reads the same (now full) topics; events/s from its
+   first applied event to the end. Directly comparable with (3) and (4).
+3. raw aiokafka: a consumer reading both topics from the start with getmany + json.loads until
+   every final tick.
+4. bare Faust agent: an agent that only decodes (json.loads) and counts the same messages, same
+   short broker timeouts, until every final tick.
+5. latency: replay paced at --rate events/s into fresh topics with the worker running; the worker
+   records, per record, Redis-update time minus the replay's send time (a Kafka header).
+6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import redis
+from aiokafka import AIOKafkaConsumer
+
+from replay.olist import load_olist
+from replay.producer import replay_history
+from replay.synth import SynthConfig, synthesize
+from segstream.demo import start_worker
+from segstream.keys import Keys
+from segstream.services import services_down, services_up
+from segstream.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _variant(base: Settings, tag: str) -> Settings:
+    return base.model_copy(
+        update={
+            "app_id": f"bench-{tag}",
+            "redis_prefix": f"bench-{tag}",
+            "topic_segment_changes": f"{tag}.segment-changes",
+            "topic_churn_signals": f"{tag}.churn-signals",
+            "topic_dead_letter": f"{tag}.dead-letter",
+        }
+    )
+
+
+def _wait_ready(log: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and "Worker]: Ready" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker not ready in {timeout_s} s; see {log}")
+
+
+def _wait_consumed(settings: Settings, replay_id: str, run_id: str, partitions: int, timeout_s: float = 3600):
+    """(time of the first applied event, time every partition processed the final tick)."""
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    deadline, first = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        if first is None and client.hget(keys.counters, "consumed"):
+            first = time.monotonic()
+        ends = client.hgetall(keys.replay_ends)
+        if sum(1 for v in ends.values() if v.decode() == f"{replay_id}/{run_id}") == partitions:
+            return first or time.monotonic(), time.monotonic()
+        time.sleep(0.05)
+    raise RuntimeError("worker did not finish")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def _raw_consume(settings: Settings, replay_id: str, partitions: int) -> tuple[int, float]:
+    consumer = AIOKafkaConsumer(
+        settings.topic_orders,
+        settings.topic_reviews,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    count, finals, started = 0, set(), None
+    while len(finals) < partitions:
+        batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+        started = started or time.monotonic()
+        for tp, messages in batch.items():
+            for message in messages:
+                data = json.loads(message.value)
+                count += 1
+                if data.get("final") and data.get("replay_id") == replay_id:
+                    finals.add((tp.topic, tp.partition))
+    elapsed = time.monotonic() - started
+    await consumer.stop()
+    return count, elapsed
+
+
+BARE_AGENT = textwrap.dedent(
+    """
+    import json, sys, time, faust
+    bootstrap, orders, reviews, replay_id, partitions, out = sys.argv[1:7]
+    app = faust.App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
+                    broker_session_timeout=6, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
+                    web_enabled=False, consumer_auto_offset_reset="earliest")
+    state = {"count": 0, "finals": set(), "first": None}
+    @app.agent(app.topic(orders, reviews, value_serializer="raw"))
+    async def count(stream):
+        async for values in stream.take(1000, within=0.5):
+            state["first"] = state["first"] or time.monotonic()
+            for value in values:
+                data = json.loads(value)
+                state["count"] += 1
+                if data.get("final") and data.get("replay_id") == replay_id:
+                    state["finals"].add((data["topic"], data["partition"]))
+            if len(state["finals"]) == int(partitions):
+                with open(out, "w") as f:
+                    json.dump({"count": state["count"], "seconds": time.monotonic() - state["first"]}, f)
+    app.main()
+    """
+)
+
+
+def _bare_faust(settings: Settings, replay_id: str, partitions: int, workdir: Path) -> tuple[int, float]:
+    script, out = workdir / "bare_agent.py", workdir / "bare.json"
+    script.write_text(BARE_AGENT)
+    args = [settings.kafka_bootstrap_servers, settings.topic_orders, settings.topic_reviews, replay_id, str(partitions)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args, str(out), "worker", "-l", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "bare.log").open("w"),
+    )
+    deadline = time.monotonic() + 3600
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _stop(proc)
+    result = json.loads(out.read_text())
+    return result["count"], result["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=2_000, help="events/s for the latency run (default 2000)")
+    parser.add_argument("--latency-seconds", type=float, default=20, help="length of the latency run")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-stream-bench-"))
+    data = workdir / "olist"
+    synthesize(SynthConfig(orders=args.orders, seed=1), data)
+    base = Settings(run_dir=workdir / "run", kafka_port=_free_port(), redis_port=_free_port(), log_level="info")
+    services_up(base)
+    figures: dict = {"orders": args.orders}
+    try:
+        history = load_olist(data)
+        tag = uuid.uuid4().hex[:6]
+        e2e = _variant(base, f"e2e{tag}").model_copy(
+            update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}
+        )
+        partitions = 2 * e2e.topic_partitions
+        worker = start_worker(e2e, workdir / "e2e-worker.log")
+        _wait_ready(workdir / "e2e-worker.log")
+        started = time.monotonic()
+        summary = asyncio.run(replay_history(history, e2e))
+        _, finished = _wait_consumed(e2e, summary.replay_id, summary.run_id, partitions)
+        _stop(worker)
+        events = summary.events_total
+        figures["events"] = events
+        figures["ticks"] = summary.ticks_sent
+        figures["replay_events_per_s"] = round(summary.events_per_s)
+        figures["end_to_end_events_per_s"] = round(events / (finished - started))
+        print(f"end-to-end: {events:,} events in {finished - started:.1f} s", file=sys.stderr)
+
+        client, keys = redis.Redis.from_url(e2e.redis_address), Keys(e2e.redis_prefix)
+        sample = [
+            k.decode().rsplit(":", 1)[1]
+            for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
+        ]
+        per_customer = [
+            (client.memory_usage(keys.profile(c)) or 0) + (client.memory_usage(keys.applied(c)) or 0) for c in sample
+        ]
+        figures["redis_bytes_per_customer"] = round(float(np.mean(per_customer)))
+        figures["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 1e6, 1)
+
+        catch_up = _variant(e2e, f"cu{tag}")
+        worker = start_worker(catch_up, workdir / "catchup-worker.log")
+        first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
+        _stop(worker)
+        figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
+
+        count, seconds = asyncio.run(_raw_consume(e2e, summary.replay_id, partitions))
+        figures["raw_aiokafka_msgs_per_s"] = round(count / seconds)
+        count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir)
+        figures["bare_faust_msgs_per_s"] = round(count / seconds)
+        figures["messages_incl_ticks"] = count
+        figures["end_to_end_msgs_per_s"] = round(count / (finished - started))
+        bare = figures["bare_faust_msgs_per_s"]
+        figures["ratio_end_to_end_to_bare_faust"] = round(figures["end_to_end_msgs_per_s"] / bare, 3)
+        figures["ratio_catch_up_to_bare_faust"] = round(figures["catch_up_msgs_per_s"] / bare, 3)
+
+        # latency at a fixed rate
+        lat = _variant(base, f"lat{tag}").model_copy(
+            update={"topic_orders": f"{tag}.lat.orders", "topic_reviews": f"{tag}.lat.reviews"}
+        )
+        worker = start_worker(lat, workdir / "lat-worker.log")
+        _wait_ready(workdir / "lat-worker.log")
+        span = history.placed["event_time"].max() - history.placed["event_time"].min()
+        speed = args.rate * span.total_seconds() / events
+        asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
+        time.sleep(3)
+        _stop(worker)
+        latencies = [
+            float(v) for v in redis.Redis.from_url(lat.redis_address).lrange(Keys(lat.redis_prefix).latencies, 0, -1)
+        ]
+        figures["latency_rate_events_per_s"] = args.rate
+        figures["latency_samples"] = len(latencies)
+        if latencies:
+            figures["latency_p50_ms"] = round(float(np.percentile(latencies, 50)), 1)
+            figures["latency_p99_ms"] = round(float(np.percentile(latencies, 99)), 1)
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+    finally:
+        services_down(base)
+
+
+if __name__ == "__main__":
+    main()
