@@ -325,6 +325,34 @@ def segments(ctx: click.Context, latest: int) -> None:
     click.echo("\n".join(overview_lines(overview(_settings(ctx), latest))))
 
 
+def _four(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not four comma-separated numbers") from None
+
+
+@cli.command()
+@click.option("--recency", help="Four ascending R thresholds in days, e.g. 30,90,180,365.")
+@click.option("--monetary", help="Four ascending M thresholds, e.g. 55,90,140,220.")
+@click.pass_context
+def thresholds(ctx: click.Context, recency: str | None, monetary: str | None) -> None:
+    """Show the RFM thresholds in force, or publish new ones (workers then re-score everyone)."""
+    from streams.thresholds import current_thresholds, publish_thresholds
+
+    settings = _settings(ctx)
+    if recency is None and monetary is None:
+        click.echo(current_thresholds(settings).to_json())
+        return
+    try:
+        scorer = publish_thresholds(settings, _four(recency), _four(monetary))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"published thresholds version {scorer.version}: {scorer.to_json()}")
+
+
 @cli.command()
 @click.pass_context
 def config(ctx: click.Context) -> None:

@@ -79,6 +79,11 @@ class Keys:
         return f"{self.prefix}:latency-ms"
 
     @property
+    def rescored(self) -> str:
+        """Hash: partition -> thresholds version its customers were last re-scored with."""
+        return f"{self.prefix}:rescored"
+
+    @property
     def cluster_model(self) -> str:
         """String: the online cluster model checkpoint (JSON, streams/clusters.py)."""
         return f"{self.prefix}:clusters:model"

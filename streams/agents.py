@@ -183,6 +183,26 @@ class StreamHandler:
         await pipe.execute()
         return len(entries)
 
+    async def refresh_thresholds(self, partitions: list[int]) -> int:
+        """Adopt republished RFM thresholds and re-score the given partitions that still need it."""
+        store = await self._ready()
+        raw = await self.client.get(self.keys.thresholds)
+        if raw is None:
+            return 0
+        scorer = RfmScorer.from_json(raw.decode())
+        if scorer.version != store.scorer.version:
+            log.info("RFM thresholds version %d -> %d: re-scoring", store.scorer.version, scorer.version)
+            store.scorer = scorer
+        done = await self.client.hgetall(self.keys.rescored)
+        changed = 0
+        for partition in partitions:
+            if int(done.get(str(partition).encode(), 0)) >= scorer.version:
+                continue
+            changed += await store.rescore(partition)
+            await self.client.hset(self.keys.rescored, str(partition), scorer.version)
+            log.info("re-scored partition %d with thresholds version %d", partition, scorer.version)
+        return changed
+
     async def checkpoint_clusters(self) -> None:
         """Save the cluster model and its profiles (JSON). With several workers, the last save wins."""
         if self.store is None or self.store.clusters is None or not self.store.clusters.learned:

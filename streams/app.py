@@ -15,6 +15,9 @@ embedded broker's end offsets are unreliable, and Faust table recovery depends o
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import faust
 
 from segstream.settings import Settings
@@ -74,10 +77,23 @@ def create_app(settings: Settings) -> faust.App:
     async def review_events(stream) -> None:
         await consume(settings.topic_reviews, stream)
 
-    @app.timer(interval=0.2, name="publish_changes")
+    @app.task
     async def publish_changes() -> None:
-        while await handler.publish(send) > 0:
-            pass
+        # A loop, not a timer: under load one pass can outlast any interval.
+        while not app.should_stop:
+            try:
+                published = await handler.publish(send)
+            except Exception:  # Redis or Kafka hiccup: the outbox keeps the events; try again
+                logging.getLogger(__name__).exception("publishing change events failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            if published == 0:
+                await asyncio.sleep(0.1)
+
+    @app.timer(interval=1.0, name="refresh_thresholds")
+    async def refresh_thresholds() -> None:
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_orders)
+        await handler.refresh_thresholds(owned)
 
     @app.timer(interval=5.0, name="checkpoint_clusters")
     async def checkpoint_clusters() -> None:

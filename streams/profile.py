@@ -28,7 +28,7 @@ True
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, ReviewPosted
 from streams.scoring import DAY, ChurnRules, RfmScorer, segment_for
@@ -141,7 +141,8 @@ class Profile:
     def to_redis(self) -> dict[str, str]:
         """Flat string fields for one Redis hash (lists and pairs as JSON, None as empty)."""
         out = {}
-        for name, value in asdict(self).items():
+        for name in _KINDS:
+            value = getattr(self, name)
             if value is None:
                 out[name] = ""
             elif isinstance(value, list | tuple):
@@ -154,25 +155,31 @@ class Profile:
 
     @classmethod
     def from_redis(cls, data: dict[str, str] | dict[bytes, bytes]) -> Profile:
-        raw = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in data.items()
-        }
         values: dict = {}
-        for item in fields(cls):
-            text = raw.get(item.name)
-            if text is None or text == "":
+        for key, raw in data.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            kind = _KINDS.get(name)
+            if kind is None or text == "":
                 continue
-            kind = str(item.type)
-            if kind.startswith("list") or kind.startswith("tuple"):
-                loaded = json.loads(text)
-                values[item.name] = tuple(loaded) if kind.startswith("tuple") else loaded
-            elif kind.startswith("bool"):
-                values[item.name] = text == "1"
-            elif kind.startswith("int"):
-                values[item.name] = int(text)
-            elif kind.startswith("float"):
-                values[item.name] = float(text)
-            else:
-                values[item.name] = text
+            values[name] = _PARSE[kind](text)
         return cls(**values)
+
+
+def _kind(annotation: str) -> str:
+    for kind in ("list", "tuple", "bool", "int", "float"):
+        if annotation.startswith(kind):
+            return kind
+    return "str"
+
+
+# Field name -> how its Redis string parses back (annotations are strings: `from __future__`).
+_KINDS = {item.name: _kind(str(item.type)) for item in fields(Profile)}
+_PARSE = {
+    "list": json.loads,
+    "tuple": lambda text: tuple(json.loads(text)),
+    "bool": lambda text: text == "1",
+    "int": int,
+    "float": float,
+    "str": str,
+}

@@ -55,7 +55,10 @@ local flat = {}
 for k, v in pairs(p.fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
 if #p.ids > 0 then redis.call('SADD', KEYS[2], unpack(p.ids)) end
-if p.due >= 0 then redis.call('ZADD', KEYS[3], p.due, p.customer) else redis.call('ZREM', KEYS[3], p.customer) end
+-- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
+if p.due >= 0 then redis.call('ZADD', KEYS[3], p.due, p.customer)
+elseif p.scored then redis.call('ZADD', KEYS[3], '+inf', p.customer)
+else redis.call('ZREM', KEYS[3], p.customer) end
 for _, t in ipairs(p.transitions) do
   if t[1] ~= '' then redis.call('HINCRBY', KEYS[4], t[1], -1) end
   if t[2] ~= '' then redis.call('HINCRBY', KEYS[4], t[2], 1) end
@@ -176,6 +179,7 @@ class ProfileStore:
             "fields": after.to_redis(),
             "ids": ids,
             "due": -1 if due is None else due,
+            "scored": after.last_purchase is not None,
             "customer": after.customer_unique_id,
             "transitions": transitions,
             "outbox": outbox,
@@ -331,28 +335,64 @@ class ProfileStore:
             due = await self.client.zrangebyscore(key, "-inf", last, withscores=True)
             if not due:
                 break
-            customers = [c.decode() for c, _ in due]
             at = {c.decode(): ticks[bisect.bisect_left(ticks, score)] for c, score in due}
-            current = await self._read(customers, {c: [] for c in customers})
-            pipe = self.client.pipeline(transaction=False)
-            planned = []
-            for customer in customers:
-                profile, _ = current[customer]
-                before_version = profile.version
-                step = self._step(profile, max(at[customer], profile.evaluated_at or 0.0), "time", None)
-                profile.version = before_version + 1
-                keys, argv = self._payload(Profile(customer, version=before_version), profile, [], partition, [step])
-                pipe.evalsha(self._write_sha, len(keys), *keys, argv)
-                planned.append(step)
-            replies = await self._execute(pipe)
-            # A lost race (-1/-2) leaves the customer due: the next round reads it afresh.
-            changed += sum(
-                1 for step, outcome in zip(planned, replies, strict=True) if outcome == 1 and step != (None, None)
-            )
+            # A lost race leaves the customer due: the next round reads it afresh.
+            changed += (await self._rederive(partition, at, "time"))[0]
         else:
             raise RuntimeError(f"customers of partition {partition} stayed due after {max_rounds} rounds")
         await self.client.hset(self.keys.watermarks, str(partition), last)
         return changed
+
+    async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20) -> int:
+        """Re-derive every scored customer of the partition with the current thresholds, at the
+        partition's watermark; changes carry the cause ``rescore``. Returns how many changed.
+        """
+        customers = [c.decode() for c in await self.client.zrange(self.keys.due(partition), 0, -1)]
+        # At the partition's watermark: a customer's own last evaluation may be long past, since
+        # under the old thresholds time alone had nothing to change for them.
+        watermark = await self.client.hget(self.keys.watermarks, str(partition))
+        now = float(watermark) if watermark is not None else None
+        changed = 0
+        for start in range(0, len(customers), chunk):
+            pending = {c: now for c in customers[start : start + chunk]}
+            for _round in range(max_rounds):
+                if not pending:
+                    break
+                done, lost = await self._rederive(partition, pending, "rescore")
+                changed += done
+                pending = {c: now for c in lost}
+            else:
+                raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
+        return changed
+
+    async def _rederive(self, partition: int, at: dict[str, float | None], cause: str) -> tuple[int, list[str]]:
+        """Re-derive customers at ``at[customer]`` (None: their own current time) without new events.
+
+        Returns (how many changed segment or churn status, customers whose write lost a race).
+        """
+        customers = list(at)
+        current = await self._read(customers, {c: [] for c in customers})
+        pipe = self.client.pipeline(transaction=False)
+        planned = []
+        for customer in customers:
+            profile, _ = current[customer]
+            if profile.evaluated_at is None and at[customer] is None:
+                continue
+            before_version = profile.version
+            now = max(at[customer] or 0.0, profile.evaluated_at or 0.0)
+            step = self._step(profile, now, cause, None)
+            profile.version = before_version + 1
+            keys, argv = self._payload(Profile(customer, version=before_version), profile, [], partition, [step])
+            pipe.evalsha(self._write_sha, len(keys), *keys, argv)
+            planned.append((customer, step))
+        replies = await self._execute(pipe) if planned else []
+        changed, lost = 0, []
+        for (customer, step), outcome in zip(planned, replies, strict=True):
+            if outcome != 1:
+                lost.append(customer)
+            elif step != (None, None):
+                changed += 1
+        return changed, lost
 
     async def count(self, latencies_ms: list[float] = (), keep_latencies: int = 50_000, **increments: int) -> None:
         """Add to the counters, and remember the latest send-to-update latencies (one round trip)."""

@@ -70,10 +70,10 @@ def load_facts(data: Path) -> dict[str, pd.DataFrame]:
     return {"purchases": purchases, "cancels": cancels, "deliveries": deliveries, "reviews": reviews}
 
 
-def _scores(recency_days, orders, monetary):
-    r = 5 - np.searchsorted(R_THRESHOLDS, recency_days, side="right")
+def _scores(recency_days, orders, monetary, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS):
+    r = 5 - np.searchsorted(np.asarray(r_thresholds), recency_days, side="right")
     f = np.where(orders <= 1, 1, np.minimum(orders + 1, 5))
-    m = 1 + np.searchsorted(M_THRESHOLDS, monetary, side="right")
+    m = 1 + np.searchsorted(np.asarray(m_thresholds), monetary, side="right")
     return r, f, m
 
 
@@ -82,7 +82,7 @@ def _latest(frame: pd.DataFrame, id_column: str, value: str) -> pd.Series:
     return ordered.groupby("customer_unique_id")[value].last()
 
 
-def final_state(data: Path) -> pd.DataFrame:
+def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS) -> pd.DataFrame:
     """Per customer with a purchase: orders, monetary, r, f, m, segment, churn, as of the last event."""
     facts = load_facts(data)
     purchases = facts["purchases"]
@@ -92,7 +92,9 @@ def final_state(data: Path) -> pd.DataFrame:
     )
     per["monetary"] = per["monetary"].round(2)
     recency = (now - per["last"]) / DAY
-    per["r"], per["f"], per["m"] = _scores(recency.to_numpy(), per["orders"].to_numpy(), per["monetary"].to_numpy())
+    per["r"], per["f"], per["m"] = _scores(
+        recency.to_numpy(), per["orders"].to_numpy(), per["monetary"].to_numpy(), r_thresholds, m_thresholds
+    )
     per["segment"] = TABLE[per["r"] - 1, (per["f"] + per["m"] + 1) // 2 - 1]
 
     gap = ((per["last"] - per["first"]) / DAY / (per["orders"] - 1)).where(per["orders"] > 1)

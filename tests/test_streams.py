@@ -29,6 +29,7 @@ from segstream.schemas import decode_output
 from segstream.settings import Settings, settings_env
 from streams.clusters import OnlineClusters
 from streams.profile import Profile
+from streams.thresholds import publish_thresholds
 from tests import oracle
 
 pytestmark = pytest.mark.integration
@@ -158,8 +159,8 @@ def _read_topic(settings: Settings, topic: str, expected: int, timeout_s: float 
     return asyncio.run(read())
 
 
-def _assert_matches_oracle(group: Workers, data: Path) -> pd.DataFrame:
-    expected = oracle.final_state(data)
+def _assert_matches_oracle(group: Workers, data: Path, **thresholds) -> pd.DataFrame:
+    expected = oracle.final_state(data, **thresholds)
     profiles = group.profiles()
     scored = {c: p for c, p in profiles.items() if p.orders}
     assert set(scored) == set(expected.index)
@@ -306,3 +307,41 @@ def test_event_time_not_wall_clock(workers: Workers, history_dir: Path) -> None:
     evaluated = [p.evaluated_at for p in workers.profiles().values() if p.evaluated_at]
     assert max(evaluated) == pytest.approx(last)
     assert max(evaluated) < datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_two_workers_share_the_partitions(workers: Workers, history_dir: Path) -> None:
+    workers.start()
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary, timeout_s=180)
+    _assert_matches_oracle(workers, history_dir)
+    assert workers.counters()["applied"] == summary.events_total
+    logs = [p.read_text() for p in sorted(workers.logs.glob("worker-*.log"))]
+    assert all("end of replay" in text for text in logs), "both workers should own partitions"
+
+
+def test_republished_thresholds_rescore_everyone(workers: Workers, history_dir: Path) -> None:
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary)
+    before = {c: p.segment for c, p in workers.profiles().items() if p.orders}
+    scorer = publish_thresholds(workers.settings, (60.0, 150.0, 270.0, 400.0), (80.0, 130.0, 200.0, 400.0))
+    assert scorer.version == 1
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = workers.redis.hgetall(workers.keys.rescored)
+        if len(done) == workers.settings.topic_partitions and all(int(v) == 1 for v in done.values()):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("not re-scored in 60 s\n" + workers.log_text())
+    while workers.redis.xlen(workers.keys.outbox) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    expected = _assert_matches_oracle(
+        workers, history_dir, r_thresholds=scorer.recency_days, m_thresholds=scorer.monetary
+    )
+    moved = {c for c, segment in before.items() if expected.loc[c, "segment"] != segment}
+    assert len(moved) > 100
+    published = _read_topic(workers.settings, workers.settings.topic_segment_changes, 1)
+    rescored = [e for e in published if e.cause == "rescore"]
+    assert {e.customer_unique_id for e in rescored} == moved and len(rescored) == len(moved)

@@ -1,0 +1,43 @@
+"""Publishing the RFM thresholds in force (the retrain job's call; ``segstream thresholds``).
+
+Workers poll the key every second; when the version moves they re-score every customer of their
+partitions once (changes carry the cause ``rescore``) and record, per partition, the version it
+was re-scored at, so a worker that takes over a partition finishes a re-score another began.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from segstream.keys import Keys
+from segstream.settings import Settings
+from streams.scoring import RfmScorer
+
+__all__ = ["current_thresholds", "publish_thresholds"]
+
+
+def current_thresholds(settings: Settings) -> RfmScorer:
+    raw = redis.Redis.from_url(settings.redis_address).get(Keys(settings.redis_prefix).thresholds)
+    return RfmScorer.from_json(raw.decode()) if raw else RfmScorer()
+
+
+def publish_thresholds(
+    settings: Settings, recency_days: tuple[float, ...] | None = None, monetary: tuple[float, ...] | None = None
+) -> RfmScorer:
+    """Store new thresholds with the next version (atomically: WATCH/MULTI) and return them."""
+    client, key = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix).thresholds
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                current = RfmScorer.from_json(raw.decode()) if raw else RfmScorer()
+                scorer = RfmScorer(
+                    recency_days or current.recency_days, monetary or current.monetary, current.version + 1
+                )
+                pipe.multi()
+                pipe.set(key, scorer.to_json())
+                pipe.execute()
+                return scorer
+            except redis.WatchError:
+                continue
