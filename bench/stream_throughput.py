@@ -123,8 +123,8 @@ async def _raw_consume(settings: Settings, replay_id: str, partitions: int) -> t
 
 BARE_AGENT = textwrap.dedent(
     """
-    import json, sys, time, faust
-    bootstrap, orders, reviews, replay_id, partitions, out = sys.argv[1:7]
+    import json, os, sys, time, faust
+    bootstrap, orders, reviews, replay_id, partitions, out = os.environ["BARE_ARGS"].split(" ")
     app = faust.App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
                     broker_session_timeout=6, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
                     web_enabled=False, consumer_auto_offset_reset="earliest")
@@ -151,12 +151,15 @@ def _bare_faust(settings: Settings, replay_id: str, partitions: int, workdir: Pa
     script.write_text(BARE_AGENT)
     args = [settings.kafka_bootstrap_servers, settings.topic_orders, settings.topic_reviews, replay_id, str(partitions)]
     proc = subprocess.Popen(
-        [sys.executable, str(script), *args, str(out), "worker", "-l", "warn"],
+        [sys.executable, str(script), "worker", "-l", "warn", "--without-web"],
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "bare.log").open("w"),
+        env={**os.environ, "BARE_ARGS": " ".join([*args, str(out)])},
     )
-    deadline = time.monotonic() + 3600
+    deadline = time.monotonic() + 1800
     while not out.exists() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bare Faust agent exited: {(workdir / 'bare.log').read_text()[-2000:]}")
         time.sleep(0.2)
     _stop(proc)
     result = json.loads(out.read_text())
@@ -214,9 +217,12 @@ def main() -> None:
         first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
         _stop(worker)
         figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
+        figures["catch_up_events_per_s"] = round(events / (last - first))
+        print(json.dumps(figures), file=sys.stderr)
 
         count, seconds = asyncio.run(_raw_consume(e2e, summary.replay_id, partitions))
         figures["raw_aiokafka_msgs_per_s"] = round(count / seconds)
+        print(f"raw aiokafka: {figures['raw_aiokafka_msgs_per_s']} msgs/s", file=sys.stderr)
         count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir)
         figures["bare_faust_msgs_per_s"] = round(count / seconds)
         figures["messages_incl_ticks"] = count
