@@ -146,9 +146,9 @@ class ProfileStore:
     # ---- the write ---------------------------------------------------------------------------
 
     def _payload(
-        self, before: Profile, after: Profile, ids: list[str], partition: int, steps, duplicates: int = 0
+        self, expected_version: int, after: Profile, ids: list[str], partition: int, steps, duplicates: int = 0
     ) -> tuple[list, str]:
-        """KEYS and ARGV of one atomic write; ``steps`` are (cause, source id, time, seg/churn before)."""
+        """KEYS and ARGV of one atomic write; ``steps`` are the (segment change, churn change) pairs to emit."""
         transitions, outbox = [], []
         for segment_change, churn_change in steps:
             if segment_change is not None:
@@ -175,7 +175,7 @@ class ProfileStore:
             self.keys.counters,
         ] + [t[2] for t in transitions]
         payload = {
-            "expected": before.version,
+            "expected": expected_version,
             "fields": after.to_redis(),
             "ids": ids,
             "due": -1 if due is None else due,
@@ -293,9 +293,8 @@ class ProfileStore:
                     steps.append(self._step(profile, now, cause_of(event), event.event_id))
                 partition = fresh[-1][1]
                 profile.version = before_version + 1
-                before = Profile(customer, version=before_version)
                 keys, argv = self._payload(
-                    before, profile, [e.event_id for e, _ in fresh], partition, steps, duplicates
+                    before_version, profile, [e.event_id for e, _ in fresh], partition, steps, duplicates
                 )
                 pipe.evalsha(self._write_sha, len(keys), *keys, argv)
                 planned.append((customer, duplicates, len(fresh), steps))
@@ -382,7 +381,7 @@ class ProfileStore:
             now = max(at[customer] or 0.0, profile.evaluated_at or 0.0)
             step = self._step(profile, now, cause, None)
             profile.version = before_version + 1
-            keys, argv = self._payload(Profile(customer, version=before_version), profile, [], partition, [step])
+            keys, argv = self._payload(before_version, profile, [], partition, [step])
             pipe.evalsha(self._write_sha, len(keys), *keys, argv)
             planned.append((customer, step))
         replies = await self._execute(pipe) if planned else []
