@@ -34,16 +34,8 @@ from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.schemas import encode_event
-from segstream.services import services_down, services_up
+from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def raw_producer(settings: Settings, keys: list[bytes], size: int, count: int) -> float:
@@ -84,7 +76,7 @@ def main() -> None:
         synthesize(SynthConfig(orders=args.orders, seed=1), data)
         print(f"synthesized {args.orders:,} orders in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
-    base = Settings(run_dir=workdir / "run", kafka_port=_free_port(), redis_port=_free_port())
+    base = Settings(run_dir=workdir / "run", kafka_port=free_port(), redis_port=free_port())
     if base.embedded_kafka:
         services_up(base)
     try:

@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,16 +39,11 @@ from aiokafka import AIOKafkaConsumer
 from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize
-from segstream.demo import start_worker
+from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
-from segstream.services import services_down, services_up
+from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from streams.readmodel import replay_consumed
 
 
 def _variant(base: Settings, tag: str) -> Settings:
@@ -81,19 +74,10 @@ def _wait_consumed(settings: Settings, replay_id: str, run_id: str, partitions: 
     while time.monotonic() < deadline:
         if first is None and client.hget(keys.counters, "consumed"):
             first = time.monotonic()
-        ends = client.hgetall(keys.replay_ends)
-        if sum(1 for v in ends.values() if v.decode() == f"{replay_id}/{run_id}") == partitions:
+        if replay_consumed(settings, replay_id, run_id) == partitions:
             return first or time.monotonic(), time.monotonic()
         time.sleep(0.05)
     raise RuntimeError("worker did not finish")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def _raw_consume(settings: Settings, replay_id: str, partitions: int) -> tuple[int, float]:
@@ -161,7 +145,7 @@ def _bare_faust(settings: Settings, replay_id: str, partitions: int, workdir: Pa
         if proc.poll() is not None:
             raise RuntimeError(f"bare Faust agent exited: {(workdir / 'bare.log').read_text()[-2000:]}")
         time.sleep(0.2)
-    _stop(proc)
+    stop_worker(proc)
     result = json.loads(out.read_text())
     return result["count"], result["seconds"]
 
@@ -178,7 +162,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="segstream-stream-bench-"))
     data = workdir / "olist"
     synthesize(SynthConfig(orders=args.orders, seed=1), data)
-    base = Settings(run_dir=workdir / "run", kafka_port=_free_port(), redis_port=_free_port(), log_level="info")
+    base = Settings(run_dir=workdir / "run", kafka_port=free_port(), redis_port=free_port(), log_level="info")
     services_up(base)
     figures: dict = {"orders": args.orders}
     try:
@@ -193,7 +177,7 @@ def main() -> None:
         started = time.monotonic()
         summary = asyncio.run(replay_history(history, e2e))
         _, finished = _wait_consumed(e2e, summary.replay_id, summary.run_id, partitions)
-        _stop(worker)
+        stop_worker(worker)
         events = summary.events_total
         figures["events"] = events
         figures["ticks"] = summary.ticks_sent
@@ -215,7 +199,7 @@ def main() -> None:
         catch_up = _variant(e2e, f"cu{tag}")
         worker = start_worker(catch_up, workdir / "catchup-worker.log")
         first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
-        _stop(worker)
+        stop_worker(worker)
         figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
         figures["catch_up_events_per_s"] = round(events / (last - first))
         print(json.dumps(figures), file=sys.stderr)
@@ -241,7 +225,7 @@ def main() -> None:
         speed = args.rate * span.total_seconds() / events
         asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
         time.sleep(3)
-        _stop(worker)
+        stop_worker(worker)
         latencies = [
             float(v) for v in redis.Redis.from_url(lat.redis_address).lrange(Keys(lat.redis_prefix).latencies, 0, -1)
         ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from segstream.settings import Settings, settings_env
 
-__all__ = ["run_demo", "sample_path", "start_worker"]
+__all__ = ["run_demo", "sample_path", "start_worker", "stop_worker"]
 
 
 def sample_path() -> Path:
@@ -37,6 +37,17 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "segstream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
+
+
+def stop_worker(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM (the worker commits and leaves its group cleanly), SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_demo(
@@ -94,11 +105,7 @@ def run_demo(
             echo("  " + line)
         echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
         if not keep_services:
             for message in services_down(settings):
                 echo("  " + message)

@@ -34,6 +34,7 @@ __all__ = [
     "ServiceError",
     "ServiceStatus",
     "describe_kafka",
+    "free_port",
     "kafka_cluster_id",
     "redis_server_binary",
     "services_down",
@@ -187,6 +188,13 @@ def _alive(pid: int | None, binary_name: str) -> bool:
             return False
         return True
     return binary_name.encode() in cmdline
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for tests, benchmarks and side-by-side runs)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _check_port_free(host: str, port: int, what: str, flag: str, env: str) -> None:

@@ -95,10 +95,6 @@ class ApplyResult:
     changes: list[SegmentChanged] = field(default_factory=list)
 
 
-def _day(moment: float) -> str:
-    return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%d")
-
-
 class ProfileStore:
     """Reads and writes profiles for the stream workers (asyncio Redis client)."""
 
@@ -152,13 +148,14 @@ class ProfileStore:
         transitions, outbox = [], []
         for segment_change, churn_change in steps:
             if segment_change is not None:
-                outbox.append([self.segment_topic, encode_event(segment_change).decode()])
+                wire = encode_event(segment_change).decode()
+                outbox.append([self.segment_topic, wire])
                 transitions.append(
                     [
                         segment_change.previous_segment,
                         segment_change.segment,
                         self.keys.transitions(segment_change.event_time.strftime("%Y-%m-%d")),
-                        encode_event(segment_change).decode(),
+                        wire,
                     ]
                 )
             if churn_change is not None:

@@ -8,7 +8,6 @@ segstream's own services module, on free ports, in a temporary run directory.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +15,14 @@ from pathlib import Path
 import pytest
 
 from replay.synth import SynthConfig, synthesize
+from segstream.services import free_port
 from segstream.settings import Settings
+
+__all__ = ["EDGE", "REAL_SAMPLE", "free_port"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SAMPLE = FIXTURES / "olist-real-1000"
 EDGE = FIXTURES / "olist-edge"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _docker_engine() -> bool:

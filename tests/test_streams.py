@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -24,11 +22,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from replay.olist import load_olist
 from replay.producer import ReplaySummary, ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
+from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
 from segstream.schemas import decode_output
-from segstream.settings import Settings, settings_env
+from segstream.settings import Settings
 from streams.clusters import OnlineClusters
 from streams.profile import Profile
+from streams.readmodel import replay_consumed
 from streams.thresholds import publish_thresholds
 from tests import oracle
 
@@ -38,27 +38,17 @@ pytestmark = pytest.mark.integration
 @dataclass
 class Workers:
     settings: Settings
-    env: dict[str, str]
     logs: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self) -> subprocess.Popen:
-        log = (self.logs / f"worker-{len(self.procs)}.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "segstream", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = start_worker(self.settings, self.logs / f"worker-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_worker(proc, timeout_s=15)
 
     @property
     def redis(self) -> redis.Redis:
@@ -74,8 +64,7 @@ class Workers:
         run = f"{summary.replay_id}/{summary.run_id}"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            ends = client.hgetall(self.keys.replay_ends)
-            if sum(1 for v in ends.values() if v.decode() == run) == wanted:
+            if replay_consumed(self.settings, summary.replay_id, summary.run_id) == wanted:
                 break
             for proc in self.procs:
                 assert proc.poll() is None or proc.returncode in (0, -9), self.log_text()
@@ -121,12 +110,7 @@ def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
             1,
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
-    env.update(settings_env(settings))
-    env["SEGSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap_servers
-    env["SEGSTREAM_REDIS_URL"] = settings.redis_address
-    env["SEGSTREAM_LOG_LEVEL"] = "info"
-    group = Workers(settings, env, tmp_path)
+    group = Workers(settings, tmp_path)
     yield group
     group.stop()
 
