@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         None, description="Port of a worker's Faust web server; unset disables it (two workers on one host)."
     )
     worker_batch: int = Field(500, ge=1, description="Events a worker applies to Redis per round trip, at most.")
+    worker_batch_drain: bool = Field(
+        True, description="Hand fetched records to the agents a batch at a time (false: Faust's per-record loop)."
+    )
+    worker_buffer: int = Field(
+        20_000, ge=1, description="Records a worker buffers per stream before fetching pauses (Faust stream buffer)."
+    )
+    worker_cache: int = Field(
+        200_000, ge=0, description="Profiles a worker keeps in memory between writes (0: read every one from Redis)."
+    )
     broker_session_timeout: float = Field(
         6.0, gt=0, description="Kafka consumer session timeout (s): how long a dead worker's partitions wait."
     )

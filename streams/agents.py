@@ -2,7 +2,7 @@
 
 - Undecodable records and records failing the schema go to the dead-letter topic with the reason,
   are counted, and the worker keeps going.
-- Customer events are applied to their profiles (``streams.state.ProfileStore.apply``).
+- Customer events and clock ticks are folded into the profiles (``streams.state.ProfileStore.process``).
 - Clock ticks advance the partition's watermark; on the orders topic, they also re-derive the
   customers due by then (time-driven segment and churn changes). A final tick records that the
   replay's end was reached on that partition (how tests and the demo know the stream caught up).
@@ -64,6 +64,7 @@ class StreamHandler:
                 segment_topic=self.settings.topic_segment_changes,
                 churn_topic=self.settings.topic_churn_signals,
                 clusters=clusters,
+                cache_size=self.settings.worker_cache,
             )
         return self.store
 
@@ -98,8 +99,7 @@ class StreamHandler:
         store = await self._ready()
         watermarks = self.watermarks.setdefault(topic, {})
         clock = topic == self.settings.topic_orders
-        # Partitions hold disjoint customers: each partition's records are handled on their own,
-        # in order, as runs of customer events (one apply) and runs of clock ticks (one advance).
+        # Partitions hold disjoint customers: each partition's records are folded on their own, in order.
         by_partition: dict[int, list] = {}
         sent_at = []
         for partition, offset, key, value, headers in records:
@@ -120,29 +120,11 @@ class StreamHandler:
         )
 
     async def _partition(
-        self, store: ProfileStore, topic: str, partition: int, events: list, watermarks: dict, clock: bool
+        self, store: ProfileStore, topic: str, partition: int, items: list, watermarks: dict, clock: bool
     ) -> None:
-        run: list = []
-        for event in events:
-            if run and isinstance(event, ClockTick) != isinstance(run[0], ClockTick):
-                await self._run(store, topic, partition, run, watermarks, clock)
-                run = []
-            run.append(event)
-        if run:
-            await self._run(store, topic, partition, run, watermarks, clock)
-
-    async def _run(
-        self, store: ProfileStore, topic: str, partition: int, run: list, watermarks: dict, clock: bool
-    ) -> None:
-        if not isinstance(run[0], ClockTick):
-            await store.apply([(event, partition) for event in run], watermarks, clock)
-            return
-        times = sorted(tick.event_time.timestamp() for tick in run)
-        watermarks[partition] = max(watermarks.get(partition, 0.0), times[-1])
-        if clock:
-            await store.advance(partition, times)
-        for tick in run:
-            if tick.final:
+        _result, watermarks[partition] = await store.process(partition, items, watermarks.get(partition, 0.0), clock)
+        for tick in items:
+            if isinstance(tick, ClockTick) and tick.final:
                 await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
                 log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
 

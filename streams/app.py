@@ -22,13 +22,16 @@ import faust
 
 from segstream.settings import Settings
 from streams.agents import StreamHandler
+from streams.consumer import BatchDrainApp
 
 __all__ = ["create_app"]
 
 
 def create_app(settings: Settings) -> faust.App:
     brokers = ";".join(f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(","))
-    app = faust.App(
+    # Faust's per-record delivery loop costs as much as the rest of Faust (see streams/consumer.py).
+    app_class = BatchDrainApp if settings.worker_batch_drain else faust.App
+    app = app_class(
         settings.app_id,
         broker=brokers,
         store="memory://",
@@ -44,6 +47,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.worker_web_port is not None,
         web_port=settings.worker_web_port or 6066,
         producer_acks=-1,
+        stream_buffer_maxsize=settings.worker_buffer,
     )
     handler = StreamHandler(settings)
 

@@ -16,7 +16,9 @@ next changes their R score or churn status. A clock tick at T reads the customer
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
+import heapq
 import json
 import logging
 from collections import Counter
@@ -28,6 +30,7 @@ import redis.asyncio as aioredis
 from segstream.keys import Keys
 from segstream.schemas import (
     ChurnChanged,
+    ClockTick,
     CustomerEvent,
     OrderCanceled,
     OrderDelivered,
@@ -40,7 +43,7 @@ from streams.clusters import OnlineClusters, features
 from streams.profile import Profile
 from streams.scoring import ChurnRules, RfmScorer
 
-__all__ = ["ApplyResult", "ProfileStore", "ScriptLost", "cause_of"]
+__all__ = ["BatchResult", "ProfileStore", "ScriptLost", "cause_of"]
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +91,26 @@ def cause_of(event: CustomerEvent) -> str:
 
 
 @dataclass
-class ApplyResult:
+class BatchResult:
     applied: int = 0
     duplicates: int = 0
     retries: int = 0
+    changed: int = 0  # customers whose segment or churn status changed
     changes: list[SegmentChanged] = field(default_factory=list)
+
+
+@dataclass
+class _Working:
+    """One customer's state while a batch is folded: the profile being updated and what to write."""
+
+    profile: Profile
+    stored: dict[str, str]  # the Redis fields as read (or as last written): only changed ones are written
+    applied: set[str] = field(default_factory=set)  # event ids already applied (Redis) or in this batch
+    fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
+    duplicates: int = 0
+    steps: list = field(default_factory=list)  # (segment change, churn change) per re-derivation
+    due: float | None = None
+    dirty: bool = False
 
 
 class ProfileStore:
@@ -109,6 +127,7 @@ class ProfileStore:
         churn_topic: str,
         recent_changes: int = 1000,
         clusters: OnlineClusters | None = None,
+        cache_size: int = 200_000,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -118,6 +137,9 @@ class ProfileStore:
         self.churn_topic = churn_topic
         self.recent_changes = recent_changes
         self.clusters = clusters
+        self.cache_size = cache_size
+        # committed profiles and their Redis fields, most recently written last
+        self._cache: dict[str, tuple[Profile, dict[str, str]]] = {}
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._script_loaded = False
 
@@ -139,14 +161,243 @@ class ProfileStore:
             self._script_loaded = False
             raise ScriptLost("Redis lost the write script (restart or SCRIPT FLUSH); retrying") from exc
 
-    # ---- the write ---------------------------------------------------------------------------
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def _cached(self, customer: str) -> tuple[Profile, dict[str, str]] | None:
+        hit = self._cache.get(customer)
+        if hit is None:
+            return None
+        profile, stored = hit
+        working = copy.copy(profile)  # the cached profile stays as committed; lists that apply() extends are copied
+        working.products = list(profile.products)
+        return working, stored
+
+    def _remember(self, customer: str, profile: Profile, stored: dict[str, str]) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache.pop(customer, None)
+        self._cache[customer] = (profile, stored)
+        if len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+
+    def forget(self, customers=None) -> None:
+        """Drop cached profiles (all when ``customers`` is None): the next use reads Redis."""
+        if customers is None:
+            self._cache.clear()
+        for customer in customers or ():
+            self._cache.pop(customer, None)
+
+    async def _load(
+        self, partition: int, ids: dict[str, list[str]], due_until: float | None, only: set[str] | None
+    ) -> tuple[dict[str, _Working], dict[str, float]]:
+        """The working state of the customers with events (``ids``) and of those due by ``due_until``.
+
+        Profiles come from the cache when present (a stale one loses its compare-and-set and is
+        read again); two round trips at most: due customers and event customers' applied ids and
+        profiles, then the profiles of due customers that had no event.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        if due_until is not None:
+            pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until, withscores=True)
+        work: dict[str, _Working] = {}
+        reading: list[str] = []
+        for customer, event_ids in ids.items():
+            pipe.smismember(self.keys.applied(customer), event_ids)
+        for customer in ids:
+            self._plan_read(pipe, customer, work, reading)
+        replies = await pipe.execute()
+        due: dict[str, float] = {}
+        if due_until is not None:
+            due = {c.decode(): score for c, score in replies[0]}
+            if only is not None:
+                due = {c: score for c, score in due.items() if c in only}
+            replies = replies[1:]
+        seen_replies = replies[: len(ids)]
+        self._finish_read(reading, replies[len(ids) :], work)
+        for (customer, event_ids), seen in zip(ids.items(), seen_replies, strict=True):
+            work[customer].applied = {i for i, s in zip(event_ids, seen, strict=True) if s}
+        missing = [c for c in due if c not in work]
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            reading = []
+            for customer in missing:
+                self._plan_read(pipe, customer, work, reading)
+            if reading:
+                self._finish_read(reading, await pipe.execute(), work)
+        for customer, score in due.items():
+            work[customer].due = score
+        return work, due
+
+    def _plan_read(self, pipe, customer: str, work: dict[str, _Working], reading: list[str]) -> None:
+        hit = self._cached(customer)
+        if hit is None:
+            pipe.hgetall(self.keys.profile(customer))
+            reading.append(customer)
+        else:
+            work[customer] = _Working(*hit)
+
+    @staticmethod
+    def _finish_read(reading: list[str], replies: list, work: dict[str, _Working]) -> None:
+        for customer, data in zip(reading, replies, strict=True):
+            stored = {k.decode(): v.decode() for k, v in data.items()}
+            work[customer] = _Working(Profile.from_redis(stored) if stored else Profile(customer), stored)
+
+    # ---- the fold --------------------------------------------------------------------------------
+
+    async def process(
+        self, partition: int, items: list, watermark: float = 0.0, clock: bool = True, max_retries: int = 20
+    ) -> tuple[BatchResult, float]:
+        """Fold one partition's records (customer events and clock ticks, in offset order) into Redis.
+
+        Equivalent to handling the records one at a time, in a few round trips per batch:
+
+        - a customer event is applied once (its id is checked against the customer's applied set
+          and the batch) and re-derives the profile. ``clock``: the event comes from the topic that
+          drives each customer's clock (orders: a purchase, delivery or cancellation re-derives the
+          profile at its own event time, never earlier than the profile's last evaluation or the
+          watermark). Events of the other topic (reviews) update the aggregates and are re-derived
+          at the profile's current time: which topic a worker reads first cannot change when a
+          segment changes.
+        - a run of clock ticks moves the watermark; with ``clock``, each customer due by the run's
+          last tick (the due index, or an event earlier in the batch) is re-derived at the first
+          tick at or after its due time, and again if that makes it due again within the run.
+
+        Each customer's outcome is one atomic compare-and-set write; a customer whose write lost a
+        race (the other topic's agent, or another worker across a rebalance) is folded again from
+        a fresh read. Returns the result and the watermark after the batch.
+        """
+        ids: dict[str, list[str]] = {}
+        last_tick = None
+        for item in items:
+            if isinstance(item, ClockTick):
+                moment = item.event_time.timestamp()
+                last_tick = moment if last_tick is None else max(last_tick, moment)
+            else:
+                ids.setdefault(item.customer_unique_id, []).append(item.event_id)
+        result = BatchResult()
+        only: set[str] | None = None
+        end = watermark
+        for _attempt in range(max_retries):
+            if only is not None:
+                ids = {c: v for c, v in ids.items() if c in only}
+            work, due = await self._load(partition, ids, last_tick if clock else None, only)
+            end = self._fold(items, watermark, clock, work, due, only)
+            lost = await self._write(partition, work, result, watermark=end if clock and last_tick else None)
+            if not lost:
+                return result, end
+            result.retries += len(lost)
+            self.forget(lost)
+            only = set(lost)
+        raise RuntimeError(f"gave up writing {len(only or ())} profiles after {max_retries} conflicting attempts")
+
+    def _fold(
+        self,
+        items: list,
+        watermark: float,
+        clock: bool,
+        work: dict[str, _Working],
+        due: dict[str, float],
+        only: set[str] | None,
+    ) -> float:
+        """Apply ``items`` to the working profiles in memory; returns the watermark after them."""
+        heap = [(score, customer) for customer, score in due.items()]
+        heapq.heapify(heap)
+        index = 0
+        while index < len(items):
+            item = items[index]
+            if isinstance(item, ClockTick):
+                times = []
+                while index < len(items) and isinstance(items[index], ClockTick):
+                    times.append(items[index].event_time.timestamp())
+                    index += 1
+                times.sort()
+                watermark = max(watermark, times[-1])
+                while clock and heap and heap[0][0] <= times[-1]:
+                    score, customer = heapq.heappop(heap)
+                    state = work[customer]
+                    if state.due != score:
+                        continue  # moved by a later event or re-derivation
+                    at = times[bisect.bisect_left(times, score)]
+                    profile = state.profile
+                    state.steps.append(self._step(profile, max(at, profile.evaluated_at or 0.0), "time", None))
+                    self._reschedule(state, heap, customer)
+                continue
+            index += 1
+            customer = item.customer_unique_id
+            if only is not None and customer not in only:
+                continue
+            state = work[customer]
+            if item.event_id in state.applied:
+                state.duplicates += 1
+                continue
+            state.applied.add(item.event_id)
+            state.fresh.append(item.event_id)
+            profile = state.profile
+            profile.apply(item)
+            if clock:
+                now = max(watermark, item.event_time.timestamp(), profile.evaluated_at or 0.0)
+            elif profile.evaluated_at is not None:
+                now = profile.evaluated_at
+            else:
+                continue  # nothing to derive before the customer's first purchase
+            if self.clusters is not None and profile.last_purchase is not None:
+                profile.cluster = self.clusters.learn_predict_one(features(profile, now))
+            state.steps.append(self._step(profile, now, cause_of(item), item.event_id))
+            self._reschedule(state, heap, customer)
+        return watermark
+
+    def _reschedule(self, state: _Working, heap: list, customer: str) -> None:
+        profile = state.profile
+        state.dirty = True
+        now = profile.evaluated_at if profile.evaluated_at is not None else 0.0
+        state.due = profile.next_due(now, self.scorer, self.rules)
+        if state.due is not None:
+            heapq.heappush(heap, (state.due, customer))
+
+    async def _write(
+        self, partition: int, work: dict[str, _Working], result: BatchResult, watermark: float | None = None
+    ) -> list[str]:
+        """One pipeline: a compare-and-set write per changed customer. Returns the customers that lost."""
+        pipe = self.client.pipeline(transaction=False)
+        planned: list[tuple[str, _Working, dict[str, str]]] = []
+        only_duplicates = 0
+        for customer, state in work.items():
+            if not (state.dirty or state.fresh):
+                only_duplicates += state.duplicates
+                continue
+            profile = state.profile
+            expected = profile.version
+            profile.version = expected + 1
+            fields = profile.to_redis()
+            changed = {k: v for k, v in fields.items() if state.stored.get(k) != v}
+            keys, argv = self._payload(expected, profile, changed, state, partition)
+            pipe.evalsha(self._write_sha, len(keys), *keys, argv)
+            planned.append((customer, state, fields))
+        if only_duplicates:
+            pipe.hincrby(self.keys.counters, "consumed", only_duplicates)
+            pipe.hincrby(self.keys.counters, "duplicates", only_duplicates)
+        if watermark is not None:
+            pipe.hset(self.keys.watermarks, str(partition), watermark)
+        replies = await self._execute(pipe) if len(pipe) else []
+        result.duplicates += only_duplicates
+        lost = []
+        for (customer, state, fields), outcome in zip(planned, replies, strict=False):
+            if outcome != 1:
+                lost.append(customer)
+                continue
+            self._remember(customer, state.profile, fields)
+            result.applied += len(state.fresh)
+            result.duplicates += state.duplicates
+            result.changed += any(step != (None, None) for step in state.steps)
+            result.changes.extend(s for s, _ in state.steps if s is not None)
+        return lost
 
     def _payload(
-        self, expected_version: int, after: Profile, ids: list[str], partition: int, steps, duplicates: int = 0
+        self, expected_version: int, after: Profile, fields: dict[str, str], state: _Working, partition: int
     ) -> tuple[list, str]:
-        """KEYS and ARGV of one atomic write; ``steps`` are the (segment change, churn change) pairs to emit."""
+        """KEYS and ARGV of one atomic write of the changed ``fields``, the new event ids and the changes."""
         transitions, outbox = [], []
-        for segment_change, churn_change in steps:
+        for segment_change, churn_change in state.steps:
             if segment_change is not None:
                 wire = encode_event(segment_change).decode()
                 outbox.append([self.segment_topic, wire])
@@ -160,8 +411,6 @@ class ProfileStore:
                 )
             if churn_change is not None:
                 outbox.append([self.churn_topic, encode_event(churn_change).decode()])
-        now = after.evaluated_at if after.evaluated_at is not None else 0.0
-        due = after.next_due(now, self.scorer, self.rules)
         keys = [
             self.keys.profile(after.customer_unique_id),
             self.keys.applied(after.customer_unique_id),
@@ -173,15 +422,15 @@ class ProfileStore:
         ] + [t[2] for t in transitions]
         payload = {
             "expected": expected_version,
-            "fields": after.to_redis(),
-            "ids": ids,
-            "due": -1 if due is None else due,
+            "fields": fields,
+            "ids": state.fresh,
+            "due": -1 if state.due is None else state.due,
             "scored": after.last_purchase is not None,
             "customer": after.customer_unique_id,
             "transitions": transitions,
             "outbox": outbox,
             "recent": self.recent_changes,
-            "duplicates": duplicates,
+            "duplicates": state.duplicates,
         }
         return keys, json.dumps(payload, separators=(",", ":"))
 
@@ -189,6 +438,8 @@ class ProfileStore:
         """Re-derive ``profile`` at ``now``; the change events if its segment or churn status moved."""
         previous_segment, previous_churn = profile.segment, profile.churn
         profile.evaluate(now, self.scorer, self.rules)
+        if profile.segment == previous_segment and profile.churn == previous_churn:
+            return None, None
         moment = datetime.fromtimestamp(now, tz=UTC)
         segment_change = churn_change = None
         if profile.segment != previous_segment:
@@ -221,124 +472,6 @@ class ProfileStore:
             )
         return segment_change, churn_change
 
-    async def _read(self, customers: list[str], ids: dict[str, list[str]]) -> dict[str, tuple[Profile, list[bool]]]:
-        pipe = self.client.pipeline(transaction=False)
-        for customer in customers:
-            pipe.hgetall(self.keys.profile(customer))
-            pipe.smismember(self.keys.applied(customer), ids[customer]) if ids[customer] else pipe.ping()
-        replies = await pipe.execute()
-        out = {}
-        for i, customer in enumerate(customers):
-            data, seen = replies[2 * i], replies[2 * i + 1]
-            profile = Profile.from_redis(data) if data else Profile(customer)
-            out[customer] = (profile, [bool(s) for s in seen] if ids[customer] else [])
-        return out
-
-    async def apply(
-        self,
-        events: list[tuple[CustomerEvent, int]],
-        watermarks: dict[int, float],
-        clock: bool = True,
-        max_retries: int = 20,
-    ) -> ApplyResult:
-        """Fold ``(event, partition)`` pairs into their customers' profiles, each event at most once.
-
-        ``clock``: the events come from the topic that drives each customer's clock (orders: a
-        purchase, delivery or cancellation re-derives the profile at its own event time, never
-        earlier than the profile's last evaluation or the partition's watermark). Events of the
-        other topic (reviews) update the aggregates and are re-derived at the profile's current
-        time: which topic a worker reads first cannot change when a segment changes.
-        """
-        result = ApplyResult()
-        by_customer: dict[str, list[tuple[CustomerEvent, int]]] = {}
-        for event, partition in events:
-            by_customer.setdefault(event.customer_unique_id, []).append((event, partition))
-        pending = list(by_customer)
-        for _attempt in range(max_retries):
-            if not pending:
-                return result
-            ids = {c: [e.event_id for e, _ in by_customer[c]] for c in pending}
-            current = await self._read(pending, ids)
-            pipe = self.client.pipeline(transaction=False)
-            planned = []
-            for customer in pending:
-                profile, seen = current[customer]
-                before_version = profile.version
-                fresh, fresh_ids, duplicates = [], set(), 0
-                for (event, partition), already in zip(by_customer[customer], seen, strict=True):
-                    if already or event.event_id in fresh_ids:
-                        duplicates += 1
-                    else:
-                        fresh.append((event, partition))
-                        fresh_ids.add(event.event_id)
-                if not fresh:
-                    planned.append((customer, duplicates, 0, None))
-                    continue
-                steps = []
-                for event, partition in fresh:
-                    profile.apply(event)
-                    if clock:
-                        now = max(
-                            watermarks.get(partition, 0.0), event.event_time.timestamp(), profile.evaluated_at or 0.0
-                        )
-                    elif profile.evaluated_at is not None:
-                        now = profile.evaluated_at
-                    else:
-                        continue  # nothing to derive before the customer's first purchase
-                    if self.clusters is not None and profile.last_purchase is not None:
-                        profile.cluster = self.clusters.learn_predict_one(features(profile, now))
-                    steps.append(self._step(profile, now, cause_of(event), event.event_id))
-                partition = fresh[-1][1]
-                profile.version = before_version + 1
-                keys, argv = self._payload(
-                    before_version, profile, [e.event_id for e, _ in fresh], partition, steps, duplicates
-                )
-                pipe.evalsha(self._write_sha, len(keys), *keys, argv)
-                planned.append((customer, duplicates, len(fresh), steps))
-            only_duplicates = sum(d for _, d, _, steps in planned if steps is None)
-            if only_duplicates:
-                pipe.hincrby(self.keys.counters, "consumed", only_duplicates)
-                pipe.hincrby(self.keys.counters, "duplicates", only_duplicates)
-            replies = await self._execute(pipe) if len(pipe) else []
-            retry = []
-            reply_index = 0
-            for customer, duplicates, fresh_count, steps in planned:
-                if steps is None:
-                    result.duplicates += duplicates
-                    continue
-                outcome = replies[reply_index]
-                reply_index += 1
-                if outcome == 1:
-                    result.applied += fresh_count
-                    result.duplicates += duplicates
-                    result.changes.extend(s for s, _ in steps if s is not None)
-                else:
-                    retry.append(customer)
-            result.retries += len(retry)
-            pending = retry
-        raise RuntimeError(f"gave up writing {len(pending)} profiles after {max_retries} conflicting attempts")
-
-    async def advance(self, partition: int, ticks: list[float], max_rounds: int = 1_000) -> int:
-        """Re-derive the partition's customers as the clock passes ``ticks`` (ascending event times).
-
-        A customer due at ``d`` is re-derived at the first tick ``>= d``, exactly as if each tick
-        were handled alone, but a run of ticks costs a few round trips instead of a few per tick.
-        Returns how many customers' segment or churn status changed.
-        """
-        key, last = self.keys.due(partition), ticks[-1]
-        changed = 0
-        for _round in range(max_rounds):
-            due = await self.client.zrangebyscore(key, "-inf", last, withscores=True)
-            if not due:
-                break
-            at = {c.decode(): ticks[bisect.bisect_left(ticks, score)] for c, score in due}
-            # A lost race leaves the customer due: the next round reads it afresh.
-            changed += (await self._rederive(partition, at, "time"))[0]
-        else:
-            raise RuntimeError(f"customers of partition {partition} stayed due after {max_rounds} rounds")
-        await self.client.hset(self.keys.watermarks, str(partition), last)
-        return changed
-
     async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20) -> int:
         """Re-derive every scored customer of the partition with the current thresholds, at the
         partition's watermark; changes carry the cause ``rescore``. Returns how many changed.
@@ -347,48 +480,29 @@ class ProfileStore:
         # At the partition's watermark: a customer's own last evaluation may be long past, since
         # under the old thresholds time alone had nothing to change for them.
         watermark = await self.client.hget(self.keys.watermarks, str(partition))
-        now = float(watermark) if watermark is not None else None
-        changed = 0
+        now = float(watermark) if watermark is not None else 0.0
+        result = BatchResult()
         for start in range(0, len(customers), chunk):
-            pending = {c: now for c in customers[start : start + chunk]}
+            pending = customers[start : start + chunk]
             for _round in range(max_rounds):
                 if not pending:
                     break
-                done, lost = await self._rederive(partition, pending, "rescore")
-                changed += done
-                pending = {c: now for c in lost}
+                pipe, work, reading = self.client.pipeline(transaction=False), {}, []
+                for customer in pending:
+                    self._plan_read(pipe, customer, work, reading)
+                if reading:
+                    self._finish_read(reading, await pipe.execute(), work)
+                for customer, state in work.items():
+                    profile = state.profile
+                    if profile.evaluated_at is None:
+                        continue
+                    state.steps.append(self._step(profile, max(now, profile.evaluated_at), "rescore", None))
+                    self._reschedule(state, [], customer)
+                pending = await self._write(partition, work, result)
+                self.forget(pending)
             else:
                 raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
-        return changed
-
-    async def _rederive(self, partition: int, at: dict[str, float | None], cause: str) -> tuple[int, list[str]]:
-        """Re-derive customers at ``at[customer]`` (None: their own current time) without new events.
-
-        Returns (how many changed segment or churn status, customers whose write lost a race).
-        """
-        customers = list(at)
-        current = await self._read(customers, {c: [] for c in customers})
-        pipe = self.client.pipeline(transaction=False)
-        planned = []
-        for customer in customers:
-            profile, _ = current[customer]
-            if profile.evaluated_at is None and at[customer] is None:
-                continue
-            before_version = profile.version
-            now = max(at[customer] or 0.0, profile.evaluated_at or 0.0)
-            step = self._step(profile, now, cause, None)
-            profile.version = before_version + 1
-            keys, argv = self._payload(before_version, profile, [], partition, [step])
-            pipe.evalsha(self._write_sha, len(keys), *keys, argv)
-            planned.append((customer, step))
-        replies = await self._execute(pipe) if planned else []
-        changed, lost = 0, []
-        for (customer, step), outcome in zip(planned, replies, strict=True):
-            if outcome != 1:
-                lost.append(customer)
-            elif step != (None, None):
-                changed += 1
-        return changed, lost
+        return result.changed
 
     async def count(self, latencies_ms: list[float] = (), keep_latencies: int = 50_000, **increments: int) -> None:
         """Add to the counters, and remember the latest send-to-update latencies (one round trip)."""

@@ -1,0 +1,80 @@
+"""A Faust consumer whose drain loop hands records to the streams a fetch at a time.
+
+Profiling a bare Faust agent on this machine (``bench/stream_throughput.py``, notes in the README)
+showed most of its time outside the agent: ``faust.transport.consumer.Consumer._drain_messages``
+wraps *every* record in ``Service.wait_first(callback(message), suspend_flow.wait())``, which
+creates two tasks and an ``asyncio.wait`` per record so that a rebalance can interrupt a delivery
+blocked on a full stream buffer. No setting changes that; it costs about as much as everything
+else Faust does per record.
+
+:class:`BatchDrainConsumer` keeps the same per-record work (gap tracking, commit cadence, read
+offsets, the conductor callback) but puts one ``wait_first`` around each fetched batch: a rebalance
+still interrupts a blocked delivery, and anything interrupted is read again from the committed
+offsets after the rebalance, as before (at-least-once; our state updates are idempotent). The
+stock loop is one flag away: ``SEGSTREAM_WORKER_BATCH_DRAIN=false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+__all__ = ["BatchDrainApp"]
+
+
+class BatchDrainConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer with one ``wait_first`` per fetched batch instead of per record."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in the worker
+        callback = self.callback
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        async def deliver(records) -> None:
+            since_yield = 0
+            async for tp, message in records:
+                since_yield += 1
+                if since_yield >= 100:  # let timers and heartbeats run during long batches
+                    since_yield = 0
+                    await asyncio.sleep(0)
+                offset, read = message.offset, get_read_offset(tp)
+                if read is not None and offset < read:
+                    continue  # already delivered (a seek went back)
+                if read and offset - read > 1 and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, read + 1, offset)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await callback(message)
+                set_read_offset(tp, offset)
+
+        try:
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    await self.wait_first(deliver(records), self.suspend_flow.wait())
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+
+class BatchDrainTransport(aiokafka_driver.Transport):
+    Consumer = BatchDrainConsumer
+
+
+class BatchDrainApp(faust.App):
+    """A ``faust.App`` whose consumer uses :class:`BatchDrainConsumer` (the producer is unchanged)."""
+
+    def _new_transport(self) -> BatchDrainTransport:
+        return BatchDrainTransport(self.conf.broker_consumer, self)
