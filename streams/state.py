@@ -16,7 +16,6 @@ next changes their R score or churn status. A clock tick at T reads the customer
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 import heapq
 import json
@@ -48,34 +47,51 @@ __all__ = ["BatchResult", "ProfileStore", "ScriptLost", "cause_of"]
 log = logging.getLogger(__name__)
 
 _WRITE = """
-local p = cjson.decode(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= p.expected then return -1 end
-for _, id in ipairs(p.ids) do
-  if redis.call('SISMEMBER', KEYS[2], id) == 1 then return -2 end
+-- One batch of profile writes. ARGV[1]: the batch (JSON); ARGV[2..]: change-event payloads, by index.
+-- Each write w = {customer, expected version, fields (flat), new event ids, due ('' = none), scored,
+-- duplicates, transitions {previous, new, event-day, payload index}, outbox {topic, payload index}}.
+-- A write whose version moved or whose ids are already applied is skipped and reported (1-based).
+local b = cjson.decode(ARGV[1])
+local lost = {}
+local applied, consumed, duplicates = 0, b.duplicates, b.duplicates
+for i, w in ipairs(b.writes) do
+  local customer = w[1]
+  local pkey, akey = b.profile .. customer, b.applied .. customer
+  local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == w[2]
+  if ok then
+    for _, id in ipairs(w[4]) do
+      if redis.call('SISMEMBER', akey, id) == 1 then ok = false; break end
+    end
+  end
+  if not ok then
+    lost[#lost + 1] = i
+  else
+    redis.call('HSET', pkey, unpack(w[3]))
+    if #w[4] > 0 then redis.call('SADD', akey, unpack(w[4])) end
+    -- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
+    if w[5] ~= '' then redis.call('ZADD', b.due, w[5], customer)
+    elseif w[6] then redis.call('ZADD', b.due, '+inf', customer)
+    else redis.call('ZREM', b.due, customer) end
+    for _, t in ipairs(w[8]) do
+      if t[1] ~= '' then redis.call('HINCRBY', b.segments, t[1], -1) end
+      if t[2] ~= '' then redis.call('HINCRBY', b.segments, t[2], 1) end
+      redis.call('HINCRBY', b.transitions .. t[3], t[1] .. '>' .. t[2], 1)
+      redis.call('XADD', b.changes, 'MAXLEN', '~', b.recent, '*', 'change', ARGV[t[4] + 1])
+    end
+    for _, o in ipairs(w[9]) do
+      redis.call('XADD', b.outbox, '*', 'topic', o[1], 'key', customer, 'value', ARGV[o[2] + 1])
+    end
+    applied = applied + #w[4]
+    consumed = consumed + #w[4] + w[7]
+    duplicates = duplicates + w[7]
+  end
 end
-local flat = {}
-for k, v in pairs(p.fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-redis.call('HSET', KEYS[1], unpack(flat))
-if #p.ids > 0 then redis.call('SADD', KEYS[2], unpack(p.ids)) end
--- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
-if p.due >= 0 then redis.call('ZADD', KEYS[3], p.due, p.customer)
-elseif p.scored then redis.call('ZADD', KEYS[3], '+inf', p.customer)
-else redis.call('ZREM', KEYS[3], p.customer) end
-for _, t in ipairs(p.transitions) do
-  if t[1] ~= '' then redis.call('HINCRBY', KEYS[4], t[1], -1) end
-  if t[2] ~= '' then redis.call('HINCRBY', KEYS[4], t[2], 1) end
-  redis.call('HINCRBY', t[3], t[1] .. '>' .. t[2], 1)
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', p.recent, '*', 'change', t[4])
-end
-for _, entry in ipairs(p.outbox) do
-  redis.call('XADD', KEYS[5], '*', 'topic', entry[1], 'key', p.customer, 'value', entry[2])
-end
-redis.call('HINCRBY', KEYS[7], 'applied', #p.ids)
--- counted with the write, so consumed = applied + duplicates + dead_lettered survives any crash
-redis.call('HINCRBY', KEYS[7], 'consumed', #p.ids + p.duplicates)
-if p.duplicates > 0 then redis.call('HINCRBY', KEYS[7], 'duplicates', p.duplicates) end
-return 1
+-- counted with the writes, so consumed = applied + duplicates + dead_lettered survives any crash
+if consumed > 0 then redis.call('HINCRBY', b.counters, 'consumed', consumed) end
+if applied > 0 then redis.call('HINCRBY', b.counters, 'applied', applied) end
+if duplicates > 0 then redis.call('HINCRBY', b.counters, 'duplicates', duplicates) end
+if b.watermark ~= '' then redis.call('HSET', b.watermarks, b.partition, b.watermark) end
+return lost
 """
 
 
@@ -104,7 +120,7 @@ class _Working:
     """One customer's state while a batch is folded: the profile being updated and what to write."""
 
     profile: Profile
-    stored: dict[str, str]  # the Redis fields as read (or as last written): only changed ones are written
+    base: Profile | None  # the profile as stored (None: not in Redis yet): only changed fields are written
     applied: set[str] = field(default_factory=set)  # event ids already applied (Redis) or in this batch
     fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
     duplicates: int = 0
@@ -143,40 +159,27 @@ class ProfileStore:
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._script_loaded = False
 
-    async def _load_script(self) -> None:
-        # Loaded once; pipelines then call EVALSHA directly (redis-py's Script objects would ask
-        # SCRIPT EXISTS on every pipeline, a round trip per write).
-        await self.client.script_load(_WRITE)
-        self._script_loaded = True
-
-    async def _execute(self, pipe) -> list:
-        """Run a pipeline of writes; reload the script once if Redis lost it (restart, flush)."""
-        if not self._script_loaded:
-            await self._load_script()
-        try:
-            return await pipe.execute(raise_on_error=True)
-        except aioredis.ResponseError as exc:
-            if "NOSCRIPT" not in str(exc):
-                raise
-            self._script_loaded = False
-            raise ScriptLost("Redis lost the write script (restart or SCRIPT FLUSH); retrying") from exc
+    async def _run_script(self, *args) -> list[int]:
+        """Run the write script (loaded once, then called by its SHA); reload it if Redis lost it."""
+        for _attempt in range(2):
+            if not self._script_loaded:
+                await self.client.script_load(_WRITE)
+                self._script_loaded = True
+            try:
+                return await self.client.evalsha(self._write_sha, 0, *args)
+            except aioredis.ResponseError as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                self._script_loaded = False  # Redis restarted or SCRIPT FLUSH: load it again
+        raise ScriptLost("Redis keeps losing the write script; retrying the batch")
 
     # ---- reads ---------------------------------------------------------------------------------
 
-    def _cached(self, customer: str) -> tuple[Profile, dict[str, str]] | None:
-        hit = self._cache.get(customer)
-        if hit is None:
-            return None
-        profile, stored = hit
-        working = copy.copy(profile)  # the cached profile stays as committed; lists that apply() extends are copied
-        working.products = list(profile.products)
-        return working, stored
-
-    def _remember(self, customer: str, profile: Profile, stored: dict[str, str]) -> None:
+    def _remember(self, customer: str, profile: Profile, applied: set[str]) -> None:
         if self.cache_size <= 0:
             return
         self._cache.pop(customer, None)
-        self._cache[customer] = (profile, stored)
+        self._cache[customer] = (profile, applied)
         if len(self._cache) > self.cache_size:
             self._cache.pop(next(iter(self._cache)))
 
@@ -188,59 +191,55 @@ class ProfileStore:
             self._cache.pop(customer, None)
 
     async def _load(
-        self, partition: int, ids: dict[str, list[str]], due_until: float | None, only: set[str] | None
+        self, partition: int, customers: list[str], due_until: float | None = None, only: set[str] | None = None
     ) -> tuple[dict[str, _Working], dict[str, float]]:
-        """The working state of the customers with events (``ids``) and of those due by ``due_until``.
+        """The working state of ``customers`` and of the partition's customers due by ``due_until``.
 
-        Profiles come from the cache when present (a stale one loses its compare-and-set and is
-        read again); two round trips at most: due customers and event customers' applied ids and
-        profiles, then the profiles of due customers that had no event.
+        A cached profile is used as it is: it is what this worker last wrote, and its applied ids
+        with it; if anything else wrote the customer since, the version moved and the write loses
+        its compare-and-set, and the customer is read again. Two round trips at most.
         """
         pipe = self.client.pipeline(transaction=False)
         if due_until is not None:
             pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until, withscores=True)
         work: dict[str, _Working] = {}
-        reading: list[str] = []
-        for customer, event_ids in ids.items():
-            pipe.smismember(self.keys.applied(customer), event_ids)
-        for customer in ids:
-            self._plan_read(pipe, customer, work, reading)
-        replies = await pipe.execute()
+        reading = [c for c in customers if not self._from_cache(c, work)]
+        for customer in reading:
+            pipe.hgetall(self.keys.profile(customer))
+            pipe.smembers(self.keys.applied(customer))
+        replies = await pipe.execute() if len(pipe) else []
         due: dict[str, float] = {}
         if due_until is not None:
-            due = {c.decode(): score for c, score in replies[0]}
-            if only is not None:
-                due = {c: score for c, score in due.items() if c in only}
+            due = {c.decode(): score for c, score in replies[0] if only is None or c.decode() in only}
             replies = replies[1:]
-        seen_replies = replies[: len(ids)]
-        self._finish_read(reading, replies[len(ids) :], work)
-        for (customer, event_ids), seen in zip(ids.items(), seen_replies, strict=True):
-            work[customer].applied = {i for i, s in zip(event_ids, seen, strict=True) if s}
-        missing = [c for c in due if c not in work]
+        self._finish_read(reading, replies, work)
+        missing = [c for c in due if c not in work and not self._from_cache(c, work)]
         if missing:
             pipe = self.client.pipeline(transaction=False)
-            reading = []
             for customer in missing:
-                self._plan_read(pipe, customer, work, reading)
-            if reading:
-                self._finish_read(reading, await pipe.execute(), work)
+                pipe.hgetall(self.keys.profile(customer))
+                pipe.smembers(self.keys.applied(customer))
+            self._finish_read(missing, await pipe.execute(), work)
         for customer, score in due.items():
             work[customer].due = score
         return work, due
 
-    def _plan_read(self, pipe, customer: str, work: dict[str, _Working], reading: list[str]) -> None:
-        hit = self._cached(customer)
-        if hit is None:
-            pipe.hgetall(self.keys.profile(customer))
-            reading.append(customer)
-        else:
-            work[customer] = _Working(*hit)
+    def _from_cache(self, customer: str, work: dict[str, _Working]) -> bool:
+        hit = self._cache.get(customer)
+        if hit is not None:
+            profile, applied = hit
+            work[customer] = _Working(profile.copy(), profile, set(applied))
+        return hit is not None
 
     @staticmethod
-    def _finish_read(reading: list[str], replies: list, work: dict[str, _Working]) -> None:
-        for customer, data in zip(reading, replies, strict=True):
-            stored = {k.decode(): v.decode() for k, v in data.items()}
-            work[customer] = _Working(Profile.from_redis(stored) if stored else Profile(customer), stored)
+    def _finish_read(customers: list[str], replies: list, work: dict[str, _Working]) -> None:
+        for index, customer in enumerate(customers):
+            data, applied = replies[2 * index], replies[2 * index + 1]
+            if data:
+                base = Profile.from_redis(data)
+                work[customer] = _Working(base.copy(), base, {i.decode() for i in applied})
+            else:
+                work[customer] = _Working(Profile(customer), None, {i.decode() for i in applied})
 
     # ---- the fold --------------------------------------------------------------------------------
 
@@ -266,21 +265,20 @@ class ProfileStore:
         race (the other topic's agent, or another worker across a rebalance) is folded again from
         a fresh read. Returns the result and the watermark after the batch.
         """
-        ids: dict[str, list[str]] = {}
+        customers: dict[str, None] = {}  # in order of first appearance
         last_tick = None
         for item in items:
             if isinstance(item, ClockTick):
                 moment = item.event_time.timestamp()
                 last_tick = moment if last_tick is None else max(last_tick, moment)
             else:
-                ids.setdefault(item.customer_unique_id, []).append(item.event_id)
+                customers[item.customer_unique_id] = None
         result = BatchResult()
         only: set[str] | None = None
         end = watermark
         for _attempt in range(max_retries):
-            if only is not None:
-                ids = {c: v for c, v in ids.items() if c in only}
-            work, due = await self._load(partition, ids, last_tick if clock else None, only)
+            wanted = [c for c in customers if only is None or c in only]
+            work, due = await self._load(partition, wanted, last_tick if clock else None, only)
             end = self._fold(items, watermark, clock, work, due, only)
             lost = await self._write(partition, work, result, watermark=end if clock and last_tick else None)
             if not lost:
@@ -357,10 +355,8 @@ class ProfileStore:
     async def _write(
         self, partition: int, work: dict[str, _Working], result: BatchResult, watermark: float | None = None
     ) -> list[str]:
-        """One pipeline: a compare-and-set write per changed customer. Returns the customers that lost."""
-        pipe = self.client.pipeline(transaction=False)
-        planned: list[tuple[str, _Working, dict[str, str]]] = []
-        only_duplicates = 0
+        """Write the batch's outcome in one atomic script call. Returns the customers whose write lost."""
+        writes, wires, planned, only_duplicates = [], [], [], 0
         for customer, state in work.items():
             if not (state.dirty or state.fresh):
                 only_duplicates += state.duplicates
@@ -368,71 +364,53 @@ class ProfileStore:
             profile = state.profile
             expected = profile.version
             profile.version = expected + 1
-            fields = profile.to_redis()
-            changed = {k: v for k, v in fields.items() if state.stored.get(k) != v}
-            keys, argv = self._payload(expected, profile, changed, state, partition)
-            pipe.evalsha(self._write_sha, len(keys), *keys, argv)
-            planned.append((customer, state, fields))
-        if only_duplicates:
-            pipe.hincrby(self.keys.counters, "consumed", only_duplicates)
-            pipe.hincrby(self.keys.counters, "duplicates", only_duplicates)
-        if watermark is not None:
-            pipe.hset(self.keys.watermarks, str(partition), watermark)
-        replies = await self._execute(pipe) if len(pipe) else []
+            fields = profile.to_redis() if state.base is None else profile.changed_fields(state.base)
+            transitions, outbox = [], []
+            for segment_change, churn_change in state.steps:
+                if segment_change is not None:
+                    wires.append(encode_event(segment_change))
+                    outbox.append([self.segment_topic, len(wires)])
+                    day = segment_change.event_time.strftime("%Y-%m-%d")
+                    transitions.append([segment_change.previous_segment, segment_change.segment, day, len(wires)])
+                if churn_change is not None:
+                    wires.append(encode_event(churn_change))
+                    outbox.append([self.churn_topic, len(wires)])
+            flat = [part for pair in fields.items() for part in pair]
+            due = "" if state.due is None else repr(state.due)
+            scored = profile.last_purchase is not None
+            writes.append([customer, expected, flat, state.fresh, due, scored, state.duplicates, transitions, outbox])
+            planned.append((customer, state))
+        if not writes and not only_duplicates and watermark is None:
+            return []
+        batch = {
+            "profile": self.keys.profile(""),
+            "applied": self.keys.applied(""),
+            "transitions": self.keys.transitions(""),
+            "due": self.keys.due(partition),
+            "segments": self.keys.segments,
+            "changes": self.keys.changes,
+            "outbox": self.keys.outbox,
+            "counters": self.keys.counters,
+            "watermarks": self.keys.watermarks,
+            "partition": str(partition),
+            "watermark": "" if watermark is None else repr(watermark),
+            "recent": self.recent_changes,
+            "duplicates": only_duplicates,
+            "writes": writes,
+        }
+        lost_at = set(await self._run_script(json.dumps(batch, separators=(",", ":")), *wires))
         result.duplicates += only_duplicates
         lost = []
-        for (customer, state, fields), outcome in zip(planned, replies, strict=False):
-            if outcome != 1:
+        for index, (customer, state) in enumerate(planned, start=1):
+            if index in lost_at:
                 lost.append(customer)
                 continue
-            self._remember(customer, state.profile, fields)
+            self._remember(customer, state.profile, state.applied)
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
             result.changed += any(step != (None, None) for step in state.steps)
             result.changes.extend(s for s, _ in state.steps if s is not None)
         return lost
-
-    def _payload(
-        self, expected_version: int, after: Profile, fields: dict[str, str], state: _Working, partition: int
-    ) -> tuple[list, str]:
-        """KEYS and ARGV of one atomic write of the changed ``fields``, the new event ids and the changes."""
-        transitions, outbox = [], []
-        for segment_change, churn_change in state.steps:
-            if segment_change is not None:
-                wire = encode_event(segment_change).decode()
-                outbox.append([self.segment_topic, wire])
-                transitions.append(
-                    [
-                        segment_change.previous_segment,
-                        segment_change.segment,
-                        self.keys.transitions(segment_change.event_time.strftime("%Y-%m-%d")),
-                        wire,
-                    ]
-                )
-            if churn_change is not None:
-                outbox.append([self.churn_topic, encode_event(churn_change).decode()])
-        keys = [
-            self.keys.profile(after.customer_unique_id),
-            self.keys.applied(after.customer_unique_id),
-            self.keys.due(partition),
-            self.keys.segments,
-            self.keys.outbox,
-            self.keys.changes,
-            self.keys.counters,
-        ] + [t[2] for t in transitions]
-        payload = {
-            "expected": expected_version,
-            "fields": fields,
-            "ids": state.fresh,
-            "due": -1 if state.due is None else state.due,
-            "scored": after.last_purchase is not None,
-            "customer": after.customer_unique_id,
-            "transitions": transitions,
-            "outbox": outbox,
-            "recent": self.recent_changes,
-            "duplicates": state.duplicates,
-        }
-        return keys, json.dumps(payload, separators=(",", ":"))
 
     def _step(self, profile: Profile, now: float, cause: str, source: str | None):
         """Re-derive ``profile`` at ``now``; the change events if its segment or churn status moved."""
@@ -487,11 +465,7 @@ class ProfileStore:
             for _round in range(max_rounds):
                 if not pending:
                     break
-                pipe, work, reading = self.client.pipeline(transaction=False), {}, []
-                for customer in pending:
-                    self._plan_read(pipe, customer, work, reading)
-                if reading:
-                    self._finish_read(reading, await pipe.execute(), work)
+                work, _ = await self._load(partition, pending)
                 for customer, state in work.items():
                     profile = state.profile
                     if profile.evaluated_at is None:
