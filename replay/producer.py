@@ -34,9 +34,9 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 
 from replay.history import KIND_NAMES, REVIEW, TICK, History
+from segstream.kafka import RecordBatches, partition_for
 from segstream.schemas import SENT_AT_HEADER, ClockTick, encode_event, make_event_id
 from segstream.services import describe_kafka
 from segstream.settings import Settings
@@ -44,18 +44,6 @@ from segstream.settings import Settings
 __all__ = ["ReplaySummary", "ensure_topics", "partition_for", "replay_history"]
 
 log = logging.getLogger(__name__)
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """The partition of ``key``, as the Java client's (and aiokafka's) default partitioner picks it.
-
-    >>> from aiokafka.partitioner import DefaultPartitioner
-    >>> all(partition_for(k, 4) == DefaultPartitioner()(k.encode(), [0, 1, 2, 3], []) for k in ("a", "b", "u1"))
-    True
-    >>> partition_for("customer-1", 4)
-    1
-    """
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass
@@ -160,40 +148,6 @@ def _fingerprint(paths: list[Path]) -> list[list]:
 # --- the replay -------------------------------------------------------------------------------
 
 
-class _Batches:
-    """Open aiokafka record batches per (topic, partition), and the futures of those sent."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self.producer = producer
-        self.open: dict[tuple[str, int], object] = {}
-        self.pending: list[asyncio.Future] = []
-
-    async def append(
-        self, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int, headers=()
-    ) -> None:
-        batch = self.open.get((topic, partition))
-        if batch is None:
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
-            await self._send(topic, partition, batch)
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
-                raise ValueError(f"a {len(value)}-byte record does not fit in an empty batch; raise max_batch_size")
-
-    async def _send(self, topic: str, partition: int, batch) -> None:
-        self.pending.append(await self.producer.send_batch(batch, topic, partition=partition))
-
-    async def flush(self) -> None:
-        """Send every open batch and wait until the broker acknowledged all that was sent."""
-        for (topic, partition), batch in self.open.items():
-            if batch.record_count():
-                await self._send(topic, partition, batch)
-        self.open.clear()
-        if self.pending:
-            await asyncio.gather(*self.pending)
-            self.pending.clear()
-
-
 async def replay_history(
     history: History,
     settings: Settings,
@@ -288,7 +242,7 @@ async def replay_history(
     )
     await producer.start()
     build = history.builder()
-    batches = _Batches(producer)
+    batches = RecordBatches(producer)
     started = time.monotonic()
     position = checkpoint.position
     stop_at = len(timeline) if max_events is None else min(len(timeline), position + max_events)

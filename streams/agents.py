@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from segstream.kafka import RecordBatches, partition_for
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
 from segstream.settings import Settings
@@ -48,6 +50,8 @@ class StreamHandler:
         self.store: ProfileStore | None = None
         self.watermarks: dict[str, dict[int, float]] = {}
         self.token = uuid.uuid4().hex
+        self._kafka: AIOKafkaProducer | None = None  # publishes the outbox
+        self._partitions: dict[str, int] = {}
 
     async def _ready(self) -> ProfileStore:
         if self.store is None:
@@ -146,8 +150,12 @@ class StreamHandler:
         await pipe.execute()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 
-    async def publish(self, send: Send, batch: int = 1_000) -> int:
-        """Move change events from the Redis outbox to Kafka; one worker at a time (a Redis lease)."""
+    async def publish(self, batch: int = 5_000) -> int:
+        """Move change events from the Redis outbox to Kafka; one worker at a time (a Redis lease).
+
+        Sent with a plain aiokafka producer in record batches (acks=all), keyed and partitioned by
+        customer like every segstream topic; entries leave the outbox once Kafka acknowledged them.
+        """
         lock = self.keys.outbox_lock
         if not await self.client.set(lock, self.token, nx=True, px=5_000):
             holder = await self.client.get(lock)
@@ -157,13 +165,33 @@ class StreamHandler:
         entries = await self.client.xrange(self.keys.outbox, count=batch)
         if not entries:
             return 0
-        futures = [await send(f[b"topic"].decode(), f[b"key"], f[b"value"]) for _, f in entries]
-        await asyncio.gather(*futures)
+        producer = await self._producer()
+        batches = RecordBatches(producer)
+        now_ms = int(time.time() * 1000)
+        for _, entry in entries:
+            topic, key = entry[b"topic"].decode(), entry[b"key"]
+            if topic not in self._partitions:
+                self._partitions[topic] = len(await producer.partitions_for(topic))
+            partition = partition_for(key.decode(), self._partitions[topic])
+            await batches.append(topic, partition, key, entry[b"value"], now_ms)
+        await batches.flush()
         pipe = self.client.pipeline(transaction=True)
         pipe.xdel(self.keys.outbox, *[entry_id for entry_id, _ in entries])
         pipe.hincrby(self.keys.counters, "published", len(entries))
         await pipe.execute()
         return len(entries)
+
+    async def _producer(self) -> AIOKafkaProducer:
+        if self._kafka is None:
+            self._kafka = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all",
+                linger_ms=5,
+                max_batch_size=256 * 1024,
+                client_id=f"segstream-publisher-{self.token[:8]}",
+            )
+            await self._kafka.start()
+        return self._kafka
 
     async def refresh_thresholds(self, partitions: list[int]) -> int:
         """Adopt republished RFM thresholds and re-score the given partitions that still need it."""
@@ -196,6 +224,8 @@ class StreamHandler:
         await pipe.execute()
 
     async def close(self) -> None:
+        if self._kafka is not None:
+            await self._kafka.stop()
         await self.client.aclose()
 
 

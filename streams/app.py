@@ -83,10 +83,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def publish_changes() -> None:
+        for topic in outputs.values():  # the publisher sends with its own producer: create the topics first
+            await topic.maybe_declare()
         # A loop, not a timer: under load one pass can outlast any interval.
         while not app.should_stop:
             try:
-                published = await handler.publish(send)
+                published = await handler.publish()
             except Exception:  # Redis or Kafka hiccup: the outbox keeps the events; try again
                 logging.getLogger(__name__).exception("publishing change events failed; retrying in 1 s")
                 await asyncio.sleep(1.0)

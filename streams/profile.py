@@ -140,7 +140,7 @@ class Profile:
 
     def to_redis(self) -> dict[str, str]:
         """Flat string fields for one Redis hash (lists and pairs as JSON, None as empty)."""
-        return {name: _text(getattr(self, name)) for name in _KINDS}
+        return {name: _text(value) for name, value in self.__dict__.items()}
 
     def changed_fields(self, before: Profile) -> dict[str, str]:
         """The Redis fields that differ from ``before``: what a write of this profile must send.
@@ -151,7 +151,8 @@ class Profile:
         >>> after.changed_fields(before)
         {'orders': '2', 'monetary': '35.5'}
         """
-        return {name: _text(value) for name in _KINDS if (value := getattr(self, name)) != getattr(before, name)}
+        previous = before.__dict__
+        return {name: _text(value) for name, value in self.__dict__.items() if value != previous[name]}
 
     def copy(self) -> Profile:
         """A copy whose lists can change without changing this profile (faster than ``copy.deepcopy``)."""
@@ -174,12 +175,15 @@ class Profile:
         return cls(**values)
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps without its per-call setup
+
+
 def _text(value) -> str:
     """A field's Redis string: lists and pairs as JSON, None as empty, booleans as 1/0."""
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return json.dumps(value, separators=(",", ":"))
+        return _compact(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)

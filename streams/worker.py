@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import faust
 
 from segstream.settings import Settings
@@ -15,5 +17,10 @@ _FAUST_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "
 def run_worker(settings: Settings) -> None:
     """Block running a Faust worker until SIGINT/SIGTERM."""
     app = create_app(settings)
+    # The worker allocates many short-lived objects per record and keeps many long-lived ones (the
+    # profile cache): collect the young generation less often, and leave what exists at start-up
+    # (modules, the app) out of every collection. Measured in bench/stream_throughput.py.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     worker = faust.Worker(app, loglevel=_FAUST_LEVELS[settings.log_level], quiet=True)
     worker.execute_from_commandline()
