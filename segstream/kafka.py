@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -10,6 +11,7 @@ from aiokafka.partitioner import murmur2
 __all__ = ["RecordBatches", "partition_for"]
 
 
+@functools.lru_cache(maxsize=1 << 18)  # keys are customers: the same few recur
 def partition_for(key: str, partitions: int) -> int:
     """The partition of ``key``, as the Java client's (and aiokafka's) default partitioner picks it.
 

@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> faust.App:
     reviews = app.topic(settings.topic_reviews, key_serializer="raw", value_serializer="raw")
 
     async def consume(topic: str, stream) -> None:
-        async for batch in stream.take_events(settings.worker_batch, within=0.05):
+        async for batch in stream.take_events(settings.worker_batch, within=0.02):
             records = [
                 (e.message.partition, e.message.offset, e.message.key, e.message.value, e.message.headers)
                 for e in batch
