@@ -18,12 +18,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import hiredis
 import redis.asyncio as aioredis
 
 from segstream.keys import Keys
@@ -47,50 +47,71 @@ __all__ = ["BatchResult", "ProfileStore", "ScriptLost", "cause_of"]
 log = logging.getLogger(__name__)
 
 _WRITE = """
--- One batch of profile writes. ARGV[1]: the batch (JSON); ARGV[2..]: change-event payloads, by index.
--- Each write w = {customer, expected version, fields (flat), new event ids, due ('' = none), scored,
--- duplicates, transitions {previous, new, event-day, payload index}, outbox {topic, payload index}}.
--- A write whose version moved or whose ids are already applied is skipped and reported (1-based).
-local b = cjson.decode(ARGV[1])
+-- ARGV: header then writes, all flat strings (no decoding):
+-- profile prefix, applied prefix, transitions prefix, due key, segments, changes, outbox, counters,
+-- watermarks, partition, watermark ('' = none), recent-changes cap, segment topic, churn topic,
+-- duplicates of customers with nothing to write, number of writes; then per write:
+-- customer, expected version, n fields, field/value * n, n ids, id * n, due ('' = none), scored (1/0),
+-- duplicates, n segment changes, (previous, new, event-day, payload) * n, n churn changes, payload * n.
+local profile, applied_prefix, transitions = ARGV[1], ARGV[2], ARGV[3]
+local due_key, segments, changes, outbox, counters = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local recent, segment_topic, churn_topic = ARGV[12], ARGV[13], ARGV[14]
+local duplicates = tonumber(ARGV[15])
+local applied, consumed = 0, duplicates
 local lost = {}
-local applied, consumed, duplicates = 0, b.duplicates, b.duplicates
-for i, w in ipairs(b.writes) do
-  local customer = w[1]
-  local pkey, akey = b.profile .. customer, b.applied .. customer
-  local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == w[2]
+local i = 17
+for write = 1, tonumber(ARGV[16]) do
+  local customer, expected = ARGV[i], tonumber(ARGV[i + 1])
+  local pkey, akey = profile .. customer, applied_prefix .. customer
+  local nfields = tonumber(ARGV[i + 2])
+  local fields_at = i + 3
+  i = fields_at + 2 * nfields
+  local nids = tonumber(ARGV[i])
+  local ids_at = i + 1
+  i = ids_at + nids
+  local due, scored, dups = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local nsegment = tonumber(ARGV[i + 3])
+  local segment_at = i + 4
+  i = segment_at + 4 * nsegment
+  local nchurn = tonumber(ARGV[i])
+  local churn_at = i + 1
+  i = churn_at + nchurn
+  local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
   if ok then
-    for _, id in ipairs(w[4]) do
-      if redis.call('SISMEMBER', akey, id) == 1 then ok = false; break end
+    for k = ids_at, ids_at + nids - 1 do
+      if redis.call('SISMEMBER', akey, ARGV[k]) == 1 then ok = false; break end
     end
   end
   if not ok then
-    lost[#lost + 1] = i
+    lost[#lost + 1] = write
   else
-    redis.call('HSET', pkey, unpack(w[3]))
-    if #w[4] > 0 then redis.call('SADD', akey, unpack(w[4])) end
+    redis.call('HSET', pkey, unpack(ARGV, fields_at, fields_at + 2 * nfields - 1))
+    if nids > 0 then redis.call('SADD', akey, unpack(ARGV, ids_at, ids_at + nids - 1)) end
     -- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
-    if w[5] ~= '' then redis.call('ZADD', b.due, w[5], customer)
-    elseif w[6] then redis.call('ZADD', b.due, '+inf', customer)
-    else redis.call('ZREM', b.due, customer) end
-    for _, t in ipairs(w[8]) do
-      if t[1] ~= '' then redis.call('HINCRBY', b.segments, t[1], -1) end
-      if t[2] ~= '' then redis.call('HINCRBY', b.segments, t[2], 1) end
-      redis.call('HINCRBY', b.transitions .. t[3], t[1] .. '>' .. t[2], 1)
-      redis.call('XADD', b.changes, 'MAXLEN', '~', b.recent, '*', 'change', ARGV[t[4] + 1])
+    if due ~= '' then redis.call('ZADD', due_key, due, customer)
+    elseif scored == '1' then redis.call('ZADD', due_key, '+inf', customer)
+    else redis.call('ZREM', due_key, customer) end
+    for k = segment_at, segment_at + 4 * (nsegment - 1), 4 do
+      local previous, new, payload = ARGV[k], ARGV[k + 1], ARGV[k + 3]
+      if previous ~= '' then redis.call('HINCRBY', segments, previous, -1) end
+      if new ~= '' then redis.call('HINCRBY', segments, new, 1) end
+      redis.call('HINCRBY', transitions .. ARGV[k + 2], previous .. '>' .. new, 1)
+      redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', payload)
+      redis.call('XADD', outbox, '*', 'topic', segment_topic, 'key', customer, 'value', payload)
     end
-    for _, o in ipairs(w[9]) do
-      redis.call('XADD', b.outbox, '*', 'topic', o[1], 'key', customer, 'value', ARGV[o[2] + 1])
+    for k = churn_at, churn_at + nchurn - 1 do
+      redis.call('XADD', outbox, '*', 'topic', churn_topic, 'key', customer, 'value', ARGV[k])
     end
-    applied = applied + #w[4]
-    consumed = consumed + #w[4] + w[7]
-    duplicates = duplicates + w[7]
+    applied = applied + nids
+    consumed = consumed + nids + dups
+    duplicates = duplicates + dups
   end
 end
 -- counted with the writes, so consumed = applied + duplicates + dead_lettered survives any crash
-if consumed > 0 then redis.call('HINCRBY', b.counters, 'consumed', consumed) end
-if applied > 0 then redis.call('HINCRBY', b.counters, 'applied', applied) end
-if duplicates > 0 then redis.call('HINCRBY', b.counters, 'duplicates', duplicates) end
-if b.watermark ~= '' then redis.call('HSET', b.watermarks, b.partition, b.watermark) end
+if consumed > 0 then redis.call('HINCRBY', counters, 'consumed', consumed) end
+if applied > 0 then redis.call('HINCRBY', counters, 'applied', applied) end
+if duplicates > 0 then redis.call('HINCRBY', counters, 'duplicates', duplicates) end
+if ARGV[11] ~= '' then redis.call('HSET', ARGV[9], ARGV[10], ARGV[11]) end
 return lost
 """
 
@@ -159,18 +180,31 @@ class ProfileStore:
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._script_loaded = False
 
-    async def _run_script(self, *args) -> list[int]:
-        """Run the write script (loaded once, then called by its SHA); reload it if Redis lost it."""
+    async def _run_script(self, args: list) -> list[int]:
+        """Run the write script by its SHA (loading it once; again if Redis lost it).
+
+        The command is packed by hiredis: a batch has tens of thousands of arguments, which
+        redis-py's pure-Python packer spends several times longer on.
+        """
         for _attempt in range(2):
             if not self._script_loaded:
                 await self.client.script_load(_WRITE)
                 self._script_loaded = True
+            packed = hiredis.pack_command(("EVALSHA", self._write_sha, 0, *args))
+            pool = self.client.connection_pool
+            connection = await pool.get_connection()
             try:
-                return await self.client.evalsha(self._write_sha, 0, *args)
+                await connection.send_packed_command(packed)
+                return await connection.read_response()
             except aioredis.ResponseError as exc:
                 if "NOSCRIPT" not in str(exc):
                     raise
                 self._script_loaded = False  # Redis restarted or SCRIPT FLUSH: load it again
+            except BaseException:
+                await connection.disconnect()  # a half-read reply must not reach the next user
+                raise
+            finally:
+                await pool.release(connection)
         raise ScriptLost("Redis keeps losing the write script; retrying the batch")
 
     # ---- reads ---------------------------------------------------------------------------------
@@ -356,7 +390,8 @@ class ProfileStore:
         self, partition: int, work: dict[str, _Working], result: BatchResult, watermark: float | None = None
     ) -> list[str]:
         """Write the batch's outcome in one atomic script call. Returns the customers whose write lost."""
-        writes, wires, planned, only_duplicates = [], [], [], 0
+        args: list[str | int] = []
+        planned, only_duplicates = [], 0
         for customer, state in work.items():
             if not (state.dirty or state.fresh):
                 only_duplicates += state.duplicates
@@ -365,40 +400,39 @@ class ProfileStore:
             expected = profile.version
             profile.version = expected + 1
             fields = profile.to_redis() if state.base is None else profile.changed_fields(state.base)
-            transitions, outbox = [], []
-            for segment_change, churn_change in state.steps:
-                if segment_change is not None:
-                    wires.append(encode_event(segment_change))
-                    outbox.append([self.segment_topic, len(wires)])
-                    day = segment_change.event_time.strftime("%Y-%m-%d")
-                    transitions.append([segment_change.previous_segment, segment_change.segment, day, len(wires)])
-                if churn_change is not None:
-                    wires.append(encode_event(churn_change))
-                    outbox.append([self.churn_topic, len(wires)])
-            flat = [part for pair in fields.items() for part in pair]
-            due = "" if state.due is None else repr(state.due)
-            scored = profile.last_purchase is not None
-            writes.append([customer, expected, flat, state.fresh, due, scored, state.duplicates, transitions, outbox])
+            args += [customer, expected, len(fields), *[part for pair in fields.items() for part in pair]]
+            args += [len(state.fresh), *state.fresh]
+            args += ["" if state.due is None else repr(state.due), int(profile.last_purchase is not None)]
+            args.append(state.duplicates)
+            segment = [change for change, _ in state.steps if change is not None]
+            churn = [change for _, change in state.steps if change is not None]
+            args.append(len(segment))
+            for change in segment:
+                day = change.event_time.strftime("%Y-%m-%d")
+                args += [change.previous_segment, change.segment, day, encode_event(change)]
+            args += [len(churn), *[encode_event(change) for change in churn]]
             planned.append((customer, state))
-        if not writes and not only_duplicates and watermark is None:
+        if not planned and not only_duplicates and watermark is None:
             return []
-        batch = {
-            "profile": self.keys.profile(""),
-            "applied": self.keys.applied(""),
-            "transitions": self.keys.transitions(""),
-            "due": self.keys.due(partition),
-            "segments": self.keys.segments,
-            "changes": self.keys.changes,
-            "outbox": self.keys.outbox,
-            "counters": self.keys.counters,
-            "watermarks": self.keys.watermarks,
-            "partition": str(partition),
-            "watermark": "" if watermark is None else repr(watermark),
-            "recent": self.recent_changes,
-            "duplicates": only_duplicates,
-            "writes": writes,
-        }
-        lost_at = set(await self._run_script(json.dumps(batch, separators=(",", ":")), *wires))
+        header = [
+            self.keys.profile(""),
+            self.keys.applied(""),
+            self.keys.transitions(""),
+            self.keys.due(partition),
+            self.keys.segments,
+            self.keys.changes,
+            self.keys.outbox,
+            self.keys.counters,
+            self.keys.watermarks,
+            partition,
+            "" if watermark is None else repr(watermark),
+            self.recent_changes,
+            self.segment_topic,
+            self.churn_topic,
+            only_duplicates,
+            len(planned),
+        ]
+        lost_at = set(await self._run_script(header + args))
         result.duplicates += only_duplicates
         lost = []
         for index, (customer, state) in enumerate(planned, start=1):
