@@ -16,7 +16,7 @@ False
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     worker_buffer: int = Field(
         20_000, ge=1, description="Records a worker buffers per stream before fetching pauses (Faust stream buffer)."
+    )
+    worker_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop of a worker: uvloop (faster) or the standard asyncio loop."
     )
     worker_cache: int = Field(
         200_000, ge=0, description="Profiles a worker keeps in memory between writes (0: read every one from Redis)."

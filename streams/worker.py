@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import faust
+import mode.loop
 
 from segstream.settings import Settings
 from streams.app import create_app
@@ -16,6 +17,7 @@ _FAUST_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "
 
 def run_worker(settings: Settings) -> None:
     """Block running a Faust worker until SIGINT/SIGTERM."""
+    mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")  # before the app makes its loop
     app = create_app(settings)
     # The worker allocates many short-lived objects per record and keeps many long-lived ones (the
     # profile cache): collect the young generation less often, and leave what exists at start-up
