@@ -150,11 +150,13 @@ class StreamHandler:
         await pipe.execute()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 
-    async def publish(self, batch: int = 5_000) -> int:
+    async def publish(self, batch: int = 50) -> int:
         """Move change events from the Redis outbox to Kafka; one worker at a time (a Redis lease).
 
-        Sent with a plain aiokafka producer in record batches (acks=all), keyed and partitioned by
-        customer like every segstream topic; entries leave the outbox once Kafka acknowledged them.
+        An outbox entry holds the change events of one write batch, each in a field named
+        ``<n>:<topic>:<customer>``. They are sent with a plain aiokafka producer in record batches
+        (acks=all), keyed and partitioned by customer like every segstream topic; entries leave the
+        outbox once Kafka acknowledged them. Returns how many events were published.
         """
         lock = self.keys.outbox_lock
         if not await self.client.set(lock, self.token, nx=True, px=5_000):
@@ -167,19 +169,21 @@ class StreamHandler:
             return 0
         producer = await self._producer()
         batches = RecordBatches(producer)
-        now_ms = int(time.time() * 1000)
-        for _, entry in entries:
-            topic, key = entry[b"topic"].decode(), entry[b"key"]
-            if topic not in self._partitions:
-                self._partitions[topic] = len(await producer.partitions_for(topic))
-            partition = partition_for(key.decode(), self._partitions[topic])
-            await batches.append(topic, partition, key, entry[b"value"], now_ms)
+        now_ms, published = int(time.time() * 1000), 0
+        for _, fields in entries:
+            for name, value in fields.items():
+                _, topic_name, key = name.split(b":", 2)
+                topic = topic_name.decode()
+                if topic not in self._partitions:
+                    self._partitions[topic] = len(await producer.partitions_for(topic))
+                await batches.append(topic, partition_for(key.decode(), self._partitions[topic]), key, value, now_ms)
+                published += 1
         await batches.flush()
         pipe = self.client.pipeline(transaction=True)
         pipe.xdel(self.keys.outbox, *[entry_id for entry_id, _ in entries])
-        pipe.hincrby(self.keys.counters, "published", len(entries))
+        pipe.hincrby(self.keys.counters, "published", published)
         await pipe.execute()
-        return len(entries)
+        return published
 
     async def _producer(self) -> AIOKafkaProducer:
         if self._kafka is None:

@@ -59,6 +59,17 @@ local recent, segment_topic, churn_topic = ARGV[12], ARGV[13], ARGV[14]
 local duplicates = tonumber(ARGV[15])
 local applied, consumed = 0, duplicates
 local lost = {}
+-- segment counts and transitions add up over the batch; change events leave in a few outbox
+-- entries, each field '<n>:<topic>:<customer>' holding one event
+local counts, moves, out = {}, {}, {}
+local function flush_outbox()
+  if #out > 0 then redis.call('XADD', outbox, '*', unpack(out)); out = {} end
+end
+local function to_outbox(topic, customer, payload)
+  out[#out + 1] = (#out / 2) .. ':' .. topic .. ':' .. customer
+  out[#out + 1] = payload
+  if #out >= 2000 then flush_outbox() end
+end
 local i = 17
 for write = 1, tonumber(ARGV[16]) do
   local customer, expected = ARGV[i], tonumber(ARGV[i + 1])
@@ -93,19 +104,28 @@ for write = 1, tonumber(ARGV[16]) do
     else redis.call('ZREM', due_key, customer) end
     for k = segment_at, segment_at + 4 * (nsegment - 1), 4 do
       local previous, new, payload = ARGV[k], ARGV[k + 1], ARGV[k + 3]
-      if previous ~= '' then redis.call('HINCRBY', segments, previous, -1) end
-      if new ~= '' then redis.call('HINCRBY', segments, new, 1) end
-      redis.call('HINCRBY', transitions .. ARGV[k + 2], previous .. '>' .. new, 1)
+      if previous ~= '' then counts[previous] = (counts[previous] or 0) - 1 end
+      if new ~= '' then counts[new] = (counts[new] or 0) + 1 end
+      local day = transitions .. ARGV[k + 2]
+      moves[day] = moves[day] or {}
+      moves[day][previous .. '>' .. new] = (moves[day][previous .. '>' .. new] or 0) + 1
       redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', payload)
-      redis.call('XADD', outbox, '*', 'topic', segment_topic, 'key', customer, 'value', payload)
+      to_outbox(segment_topic, customer, payload)
     end
     for k = churn_at, churn_at + nchurn - 1 do
-      redis.call('XADD', outbox, '*', 'topic', churn_topic, 'key', customer, 'value', ARGV[k])
+      to_outbox(churn_topic, customer, ARGV[k])
     end
     applied = applied + nids
     consumed = consumed + nids + dups
     duplicates = duplicates + dups
   end
+end
+flush_outbox()
+for name, delta in pairs(counts) do
+  if delta ~= 0 then redis.call('HINCRBY', segments, name, delta) end
+end
+for day, fields in pairs(moves) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', day, field, n) end
 end
 -- counted with the writes, so consumed = applied + duplicates + dead_lettered survives any crash
 if consumed > 0 then redis.call('HINCRBY', counters, 'consumed', consumed) end
