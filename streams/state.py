@@ -61,7 +61,7 @@ local applied, consumed = 0, duplicates
 local lost = {}
 -- segment counts and transitions add up over the batch; change events leave in a few outbox
 -- entries, each field '<n>:<topic>:<customer>' holding one event
-local counts, moves, out = {}, {}, {}
+local counts, moves, out, latest = {}, {}, {}, {}
 local function flush_outbox()
   if #out > 0 then redis.call('XADD', outbox, '*', unpack(out)); out = {} end
 end
@@ -109,7 +109,7 @@ for write = 1, tonumber(ARGV[16]) do
       local day = transitions .. ARGV[k + 2]
       moves[day] = moves[day] or {}
       moves[day][previous .. '>' .. new] = (moves[day][previous .. '>' .. new] or 0) + 1
-      redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', payload)
+      latest[#latest + 1] = payload
       to_outbox(segment_topic, customer, payload)
     end
     for k = churn_at, churn_at + nchurn - 1 do
@@ -121,6 +121,10 @@ for write = 1, tonumber(ARGV[16]) do
   end
 end
 flush_outbox()
+-- the capped stream of recent changes only ever keeps the last `recent` of them
+for k = math.max(1, #latest - tonumber(recent) + 1), #latest do
+  redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', latest[k])
+end
 for name, delta in pairs(counts) do
   if delta ~= 0 then redis.call('HINCRBY', segments, name, delta) end
 end
