@@ -12,7 +12,7 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
 3. raw aiokafka: a consumer reading both topics from the start with getmany + json.loads until
    every final tick.
 4. bare Faust agent: an agent that only decodes (json.loads) and counts the same messages, same
-   short broker timeouts, until every final tick.
+   short broker timeouts, until every final tick; stock Faust, then on segstream's batch drain loop.
 5. latency: replay paced at --rate events/s into fresh topics with the worker running; the worker
    records, per record, Redis-update time minus the replay's send time (a Kafka header).
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
@@ -109,7 +109,10 @@ BARE_AGENT = textwrap.dedent(
     """
     import json, os, sys, time, faust
     bootstrap, orders, reviews, replay_id, partitions, out = os.environ["BARE_ARGS"].split(" ")
-    app = faust.App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
+    App = faust.App
+    if os.environ.get("BARE_BATCH_DRAIN"):  # the same agent on segstream's batch drain loop (streams/consumer.py)
+        from streams.consumer import BatchDrainApp as App
+    app = App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
                     broker_session_timeout=6, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
                     web_enabled=False, consumer_auto_offset_reset="earliest")
     state = {"count": 0, "finals": set(), "first": None}
@@ -130,15 +133,17 @@ BARE_AGENT = textwrap.dedent(
 )
 
 
-def _bare_faust(settings: Settings, replay_id: str, partitions: int, workdir: Path) -> tuple[int, float]:
-    script, out = workdir / "bare_agent.py", workdir / "bare.json"
+def _bare_faust(
+    settings: Settings, replay_id: str, partitions: int, workdir: Path, batch_drain: bool = False
+) -> tuple[int, float]:
+    script, out = workdir / "bare_agent.py", workdir / f"bare-{int(batch_drain)}.json"
     script.write_text(BARE_AGENT)
     args = [settings.kafka_bootstrap_servers, settings.topic_orders, settings.topic_reviews, replay_id, str(partitions)]
     proc = subprocess.Popen(
         [sys.executable, str(script), "worker", "-l", "warn", "--without-web"],
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "bare.log").open("w"),
-        env={**os.environ, "BARE_ARGS": " ".join([*args, str(out)])},
+        env={**os.environ, "BARE_ARGS": " ".join([*args, str(out)]), "BARE_BATCH_DRAIN": "1" if batch_drain else ""},
     )
     deadline = time.monotonic() + 1800
     while not out.exists() and time.monotonic() < deadline:
@@ -214,6 +219,9 @@ def main() -> None:
         bare = figures["bare_faust_msgs_per_s"]
         figures["ratio_end_to_end_to_bare_faust"] = round(figures["end_to_end_msgs_per_s"] / bare, 3)
         figures["ratio_catch_up_to_bare_faust"] = round(figures["catch_up_msgs_per_s"] / bare, 3)
+        count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir, batch_drain=True)
+        figures["bare_faust_batch_drain_msgs_per_s"] = round(count / seconds)
+        print(json.dumps(figures), file=sys.stderr)
 
         # latency at a fixed rate
         lat = _variant(base, f"lat{tag}").model_copy(
