@@ -111,7 +111,7 @@ BARE_AGENT = textwrap.dedent(
     bootstrap, orders, reviews, replay_id, partitions, out = os.environ["BARE_ARGS"].split(" ")
     App = faust.App
     if os.environ.get("BARE_BATCH_DRAIN"):  # the same agent on segstream's batch drain loop (streams/consumer.py)
-        from streams.consumer import BatchDrainApp as App
+        from streams.consumer import WorkerApp as App
     app = App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
                     broker_session_timeout=6, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
                     web_enabled=False, consumer_auto_offset_reset="earliest")
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2_000, help="events/s for the latency run (default 2000)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="length of the latency run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--latency-only", action="store_true", help="only the paced latency run (5); skip 1-4 and 6")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -173,55 +174,57 @@ def main() -> None:
     try:
         history = load_olist(data)
         tag = uuid.uuid4().hex[:6]
-        e2e = _variant(base, f"e2e{tag}").model_copy(
-            update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}
-        )
-        partitions = 2 * e2e.topic_partitions
-        worker = start_worker(e2e, workdir / "e2e-worker.log")
-        _wait_ready(workdir / "e2e-worker.log")
-        started = time.monotonic()
-        summary = asyncio.run(replay_history(history, e2e))
-        _, finished = _wait_consumed(e2e, summary.replay_id, summary.run_id, partitions)
-        stop_worker(worker)
-        events = summary.events_total
-        figures["events"] = events
-        figures["ticks"] = summary.ticks_sent
-        figures["replay_events_per_s"] = round(summary.events_per_s)
-        figures["end_to_end_events_per_s"] = round(events / (finished - started))
-        print(f"end-to-end: {events:,} events in {finished - started:.1f} s", file=sys.stderr)
+        if not args.latency_only:
+            e2e = _variant(base, f"e2e{tag}").model_copy(
+                update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}
+            )
+            partitions = 2 * e2e.topic_partitions
+            worker = start_worker(e2e, workdir / "e2e-worker.log")
+            _wait_ready(workdir / "e2e-worker.log")
+            started = time.monotonic()
+            summary = asyncio.run(replay_history(history, e2e))
+            _, finished = _wait_consumed(e2e, summary.replay_id, summary.run_id, partitions)
+            stop_worker(worker)
+            events = summary.events_total
+            figures["events"] = events
+            figures["ticks"] = summary.ticks_sent
+            figures["replay_events_per_s"] = round(summary.events_per_s)
+            figures["end_to_end_events_per_s"] = round(events / (finished - started))
+            print(f"end-to-end: {events:,} events in {finished - started:.1f} s", file=sys.stderr)
 
-        client, keys = redis.Redis.from_url(e2e.redis_address), Keys(e2e.redis_prefix)
-        sample = [
-            k.decode().rsplit(":", 1)[1]
-            for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
-        ]
-        per_customer = [
-            (client.memory_usage(keys.profile(c)) or 0) + (client.memory_usage(keys.applied(c)) or 0) for c in sample
-        ]
-        figures["redis_bytes_per_customer"] = round(float(np.mean(per_customer)))
-        figures["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 1e6, 1)
+            client, keys = redis.Redis.from_url(e2e.redis_address), Keys(e2e.redis_prefix)
+            sample = [
+                k.decode().rsplit(":", 1)[1]
+                for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
+            ]
+            per_customer = [
+                (client.memory_usage(keys.profile(c)) or 0) + (client.memory_usage(keys.applied(c)) or 0)
+                for c in sample
+            ]
+            figures["redis_bytes_per_customer"] = round(float(np.mean(per_customer)))
+            figures["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 1e6, 1)
 
-        catch_up = _variant(e2e, f"cu{tag}")
-        worker = start_worker(catch_up, workdir / "catchup-worker.log")
-        first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
-        stop_worker(worker)
-        figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
-        figures["catch_up_events_per_s"] = round(events / (last - first))
-        print(json.dumps(figures), file=sys.stderr)
+            catch_up = _variant(e2e, f"cu{tag}")
+            worker = start_worker(catch_up, workdir / "catchup-worker.log")
+            first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
+            stop_worker(worker)
+            figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
+            figures["catch_up_events_per_s"] = round(events / (last - first))
+            print(json.dumps(figures), file=sys.stderr)
 
-        count, seconds = asyncio.run(_raw_consume(e2e, summary.replay_id, partitions))
-        figures["raw_aiokafka_msgs_per_s"] = round(count / seconds)
-        print(f"raw aiokafka: {figures['raw_aiokafka_msgs_per_s']} msgs/s", file=sys.stderr)
-        count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir)
-        figures["bare_faust_msgs_per_s"] = round(count / seconds)
-        figures["messages_incl_ticks"] = count
-        figures["end_to_end_msgs_per_s"] = round(count / (finished - started))
-        bare = figures["bare_faust_msgs_per_s"]
-        figures["ratio_end_to_end_to_bare_faust"] = round(figures["end_to_end_msgs_per_s"] / bare, 3)
-        figures["ratio_catch_up_to_bare_faust"] = round(figures["catch_up_msgs_per_s"] / bare, 3)
-        count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir, batch_drain=True)
-        figures["bare_faust_batch_drain_msgs_per_s"] = round(count / seconds)
-        print(json.dumps(figures), file=sys.stderr)
+            count, seconds = asyncio.run(_raw_consume(e2e, summary.replay_id, partitions))
+            figures["raw_aiokafka_msgs_per_s"] = round(count / seconds)
+            print(f"raw aiokafka: {figures['raw_aiokafka_msgs_per_s']} msgs/s", file=sys.stderr)
+            count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir)
+            figures["bare_faust_msgs_per_s"] = round(count / seconds)
+            figures["messages_incl_ticks"] = count
+            figures["end_to_end_msgs_per_s"] = round(count / (finished - started))
+            bare = figures["bare_faust_msgs_per_s"]
+            figures["ratio_end_to_end_to_bare_faust"] = round(figures["end_to_end_msgs_per_s"] / bare, 3)
+            figures["ratio_catch_up_to_bare_faust"] = round(figures["catch_up_msgs_per_s"] / bare, 3)
+            count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir, batch_drain=True)
+            figures["bare_faust_batch_drain_msgs_per_s"] = round(count / seconds)
+            print(json.dumps(figures), file=sys.stderr)
 
         # latency at a fixed rate
         lat = _variant(base, f"lat{tag}").model_copy(
@@ -230,7 +233,7 @@ def main() -> None:
         worker = start_worker(lat, workdir / "lat-worker.log")
         _wait_ready(workdir / "lat-worker.log")
         span = history.placed["event_time"].max() - history.placed["event_time"].min()
-        speed = args.rate * span.total_seconds() / events
+        speed = args.rate * span.total_seconds() / sum(history.event_counts().values())
         asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
         time.sleep(3)
         stop_worker(worker)

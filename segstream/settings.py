@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     worker_batch_drain: bool = Field(
         True, description="Hand fetched records to the agents a batch at a time (false: Faust's per-record loop)."
     )
+    worker_fetch_wait_ms: int = Field(
+        25, ge=0, description="Longest a worker's fetch waits for records (ms); Faust's own is 1500."
+    )
     worker_buffer: int = Field(
         20_000, ge=1, description="Records a worker buffers per stream before fetching pauses (Faust stream buffer)."
     )

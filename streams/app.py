@@ -22,17 +22,19 @@ import faust
 
 from segstream.settings import Settings
 from streams.agents import StreamHandler
-from streams.consumer import BatchDrainApp
+from streams.consumer import WorkerApp
 
 __all__ = ["create_app"]
 
 
 def create_app(settings: Settings) -> faust.App:
     brokers = ";".join(f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(","))
-    # Faust's per-record delivery loop costs as much as the rest of Faust (see streams/consumer.py).
-    app_class = BatchDrainApp if settings.worker_batch_drain else faust.App
-    app = app_class(
+    # Faust's per-record delivery loop costs as much as the rest of Faust, and its fetch wait is
+    # latency on the embedded broker: see streams/consumer.py.
+    app = WorkerApp(
         settings.app_id,
+        batch_drain=settings.worker_batch_drain,
+        fetch_wait_ms=settings.worker_fetch_wait_ms,
         broker=brokers,
         store="memory://",
         key_serializer="raw",

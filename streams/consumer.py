@@ -12,6 +12,9 @@ offsets, the conductor callback) but puts one ``wait_first`` around each fetched
 still interrupts a blocked delivery, and anything interrupted is read again from the committed
 offsets after the rebalance, as before (at-least-once; our state updates are idempotent). The
 stock loop is one flag away: ``SEGSTREAM_WORKER_BATCH_DRAIN=false``.
+
+Faust also hard-codes the consumer's fetch wait (``fetch_max_wait_ms=1500``); :class:`WorkerApp`
+makes it a setting (``SEGSTREAM_WORKER_FETCH_WAIT_MS``), see :class:`_ConsumerThread`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,33 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
-__all__ = ["BatchDrainApp"]
+__all__ = ["WorkerApp"]
 
 
-class BatchDrainConsumer(aiokafka_driver.Consumer):
+class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer thread with a configurable fetch wait (Faust hard-codes 1,500 ms).
+
+    A broker that does not answer a waiting fetch when new records arrive turns the whole wait
+    into latency: measured on the embedded tansu broker, an aiokafka consumer's p50 latency at
+    100 records/s was 405 ms with a 1,500 ms wait, 28 ms with 100 ms and 9 ms with 20 ms.
+    """
+
+    def _create_worker_consumer(self, transport: aiokafka_driver.Transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.consumer.fetch_wait_ms  # read when the consumer starts
+        return consumer
+
+
+class FetchWaitConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer, with :attr:`fetch_wait_ms` as the fetch wait."""
+
+    fetch_wait_ms = 1_500
+
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class BatchDrainConsumer(FetchWaitConsumer):
     """Faust's aiokafka consumer with one ``wait_first`` per fetched batch instead of per record."""
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in the worker
@@ -69,12 +95,19 @@ class BatchDrainConsumer(aiokafka_driver.Consumer):
             raise
 
 
-class BatchDrainTransport(aiokafka_driver.Transport):
-    Consumer = BatchDrainConsumer
+class WorkerApp(faust.App):
+    """A ``faust.App`` with segstream's consumer (the producer is Faust's).
 
+    ``batch_drain``: use :class:`BatchDrainConsumer` (else Faust's drain loop);
+    ``fetch_wait_ms``: how long a fetch waits for records at most (Faust's own: 1,500 ms).
+    """
 
-class BatchDrainApp(faust.App):
-    """A ``faust.App`` whose consumer uses :class:`BatchDrainConsumer` (the producer is unchanged)."""
+    def __init__(self, *args: Any, batch_drain: bool = True, fetch_wait_ms: int = 1_500, **kwargs: Any) -> None:
+        self.batch_drain, self.fetch_wait_ms = batch_drain, fetch_wait_ms
+        super().__init__(*args, **kwargs)
 
-    def _new_transport(self) -> BatchDrainTransport:
-        return BatchDrainTransport(self.conf.broker_consumer, self)
+    def _new_transport(self) -> aiokafka_driver.Transport:
+        transport = aiokafka_driver.Transport(self.conf.broker_consumer, self)
+        base = BatchDrainConsumer if self.batch_drain else FetchWaitConsumer
+        transport.Consumer = type(base.__name__, (base,), {"fetch_wait_ms": self.fetch_wait_ms})
+        return transport
