@@ -71,22 +71,22 @@ local function to_outbox(topic, customer, payload)
   if #out >= 2000 then flush_outbox() end
 end
 local i = 17
+-- a counted run of arguments, `width` per element: its count and where it starts; i moves past it
+local function run(width)
+  local n, at = tonumber(ARGV[i]), i + 1
+  i = at + width * n
+  return n, at
+end
 for write = 1, tonumber(ARGV[16]) do
   local customer, expected = ARGV[i], tonumber(ARGV[i + 1])
   local pkey, akey = profile .. customer, applied_prefix .. customer
-  local nfields = tonumber(ARGV[i + 2])
-  local fields_at = i + 3
-  i = fields_at + 2 * nfields
-  local nids = tonumber(ARGV[i])
-  local ids_at = i + 1
-  i = ids_at + nids
+  i = i + 2
+  local nfields, fields_at = run(2)
+  local nids, ids_at = run(1)
   local due, scored, dups = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local nsegment = tonumber(ARGV[i + 3])
-  local segment_at = i + 4
-  i = segment_at + 4 * nsegment
-  local nchurn = tonumber(ARGV[i])
-  local churn_at = i + 1
-  i = churn_at + nchurn
+  i = i + 3
+  local nsegment, segment_at = run(4)
+  local nchurn, churn_at = run(1)
   local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
   if ok then
     for k = ids_at, ids_at + nids - 1 do
