@@ -37,7 +37,7 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from replay.olist import load_olist
-from replay.producer import replay_history
+from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
@@ -55,6 +55,13 @@ def _variant(base: Settings, tag: str) -> Settings:
             "topic_churn_signals": f"{tag}.churn-signals",
             "topic_dead_letter": f"{tag}.dead-letter",
         }
+    )
+
+
+def _create_topics(settings: Settings) -> None:
+    topics = [settings.topic_orders, settings.topic_reviews]
+    asyncio.run(
+        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, settings.topic_replication)
     )
 
 
@@ -179,6 +186,7 @@ def main() -> None:
                 update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}
             )
             partitions = 2 * e2e.topic_partitions
+            _create_topics(e2e)
             worker = start_worker(e2e, workdir / "e2e-worker.log")
             _wait_ready(workdir / "e2e-worker.log")
             started = time.monotonic()
@@ -230,6 +238,7 @@ def main() -> None:
         lat = _variant(base, f"lat{tag}").model_copy(
             update={"topic_orders": f"{tag}.lat.orders", "topic_reviews": f"{tag}.lat.reviews"}
         )
+        _create_topics(lat)  # before the worker joins: it then owns partitions when the first record arrives
         worker = start_worker(lat, workdir / "lat-worker.log")
         _wait_ready(workdir / "lat-worker.log")
         span = history.placed["event_time"].max() - history.placed["event_time"].min()
