@@ -31,12 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from replay.history import KIND_NAMES, REVIEW, TICK, History
-from segstream.kafka import RecordBatches, partition_for
+from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.schemas import SENT_AT_HEADER, ClockTick, encode_event, make_event_id
 from segstream.services import describe_kafka
 from segstream.settings import Settings
@@ -232,14 +231,7 @@ async def replay_history(
         entry_partition[i] = partition
         expected[(topic, partition)] += 1
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        max_request_size=4 * 1024 * 1024,
-        client_id=f"segstream-replay-{replay_id}",
-    )
+    producer = batch_producer(bootstrap, f"segstream-replay-{replay_id}")
     await producer.start()
     build = history.builder()
     batches = RecordBatches(producer)

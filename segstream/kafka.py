@@ -8,7 +8,7 @@ import functools
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-__all__ = ["RecordBatches", "partition_for"]
+__all__ = ["RecordBatches", "batch_producer", "partition_for"]
 
 
 @functools.lru_cache(maxsize=1 << 18)  # keys are customers: the same few recur
@@ -22,6 +22,18 @@ def partition_for(key: str, partitions: int) -> int:
     1
     """
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def batch_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    """An (unstarted) producer for :class:`RecordBatches`: acks from all replicas, 256 KB batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=4 * 1024 * 1024,
+        client_id=client_id,
+    )
 
 
 class RecordBatches:

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from segstream.kafka import RecordBatches, partition_for
+from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
 from segstream.settings import Settings
@@ -126,7 +126,7 @@ class StreamHandler:
     async def _partition(
         self, store: ProfileStore, topic: str, partition: int, items: list, watermarks: dict, clock: bool
     ) -> None:
-        _result, watermarks[partition] = await store.process(partition, items, watermarks.get(partition, 0.0), clock)
+        _, watermarks[partition] = await store.process(partition, items, watermarks.get(partition, 0.0), clock)
         for tick in items:
             if isinstance(tick, ClockTick) and tick.final:
                 await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
@@ -187,13 +187,7 @@ class StreamHandler:
 
     async def _producer(self) -> AIOKafkaProducer:
         if self._kafka is None:
-            self._kafka = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                acks="all",
-                linger_ms=5,
-                max_batch_size=256 * 1024,
-                client_id=f"segstream-publisher-{self.token[:8]}",
-            )
+            self._kafka = batch_producer(self.settings.kafka_bootstrap_servers, f"segstream-publisher-{self.token[:8]}")
             await self._kafka.start()
         return self._kafka
 

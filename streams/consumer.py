@@ -38,14 +38,12 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: aiokafka_driver.Transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.consumer.fetch_wait_ms  # read when the consumer starts
+        consumer._fetch_max_wait_ms = self.app.fetch_wait_ms  # read when the consumer starts
         return consumer
 
 
 class FetchWaitConsumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer, with :attr:`fetch_wait_ms` as the fetch wait."""
-
-    fetch_wait_ms = 1_500
+    """Faust's aiokafka consumer, with the app's ``fetch_wait_ms`` as the fetch wait."""
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -108,6 +106,5 @@ class WorkerApp(faust.App):
 
     def _new_transport(self) -> aiokafka_driver.Transport:
         transport = aiokafka_driver.Transport(self.conf.broker_consumer, self)
-        base = BatchDrainConsumer if self.batch_drain else FetchWaitConsumer
-        transport.Consumer = type(base.__name__, (base,), {"fetch_wait_ms": self.fetch_wait_ms})
+        transport.Consumer = BatchDrainConsumer if self.batch_drain else FetchWaitConsumer
         return transport

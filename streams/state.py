@@ -157,7 +157,6 @@ class BatchResult:
     duplicates: int = 0
     retries: int = 0
     changed: int = 0  # customers whose segment or churn status changed
-    changes: list[SegmentChanged] = field(default_factory=list)
 
 
 @dataclass
@@ -199,8 +198,8 @@ class ProfileStore:
         self.recent_changes = recent_changes
         self.clusters = clusters
         self.cache_size = cache_size
-        # committed profiles and their Redis fields, most recently written last
-        self._cache: dict[str, tuple[Profile, dict[str, str]]] = {}
+        # profiles as this worker last wrote them, with their applied event ids; most recent last
+        self._cache: dict[str, tuple[Profile, set[str]]] = {}
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._script_loaded = False
 
@@ -262,9 +261,7 @@ class ProfileStore:
             pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until, withscores=True)
         work: dict[str, _Working] = {}
         reading = [c for c in customers if not self._from_cache(c, work)]
-        for customer in reading:
-            pipe.hgetall(self.keys.profile(customer))
-            pipe.smembers(self.keys.applied(customer))
+        self._queue_reads(pipe, reading)
         replies = await pipe.execute() if len(pipe) else []
         due: dict[str, float] = {}
         if due_until is not None:
@@ -274,9 +271,7 @@ class ProfileStore:
         missing = [c for c in due if c not in work and not self._from_cache(c, work)]
         if missing:
             pipe = self.client.pipeline(transaction=False)
-            for customer in missing:
-                pipe.hgetall(self.keys.profile(customer))
-                pipe.smembers(self.keys.applied(customer))
+            self._queue_reads(pipe, missing)
             self._finish_read(missing, await pipe.execute(), work)
         for customer, score in due.items():
             work[customer].due = score
@@ -288,6 +283,12 @@ class ProfileStore:
             profile, applied = hit
             work[customer] = _Working(profile.copy(), profile, set(applied))
         return hit is not None
+
+    def _queue_reads(self, pipe, customers: list[str]) -> None:
+        """Queue each customer's profile and applied ids (what :meth:`_finish_read` parses)."""
+        for customer in customers:
+            pipe.hgetall(self.keys.profile(customer))
+            pipe.smembers(self.keys.applied(customer))
 
     @staticmethod
     def _finish_read(customers: list[str], replies: list, work: dict[str, _Working]) -> None:
@@ -342,7 +343,6 @@ class ProfileStore:
             if not lost:
                 return result, end
             result.retries += len(lost)
-            self.forget(lost)
             only = set(lost)
         raise RuntimeError(f"gave up writing {len(only or ())} profiles after {max_retries} conflicting attempts")
 
@@ -413,7 +413,10 @@ class ProfileStore:
     async def _write(
         self, partition: int, work: dict[str, _Working], result: BatchResult, watermark: float | None = None
     ) -> list[str]:
-        """Write the batch's outcome in one atomic script call. Returns the customers whose write lost."""
+        """Write the batch's outcome in one atomic script call.
+
+        Returns the customers whose write lost (their cached profiles are stale and are dropped).
+        """
         args: list[str | int] = []
         planned, only_duplicates = [], 0
         for customer, state in work.items():
@@ -467,7 +470,7 @@ class ProfileStore:
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
             result.changed += any(step != (None, None) for step in state.steps)
-            result.changes.extend(s for s, _ in state.steps if s is not None)
+        self.forget(lost)
         return lost
 
     def _step(self, profile: Profile, now: float, cause: str, source: str | None):
@@ -531,7 +534,6 @@ class ProfileStore:
                     state.steps.append(self._step(profile, max(now, profile.evaluated_at), "rescore", None))
                     self._reschedule(state, [], customer)
                 pending = await self._write(partition, work, result)
-                self.forget(pending)
             else:
                 raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
         return result.changed
