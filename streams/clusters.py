@@ -46,6 +46,35 @@ def features(profile: Profile, now: float) -> dict[str, float]:
     }
 
 
+class _KMeans(cluster.KMeans):
+    """river's ``KMeans`` with a leaner distance loop (same distances, same assignments).
+
+    river builds the union of a center's and the point's keys for every center and point; here
+    every point has the same keys (:data:`FEATURES`), and so have the centers once the first
+    point drew their random coordinates. About a third less time per event.
+
+    >>> import random
+    >>> rng = random.Random(7)
+    >>> points = [{name: rng.gauss(0, 1) for name in FEATURES} for _ in range(500)]
+    >>> ours, rivers = _KMeans(n_clusters=4, seed=3), cluster.KMeans(n_clusters=4, seed=3)
+    >>> [ours.learn_predict_one(x) for x in points] == [rivers.learn_predict_one(x) for x in points]
+    True
+    """
+
+    def predict_one(self, x: dict[str, float]) -> int:
+        p, centers = self.p, self.centers
+        if any(len(center) < len(x) for center in centers.values()):
+            return super().predict_one(x)  # the first points draw the centers' coordinates
+        best, best_distance, items = 0, math.inf, x.items()
+        for index, center in centers.items():
+            distance = 0.0
+            for key, value in items:
+                distance += abs(center[key] - value) ** p
+            if distance < best_distance:
+                best, best_distance = index, distance
+        return best
+
+
 class OnlineClusters:
     """Standardise-then-k-means, learned online.
 
@@ -64,7 +93,7 @@ class OnlineClusters:
         self.halflife = halflife
         self.seed = seed
         self.scaler = preprocessing.StandardScaler()
-        self.kmeans = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, sigma=1.0, seed=seed)
+        self.kmeans = _KMeans(n_clusters=n_clusters, halflife=halflife, sigma=1.0, seed=seed)
         self.learned = 0
 
     def learn_predict_one(self, x: dict[str, float]) -> int:

@@ -88,7 +88,7 @@ class Profile:
             self.last_purchase = moment if self.last_purchase is None else max(self.last_purchase, moment)
             self.orders += 1
             self.monetary = round(self.monetary + event.payment_total, 2)
-            self.products.extend(item.product_id for item in event.items)
+            self.products = [*self.products, *(item.product_id for item in event.items)]  # never in place: see copy
         elif isinstance(event, OrderCanceled):
             self.canceled += 1
         elif isinstance(event, ReviewPosted):
@@ -142,24 +142,39 @@ class Profile:
         """Flat string fields for one Redis hash (lists and pairs as JSON, None as empty)."""
         return {name: _text(value) for name, value in self.__dict__.items()}
 
-    def changed_fields(self, before: Profile) -> dict[str, str]:
+    def changed_fields(self, before: Profile | None = None) -> dict[str, str]:
         """The Redis fields that differ from ``before``: what a write of this profile must send.
+
+        Without ``before`` (a customer not stored yet): the fields that differ from a new profile,
+        and the customer id; :meth:`from_redis` reads a missing field as its default.
 
         >>> before = Profile("u1", orders=1, monetary=20.0)
         >>> after = before.copy()
         >>> after.orders, after.monetary = 2, 35.5
         >>> after.changed_fields(before)
         {'orders': '2', 'monetary': '35.5'}
+        >>> Profile("u2", orders=1).changed_fields()
+        {'customer_unique_id': 'u2', 'orders': '1'}
         """
-        previous = before.__dict__
-        return {name: _text(value) for name, value in self.__dict__.items() if value != previous[name]}
+        if before is None:
+            fields = {"customer_unique_id": self.customer_unique_id}
+            before = _NEW
+        else:
+            fields = {}
+        # both dicts list the fields in declaration order: dataclass __init__, or a copy's update
+        for (name, value), old in zip(self.__dict__.items(), before.__dict__.values(), strict=True):
+            if value != old:
+                fields[name] = _text(value)
+        return fields
 
     def copy(self) -> Profile:
-        """A copy whose lists can change without changing this profile (faster than ``copy.deepcopy``)."""
+        """A copy that can change without changing this profile.
+
+        Shallow: the lists (``products``, ``churn_reasons``) are only ever replaced, never changed
+        in place, so the two profiles may share them.
+        """
         twin = object.__new__(Profile)
         twin.__dict__.update(self.__dict__)
-        twin.products = list(self.products)
-        twin.churn_reasons = list(self.churn_reasons)
         return twin
 
     @classmethod
@@ -180,11 +195,16 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps without 
 
 def _text(value) -> str:
     """A field's Redis string: lists and pairs as JSON, None as empty, booleans as 1/0."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int or kind is float:
+        return repr(value)
     if value is None:
         return ""
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return _compact(value)
-    if isinstance(value, bool):
+    if kind is bool:
         return "1" if value else "0"
     return str(value)
 
@@ -198,6 +218,7 @@ def _kind(annotation: str) -> str:
 
 # Field name -> how its Redis string parses back (annotations are strings: `from __future__`).
 _KINDS = {item.name: _kind(str(item.type)) for item in fields(Profile)}
+_NEW = Profile("")  # the defaults: what a field missing from Redis reads as
 _PARSE = {
     "list": json.loads,
     "tuple": lambda text: tuple(json.loads(text)),

@@ -165,7 +165,7 @@ class _Working:
 
     profile: Profile
     base: Profile | None  # the profile as stored (None: not in Redis yet): only changed fields are written
-    applied: set[str] = field(default_factory=set)  # event ids already applied (Redis) or in this batch
+    applied: set[str]  # event ids applied as stored (shared with the cache: never changed in place)
     fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
     duplicates: int = 0
     steps: list = field(default_factory=list)  # (segment change, churn change) per re-derivation
@@ -281,7 +281,7 @@ class ProfileStore:
         hit = self._cache.get(customer)
         if hit is not None:
             profile, applied = hit
-            work[customer] = _Working(profile.copy(), profile, set(applied))
+            work[customer] = _Working(profile.copy(), profile, applied)
         return hit is not None
 
     def _queue_reads(self, pipe, customers: list[str]) -> None:
@@ -383,10 +383,9 @@ class ProfileStore:
             if only is not None and customer not in only:
                 continue
             state = work[customer]
-            if item.event_id in state.applied:
+            if item.event_id in state.applied or item.event_id in state.fresh:
                 state.duplicates += 1
                 continue
-            state.applied.add(item.event_id)
             state.fresh.append(item.event_id)
             profile = state.profile
             profile.apply(item)
@@ -426,7 +425,7 @@ class ProfileStore:
             profile = state.profile
             expected = profile.version
             profile.version = expected + 1
-            fields = profile.to_redis() if state.base is None else profile.changed_fields(state.base)
+            fields = profile.changed_fields(state.base)
             args += [customer, expected, len(fields), *[part for pair in fields.items() for part in pair]]
             args += [len(state.fresh), *state.fresh]
             args += ["" if state.due is None else repr(state.due), int(profile.last_purchase is not None)]
@@ -435,8 +434,7 @@ class ProfileStore:
             churn = [change for _, change in state.steps if change is not None]
             args.append(len(segment))
             for change in segment:
-                day = change.event_time.strftime("%Y-%m-%d")
-                args += [change.previous_segment, change.segment, day, encode_event(change)]
+                args += [change.previous_segment, change.segment, change.event_time.date().isoformat(), encode_event(change)]
             args += [len(churn), *[encode_event(change) for change in churn]]
             planned.append((customer, state))
         if not planned and not only_duplicates and watermark is None:
@@ -466,7 +464,7 @@ class ProfileStore:
             if index in lost_at:
                 lost.append(customer)
                 continue
-            self._remember(customer, state.profile, state.applied)
+            self._remember(customer, state.profile, state.applied.union(state.fresh) if state.fresh else state.applied)
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
             result.changed += any(step != (None, None) for step in state.steps)
