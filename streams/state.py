@@ -434,7 +434,8 @@ class ProfileStore:
             churn = [change for _, change in state.steps if change is not None]
             args.append(len(segment))
             for change in segment:
-                args += [change.previous_segment, change.segment, change.event_time.date().isoformat(), encode_event(change)]
+                day = change.event_time.date().isoformat()
+                args += [change.previous_segment, change.segment, day, encode_event(change)]
             args += [len(churn), *[encode_event(change) for change in churn]]
             planned.append((customer, state))
         if not planned and not only_duplicates and watermark is None:
