@@ -286,7 +286,9 @@ def replay(
 @click.option(
     "--web-port", "worker_web_port", type=int, help="Serve Faust's web interface on this port (default: off)."
 )
-@click.option("--batch", "worker_batch", type=click.IntRange(min=1), help="Events per Redis round trip [default 500].")
+@click.option(
+    "--batch", "worker_batch", type=click.IntRange(min=1), help="Most events an agent takes at once [default 5000]."
+)
 @click.pass_context
 def worker(ctx: click.Context, **flags: Any) -> None:
     """Run a stream worker: consume the replay topics and keep profiles current in Redis.

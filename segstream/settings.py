@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     worker_web_port: int | None = Field(
         None, description="Port of a worker's Faust web server; unset disables it (two workers on one host)."
     )
-    worker_batch: int = Field(500, ge=1, description="Events a worker applies to Redis per round trip, at most.")
+    worker_batch: int = Field(
+        5000, ge=1, description="Most events an agent takes at once; it takes what is queued, without waiting."
+    )
     worker_batch_drain: bool = Field(
         True, description="Hand fetched records to the agents a batch at a time (false: Faust's per-record loop)."
     )

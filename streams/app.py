@@ -22,7 +22,7 @@ import faust
 
 from segstream.settings import Settings
 from streams.agents import StreamHandler
-from streams.consumer import WorkerApp
+from streams.consumer import WorkerApp, take_available
 
 __all__ = ["create_app"]
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> faust.App:
     reviews = app.topic(settings.topic_reviews, key_serializer="raw", value_serializer="raw")
 
     async def consume(topic: str, stream) -> None:
-        async for batch in stream.take_events(settings.worker_batch, within=0.02):
+        async for batch in take_available(stream, settings.worker_batch):
             records = [
                 (e.message.partition, e.message.offset, e.message.key, e.message.value, e.message.headers)
                 for e in batch
