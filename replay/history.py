@@ -1,6 +1,6 @@
 """A loaded history: columnar event frames, the event-time timeline, and the load report.
 
-A source (the Olist loader today) turns files into a :class:`History`: one DataFrame per event
+A source (``replay.olist``, ``replay.transactions``) turns files into a :class:`History`: one DataFrame per event
 type plus a :class:`LoadReport` of every row that could not become an event. Events are built
 lazily from the frames in timeline order, so a large history costs its frames, not millions of
 pydantic objects.
@@ -29,15 +29,23 @@ from segstream.schemas import (
     OrderCanceled,
     OrderDelivered,
     OrderPlaced,
+    OrderReturned,
     ReviewPosted,
     make_event_id,
 )
 
-__all__ = ["TICK", "History", "LoadReport", "Reject", "Timeline"]
+__all__ = ["TICK", "History", "LoadReport", "Reject", "Timeline", "no_returns"]
 
 # Kind codes in the timeline; their order is the tie-break rank at equal event times.
-TICK, PLACED, DELIVERED, CANCELED, REVIEW = 0, 1, 2, 3, 4
-KIND_NAMES = {PLACED: "order_placed", DELIVERED: "order_delivered", CANCELED: "order_canceled", REVIEW: "review_posted"}
+TICK, PLACED, DELIVERED, CANCELED, REVIEW, RETURNED = 0, 1, 2, 3, 4, 5
+KIND_NAMES = {
+    PLACED: "order_placed",
+    DELIVERED: "order_delivered",
+    CANCELED: "order_canceled",
+    REVIEW: "review_posted",
+    RETURNED: "order_returned",
+}
+RETURNED_COLUMNS = ["order_id", "customer_unique_id", "event_time", "amount", "item_start", "item_end"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class History:
     - ``canceled``: order_id, customer_unique_id, event_time, status, order_value
     - ``reviews``: review_id, order_id, customer_unique_id, event_time, created_time, score,
       comment_length, comment_present
+    - ``returned``: order_id, customer_unique_id, event_time, amount, item_start, item_end (rows of
+      ``items``, prices positive): cancellations of purchases (Online Retail ``C`` invoices)
     """
 
     source: str
@@ -113,6 +123,7 @@ class History:
     canceled: pd.DataFrame
     reviews: pd.DataFrame
     report: LoadReport
+    returned: pd.DataFrame = field(default_factory=lambda: no_returns())
 
     # ---- counts ------------------------------------------------------------------------------
 
@@ -122,6 +133,7 @@ class History:
             "order_delivered": len(self.delivered),
             "order_canceled": len(self.canceled),
             "review_posted": len(self.reviews),
+            "order_returned": len(self.returned),
         }
 
     # ---- timeline ----------------------------------------------------------------------------
@@ -145,6 +157,7 @@ class History:
             (DELIVERED, self.delivered, "order_id"),
             (CANCELED, self.canceled, "order_id"),
             (REVIEW, self.reviews, "review_id"),
+            (RETURNED, self.returned, "order_id"),
         ]
         parts = []
         for kind, frame, id_column in frames:
@@ -211,12 +224,24 @@ class History:
         delivered = _columns(self.delivered)
         canceled = _columns(self.canceled)
         reviews = _columns(self.reviews)
+        returned = _columns(self.returned)
         source = self.source
+
+        def lines(start: int, end: int) -> list[Item]:
+            return [
+                Item(
+                    product_id=items["product_id"][j],
+                    category=items["category"][j],
+                    price=items["price"][j],
+                    freight=items["freight"][j],
+                    seller_id=items["seller_id"][j],
+                )
+                for j in range(start, end)
+            ]
 
         def build(kind: int, i: int) -> CustomerEvent:
             if kind == PLACED:
                 order_id = placed["order_id"][i]
-                lines = range(placed["item_start"][i], placed["item_end"][i])
                 types = placed["payment_types"][i]
                 return OrderPlaced(
                     event_id=make_event_id(source, "placed", order_id),
@@ -227,16 +252,7 @@ class History:
                     zip_prefix=placed["zip_prefix"][i],
                     city=placed["city"][i],
                     state=placed["state"][i],
-                    items=[
-                        Item(
-                            product_id=items["product_id"][j],
-                            category=items["category"][j],
-                            price=items["price"][j],
-                            freight=items["freight"][j],
-                            seller_id=items["seller_id"][j],
-                        )
-                        for j in lines
-                    ],
+                    items=lines(placed["item_start"][i], placed["item_end"][i]),
                     payment_total=placed["payment_total"][i],
                     payment_types=types.split("|") if types else [],
                     installments=placed["installments"][i],
@@ -277,9 +293,25 @@ class History:
                     comment_present=reviews["comment_present"][i],
                     comment_length=reviews["comment_length"][i],
                 )
+            if kind == RETURNED:
+                order_id = returned["order_id"][i]
+                return OrderReturned(
+                    event_id=make_event_id(source, "returned", order_id),
+                    event_time=returned["event_time"][i],
+                    order_id=order_id,
+                    customer_unique_id=returned["customer_unique_id"][i],
+                    amount=returned["amount"][i],
+                    items=lines(returned["item_start"][i], returned["item_end"][i]),
+                )
             raise ValueError(f"no customer event of kind {kind}")
 
         return build
+
+
+def no_returns() -> pd.DataFrame:
+    """An empty ``returned`` frame (sources without cancellations of purchases, such as Olist)."""
+    frame = pd.DataFrame({name: pd.Series(dtype=object) for name in RETURNED_COLUMNS})
+    return frame.astype({"event_time": "datetime64[ns]", "amount": float, "item_start": "int64", "item_end": "int64"})
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, list]:

@@ -342,14 +342,16 @@ def run_replay(
     max_events: int | None = None,
     rejects_path: Path | None = None,
     progress: bool = True,
+    source: str = "olist",
+    mapping: Path | None = None,
 ) -> tuple[History, ReplaySummary]:
-    """Load the Olist files at ``location`` and replay them, with a progress bar on stderr."""
+    """Load ``location`` as ``source`` (replay.sources) and replay it, with a progress bar on stderr."""
     from tqdm import tqdm
 
-    from replay.olist import OLIST_FILES, load_olist
+    from replay.sources import load_source, source_files
 
     started = time.monotonic()
-    history = load_olist(location)
+    history = load_source(source, location, mapping)
     log.info(
         "loaded %s in %.1f s: %s; %d rows rejected",
         location,
@@ -360,11 +362,7 @@ def run_replay(
     if rejects_path is not None:
         written = history.report.write_rejects(rejects_path)
         log.info("wrote %d rejected/partial rows to %s", written, rejects_path)
-    files = (
-        [location]
-        if location.is_file()
-        else [location / name for name in OLIST_FILES.values() if (location / name).exists()]
-    )
+    files = source_files(source, location) + ([mapping] if mapping is not None else [])
     bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     last = {"sent": 0, "at": time.monotonic(), "logged": time.monotonic()}
 

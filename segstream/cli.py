@@ -182,22 +182,41 @@ def synth(orders: int, seed: int, out: Path, repeat_share: float, late_share: fl
     click.echo(f"wrote {orders:,} orders in {time.monotonic() - started:.1f} s")
 
 
+def _source_options(func):
+    func = click.option(
+        "--mapping",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="Column mapping (TOML) of a --source transactions log; see docs/mapping.toml.",
+    )(func)
+    return click.option(
+        "--source",
+        type=click.Choice(["olist", "transactions", "online-retail"]),
+        default="olist",
+        show_default=True,
+        help="What --data holds: Olist files, any transaction log (with --mapping), or UCI Online Retail (I or II).",
+    )(func)
+
+
 @cli.command()
 @click.option(
-    "--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs."
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Olist CSVs (directory or .zip), or a transaction log (CSV, .gz, .xlsx) with --source.",
 )
+@_source_options
 @click.option(
     "--rejects",
     type=click.Path(path_type=Path),
     help="Write every rejected or partial row (file, key, reason) to this CSV.",
 )
 @click.pass_context
-def inspect(ctx: click.Context, data: Path, rejects: Path | None) -> None:
+def inspect(ctx: click.Context, data: Path, source: str, mapping: Path | None, rejects: Path | None) -> None:
     """Load a history without sending it: events by type, and rejected rows by reason."""
-    from replay.olist import load_olist
+    from replay.sources import load_source
 
     _settings(ctx)
-    history = load_olist(data)
+    history = load_source(source, data, mapping)
     _print_load(history)
     if rejects:
         click.echo(f"wrote {history.report.write_rejects(rejects):,} rows to {rejects}")
@@ -215,8 +234,12 @@ def _print_load(history) -> None:
 
 @cli.command()
 @click.option(
-    "--data", type=click.Path(path_type=Path, exists=True), required=True, help="Directory or .zip of the Olist CSVs."
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Olist CSVs (directory or .zip), or a transaction log (CSV, .gz, .xlsx) with --source.",
 )
+@_source_options
 @click.option(
     "--speed",
     type=click.FloatRange(min=0, min_open=True),
@@ -252,6 +275,8 @@ def _print_load(history) -> None:
 def replay(
     ctx: click.Context,
     data: Path,
+    source: str,
+    mapping: Path | None,
     speed: float | None,
     since: str | None,
     until: str | None,
@@ -261,7 +286,7 @@ def replay(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Replay Olist history onto Kafka in event-time order, resuming from its checkpoint."""
+    """Replay a history (Olist, or any transaction log) onto Kafka in event-time order; resumes from its checkpoint."""
     from replay.producer import run_replay, summary_dict, summary_lines
 
     settings = _settings(ctx, **flags)
@@ -275,6 +300,8 @@ def replay(
         max_events=max_events,
         rejects_path=rejects,
         progress=sys.stderr.isatty(),
+        source=source,
+        mapping=mapping,
     )
     if as_json:
         click.echo(json.dumps({**summary_dict(summary), "rejected_rows": history.report.rejected}, indent=2))

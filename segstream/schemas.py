@@ -44,6 +44,7 @@ __all__ = [
     "OrderCanceled",
     "OrderDelivered",
     "OrderPlaced",
+    "OrderReturned",
     "OutputEvent",
     "ReviewPosted",
     "SegmentChanged",
@@ -133,6 +134,17 @@ class OrderCanceled(CustomerEvent):
     order_value: float = Field(ge=0, description="What the order was worth; it never counted as spend.")
 
 
+class OrderReturned(CustomerEvent):
+    """A cancellation after the purchase (an Online Retail invoice starting with ``C``: goods sent
+    back or an order reversed). ``amount`` comes off the customer's monetary value; it is not a
+    purchase, so recency and frequency do not move. ``event_time`` is the cancellation's time.
+    """
+
+    event_type: Literal["order_returned"] = "order_returned"
+    amount: float = Field(ge=0, description="What comes off the customer's monetary value.")
+    items: list[Item] = Field(default_factory=list, description="The lines canceled (prices as positive amounts).")
+
+
 class ReviewPosted(CustomerEvent):
     """A review answer. ``event_time`` is when it was answered (its creation date if unknown)."""
 
@@ -210,7 +222,7 @@ class DeadLetter(BaseModel):
 
 
 AnyEvent = Annotated[
-    OrderPlaced | OrderDelivered | OrderCanceled | ReviewPosted | ClockTick,
+    OrderPlaced | OrderDelivered | OrderCanceled | OrderReturned | ReviewPosted | ClockTick,
     Field(discriminator="event_type"),
 ]
 OutputEvent = Annotated[SegmentChanged | ChurnChanged | DeadLetter, Field(discriminator="event_type")]

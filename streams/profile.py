@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, ReviewPosted
+from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, OrderReturned, ReviewPosted
 from streams.scoring import DAY, ChurnRules, RfmScorer, segment_for
 
 __all__ = ["Profile"]
@@ -49,7 +49,7 @@ class Profile:
     orders: int = 0
     monetary: float = 0.0
     products: list[str] = field(default_factory=list)  # product ids bought, for the recommendation job
-    canceled: int = 0
+    canceled: int = 0  # canceled orders (never purchases) and cancellations of purchases (returns)
     reviews: int = 0
     review_sum: int = 0
     last_review: tuple[float, str] | None = None
@@ -91,6 +91,9 @@ class Profile:
             self.products = [*self.products, *(item.product_id for item in event.items)]  # never in place: see copy
         elif isinstance(event, OrderCanceled):
             self.canceled += 1
+        elif isinstance(event, OrderReturned):  # not a purchase: only monetary moves
+            self.canceled += 1
+            self.monetary = round(self.monetary - event.amount, 2)
         elif isinstance(event, ReviewPosted):
             self.reviews += 1
             self.review_sum += event.score

@@ -34,6 +34,7 @@ from segstream.schemas import (
     OrderCanceled,
     OrderDelivered,
     OrderPlaced,
+    OrderReturned,
     ReviewPosted,
     SegmentChanged,
     encode_event,
@@ -144,7 +145,13 @@ class ScriptLost(aioredis.ConnectionError):
     """The write script vanished from Redis; the batch is retried (every write is idempotent)."""
 
 
-CAUSES = {OrderPlaced: "purchase", ReviewPosted: "review", OrderDelivered: "delivery", OrderCanceled: "cancel"}
+CAUSES = {
+    OrderPlaced: "purchase",
+    ReviewPosted: "review",
+    OrderDelivered: "delivery",
+    OrderCanceled: "cancel",
+    OrderReturned: "cancel",
+}
 
 
 def cause_of(event: CustomerEvent) -> str:
