@@ -357,3 +357,73 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
         frame.to_csv(out / OLIST_FILES[name], index=False, date_format="%Y-%m-%d %H:%M:%S", float_format="%.2f")
         written[OLIST_FILES[name]] = len(frame)
     return written
+
+
+# ---- the Online Retail layout ---------------------------------------------------------------------
+
+ONLINE_RETAIL_FILE = "online_retail.csv"
+ONLINE_RETAIL_HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"]
+RETAIL_START = np.datetime64("2010-12-01T08:00:00", "s")
+RETAIL_DAYS = 373
+COUNTRIES = np.array(["United Kingdom", "Germany", "France", "EIRE", "Spain", "Netherlands", "Belgium"])
+COUNTRY_SHARES = np.array([0.89, 0.025, 0.022, 0.02, 0.015, 0.015, 0.013])
+
+
+def synthesize_online_retail(config: SynthConfig, out: str | Path, lines_per_invoice: float = 20.0) -> dict[str, int]:
+    """Write ``config.orders`` invoices in the UCI Online Retail layout (one row per invoice line).
+
+    Shaped like the real file where it matters: most customers come back (a skewed number of
+    invoices each), ~20 lines per invoice, about 2% of invoices canceled later by a ``C`` invoice
+    of the same customer with the lines negated, ~1% guest invoices without a customer id, and a
+    few duplicate lines and zero prices. Dates as the original (``12/1/2010 8:26``). Returns
+    ``{file name: rows}``.
+    """
+    rng = np.random.default_rng(config.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = config.orders
+    customers = max(1, n // 5)
+    # invoices: event time ascending, numbers ascending; customers skewed (many come back)
+    seconds = np.sort(rng.integers(0, RETAIL_DAYS * DAY, n))
+    when = RETAIL_START + seconds.astype("timedelta64[s]")
+    number = 536365 + np.arange(n)
+    owner = np.minimum((rng.pareto(1.2, n) * customers / 8).astype(np.int64), customers - 1)
+    customer_ids = (12346 + rng.permutation(customers))[owner].astype(str)
+    customer_ids[rng.random(n) < 0.01] = ""  # guest checkouts
+    country = rng.choice(COUNTRIES, size=customers, p=COUNTRY_SHARES / COUNTRY_SHARES.sum())[owner]
+    # lines
+    count = np.minimum(rng.geometric(1 / lines_per_invoice, n), 200)
+    invoice = np.repeat(np.arange(n), count)
+    products = 4000
+    product = (products * rng.random(len(invoice)) ** 2).astype(np.int64)  # a few products sell most
+    unit_price = np.round(np.exp(rng.normal(0.8, 0.9, products)), 2)[product]
+    unit_price[rng.random(len(invoice)) < 0.001] = 0.0
+    quantity = rng.geometric(0.2, len(invoice))
+    lines = pd.DataFrame(
+        {
+            "InvoiceNo": number[invoice].astype(str),
+            "StockCode": (10000 + product).astype(str),
+            "Description": np.char.add("PRODUCT ", (10000 + product).astype(str)),
+            "Quantity": quantity,
+            "InvoiceDate": when[invoice],
+            "UnitPrice": unit_price,
+            "CustomerID": customer_ids[invoice],
+            "Country": country[invoice],
+        }
+    )
+    # cancellations: a later C invoice negating every line of ~2% of the customers' invoices
+    canceled = (rng.random(n) < 0.02) & (customer_ids != "")
+    back = lines[canceled[invoice]].copy()
+    back["InvoiceNo"] = "C" + back["InvoiceNo"]
+    back["Quantity"] = -back["Quantity"]
+    delay = rng.integers(60, 30 * DAY, n).astype("timedelta64[s]")
+    back["InvoiceDate"] = back["InvoiceDate"] + delay[invoice[canceled[invoice]]]
+    duplicates = lines.iloc[np.flatnonzero(rng.random(len(lines)) < 0.002)]
+    rows = pd.concat([lines, back, duplicates]).sort_values("InvoiceDate", kind="mergesort")
+    stamps = pd.DatetimeIndex(rows["InvoiceDate"])
+    rows["InvoiceDate"] = [
+        f"{m}/{d}/{y} {h}:{mi:02d}"
+        for m, d, y, h, mi in zip(stamps.month, stamps.day, stamps.year, stamps.hour, stamps.minute, strict=True)
+    ]
+    rows.to_csv(out / ONLINE_RETAIL_FILE, index=False)
+    return {ONLINE_RETAIL_FILE: len(rows)}

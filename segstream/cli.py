@@ -148,12 +148,17 @@ def services_status_command(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--orders", type=click.IntRange(min=1), required=True, help="Number of orders to generate.")
+@click.option("--orders", type=click.IntRange(min=1), required=True, help="Number of orders (invoices) to generate.")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Random seed; the same seed writes the same files."
 )
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write the CSVs into.")
 @click.option(
-    "--out", type=click.Path(path_type=Path), required=True, help="Directory to write the Olist-format CSVs into."
+    "--layout",
+    type=click.Choice(["olist", "online-retail"]),
+    default="olist",
+    show_default=True,
+    help="The Olist files, or one UCI Online Retail file (replay it with --source online-retail).",
 )
 @click.option(
     "--repeat-share",
@@ -169,14 +174,18 @@ def services_status_command(ctx: click.Context) -> None:
     show_default=True,
     help="Share of deliveries that arrive late.",
 )
-def synth(orders: int, seed: int, out: Path, repeat_share: float, late_share: float) -> None:
-    """Write a synthetic Olist history (the Kaggle files' names and columns), deterministic per seed."""
+def synth(orders: int, seed: int, out: Path, layout: str, repeat_share: float, late_share: float) -> None:
+    """Write a synthetic history, deterministic per seed: the Olist files or an Online Retail log.
+
+    --repeat-share and --late-share shape the Olist layout only.
+    """
     import time
 
-    from replay.synth import SynthConfig, synthesize
+    from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 
     started = time.monotonic()
-    written = synthesize(SynthConfig(orders, seed, repeat_share, late_share), out)
+    config = SynthConfig(orders, seed, repeat_share, late_share)
+    written = synthesize(config, out) if layout == "olist" else synthesize_online_retail(config, out)
     for name, rows in written.items():
         click.echo(f"{rows:>10,}  {out / name}")
     click.echo(f"wrote {orders:,} orders in {time.monotonic() - started:.1f} s")
@@ -403,8 +412,11 @@ def schemas() -> None:
 
 @cli.command()
 @click.option(
-    "--data", type=click.Path(path_type=Path, exists=True), help="Olist CSVs to replay instead of the bundled sample."
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    help="A history to replay instead of the bundled Olist sample (see --source).",
 )
+@_source_options
 @click.option(
     "--speed",
     type=click.FloatRange(min=0, min_open=True),
@@ -417,11 +429,18 @@ def schemas() -> None:
     help="Leave the embedded services running afterwards.",
 )
 @click.pass_context
-def demo(ctx: click.Context, data: Path | None, speed: float | None, keep_services: bool) -> None:
+def demo(
+    ctx: click.Context, data: Path | None, source: str, mapping: Path | None, speed: float | None, keep_services: bool
+) -> None:
     """Start services and a stream worker, replay the bundled sample, show segments live."""
     from segstream.demo import run_demo
 
-    if not run_demo(_settings(ctx), data=data, speed=speed, keep_services=keep_services, echo=click.echo):
+    if data is None and source != "olist":
+        raise click.UsageError("--source needs --data (the bundled sample is Olist)")
+    settings = _settings(ctx)
+    if not run_demo(
+        settings, data=data, source=source, mapping=mapping, speed=speed, keep_services=keep_services, echo=click.echo
+    ):
         sys.exit(1)
 
 

@@ -54,6 +54,8 @@ def run_demo(
     settings: Settings,
     *,
     data: Path | None = None,
+    source: str = "olist",
+    mapping: Path | None = None,
     speed: float | None = None,
     keep_services: bool = True,
     timeout_s: float = 600,
@@ -74,7 +76,9 @@ def run_demo(
     try:
         data = data or sample_path()
         echo(f"replaying {data} (event-time order, speed {'max' if speed is None else speed})")
-        history, summary = run_replay(data, settings, speed=speed, restart=True, progress=sys.stderr.isatty())
+        history, summary = run_replay(
+            data, settings, speed=speed, restart=True, progress=sys.stderr.isatty(), source=source, mapping=mapping
+        )
         for line in summary_lines(history, summary):
             echo(line)
         partitions = 2 * summary.partitions

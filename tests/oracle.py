@@ -47,7 +47,8 @@ def load_facts(data: Path) -> dict[str, pd.DataFrame]:
     canceled = orders["order_status"].isin(["canceled", "unavailable"])
 
     purchases = orders.loc[~canceled, ["customer_unique_id", "order_id", "time", "value"]]
-    cancels = orders.loc[canceled, ["customer_unique_id", "order_id", "time"]]
+    # a canceled Olist order never counted as spend: it changes nothing in monetary
+    cancels = orders.loc[canceled, ["customer_unique_id", "order_id", "time"]].assign(value=0.0)
     kept = orders[~canceled & orders["order_delivered_customer_date"].notna()]
     delivered = _seconds(kept["order_delivered_customer_date"])
     delivered_day = pd.to_datetime(kept["order_delivered_customer_date"]).dt.normalize()
@@ -70,6 +71,61 @@ def load_facts(data: Path) -> dict[str, pd.DataFrame]:
     return {"purchases": purchases, "cancels": cancels, "deliveries": deliveries, "reviews": reviews}
 
 
+def load_online_retail_facts(data: Path) -> dict[str, pd.DataFrame]:
+    """The same facts from a UCI Online Retail file (``data``: the CSV, or a directory holding
+    ``online_retail.csv``), per docs/definitions.md: an invoice is a purchase worth the sum of its
+    lines; a ``C`` invoice takes its lines' value off monetary; guest rows, bad dates, prices <= 0,
+    zero quantities, negative quantities outside ``C`` invoices and duplicate lines are not events.
+    """
+    path = data / "online_retail.csv" if data.is_dir() else data
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows["customer_unique_id"] = rows["CustomerID"].str.strip().str.replace(r"\.0$", "", regex=True)
+    rows["when"] = pd.to_datetime(rows["InvoiceDate"], format="%m/%d/%Y %H:%M", errors="coerce")
+    quantity = pd.to_numeric(rows["Quantity"], errors="coerce")
+    price = pd.to_numeric(rows["UnitPrice"], errors="coerce")
+    is_c = rows["InvoiceNo"].str.startswith("C")
+    ok = (rows["customer_unique_id"] != "") & rows["when"].notna() & (price > 0) & (quantity != 0)
+    ok &= quantity.notna() & ~((quantity < 0) & ~is_c)
+    rows = rows.assign(line=(quantity * price).abs(), C=is_c)[ok]
+    rows = rows.drop_duplicates(
+        [
+            "InvoiceNo",
+            "StockCode",
+            "Description",
+            "Quantity",
+            "InvoiceDate",
+            "UnitPrice",
+            "customer_unique_id",
+            "Country",
+        ]
+    )
+    owners = rows.groupby("InvoiceNo")["customer_unique_id"].nunique()
+    rows = rows[rows["InvoiceNo"].map(owners) == 1]
+    invoices = (
+        rows.groupby("InvoiceNo")
+        .agg(
+            customer_unique_id=("customer_unique_id", "first"),
+            when=("when", "min"),
+            value=("line", "sum"),
+            C=("C", "first"),
+        )
+        .reset_index()
+        .rename(columns={"InvoiceNo": "order_id"})
+    )
+    invoices["time"] = invoices["when"].astype("datetime64[ns]").astype("int64") / 1e9
+    invoices["value"] = invoices["value"].round(2)
+    invoices.loc[invoices["C"], "value"] *= -1
+    columns = ["customer_unique_id", "order_id", "time", "value"]
+    empty_deliveries = pd.DataFrame(columns=["customer_unique_id", "order_id", "time", "late"])
+    empty_reviews = pd.DataFrame(columns=["customer_unique_id", "order_id", "review_id", "review_score", "time"])
+    return {
+        "purchases": invoices.loc[~invoices["C"], columns],
+        "cancels": invoices.loc[invoices["C"], columns],
+        "deliveries": empty_deliveries.astype({"time": float}),
+        "reviews": empty_reviews.astype({"time": float, "review_score": float}),
+    }
+
+
 def _scores(recency_days, orders, monetary, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS):
     r = 5 - np.searchsorted(np.asarray(r_thresholds), recency_days, side="right")
     f = np.where(orders <= 1, 1, np.minimum(orders + 1, 5))
@@ -82,15 +138,16 @@ def _latest(frame: pd.DataFrame, id_column: str, value: str) -> pd.Series:
     return ordered.groupby("customer_unique_id")[value].last()
 
 
-def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS) -> pd.DataFrame:
+def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS, load=load_facts) -> pd.DataFrame:
     """Per customer with a purchase: orders, monetary, r, f, m, segment, churn, as of the last event."""
-    facts = load_facts(data)
+    facts = load(data)
     purchases = facts["purchases"]
     now = max(frame["time"].max() for frame in facts.values() if len(frame))
     per = purchases.groupby("customer_unique_id").agg(
         orders=("order_id", "size"), monetary=("value", "sum"), first=("time", "min"), last=("time", "max")
     )
-    per["monetary"] = per["monetary"].round(2)
+    taken_off = facts["cancels"].groupby("customer_unique_id")["value"].sum()
+    per["monetary"] = (per["monetary"] + taken_off.reindex(per.index).fillna(0.0)).round(2)
     recency = (now - per["last"]) / DAY
     per["r"], per["f"], per["m"] = _scores(
         recency.to_numpy(), per["orders"].to_numpy(), per["monetary"].to_numpy(), r_thresholds, m_thresholds
@@ -107,9 +164,9 @@ def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS
     return per
 
 
-def transitions(data: Path, tick_seconds: int = 86_400) -> pd.DataFrame:
+def transitions(data: Path, tick_seconds: int = 86_400, load=load_facts) -> pd.DataFrame:
     """Every segment change: customer, previous, segment, cause, time (epoch seconds)."""
-    facts = load_facts(data)
+    facts = load(data)
     times = pd.concat([frame["time"] for frame in facts.values()])
     start, end = times.min(), times.max()
     step = float(tick_seconds)
@@ -121,7 +178,7 @@ def transitions(data: Path, tick_seconds: int = 86_400) -> pd.DataFrame:
         [
             facts["purchases"].assign(rank=1, cause="purchase"),
             facts["deliveries"].assign(rank=2, cause="delivery", value=0.0),
-            facts["cancels"].assign(rank=3, cause="cancel", value=0.0),
+            facts["cancels"].assign(rank=3, cause="cancel"),  # value: what it takes off monetary
         ]
     )
     rows = []
@@ -139,7 +196,7 @@ def transitions(data: Path, tick_seconds: int = 86_400) -> pd.DataFrame:
         is_purchase = (points["cause"] == "purchase").to_numpy()
         when = points["time"].to_numpy()
         orders = np.cumsum(is_purchase)
-        monetary = np.round(np.cumsum(np.where(is_purchase, points["value"].to_numpy(), 0.0)), 2)
+        monetary = np.round(np.cumsum(points["value"].to_numpy()), 2)
         last = np.maximum.accumulate(np.where(is_purchase, when, -np.inf))
         valid = orders > 0
         r, f, m = _scores((when - last) / DAY, orders, monetary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from segstream.cli import cli
+from segstream.demo import sample_path
 from segstream.settings import Settings
+from tests import oracle
 from tests.conftest import EDGE, free_port
 
 
@@ -94,6 +97,11 @@ def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "segments after the replay:" in done.stdout
     assert "order_placed          2,971" in done.stdout
-    assert "Potential Loyalists" in done.stdout and "latest shifts:" in done.stdout
+    # the table after the replay is the oracle's final state of the bundled sample
+    expected = oracle.final_state(sample_path())["segment"].value_counts()
+    table = done.stdout.split("segments after the replay:")[1].split("latest shifts:")[0]
+    for segment, count in expected.items():
+        assert re.search(rf"^  {re.escape(segment)} +{count:,} ", table, re.MULTILINE), (segment, count, table)
+    assert f"total {expected.sum():,} ".replace(" ", "") in table.replace(" ", "")
     assert "consumed 8,903, applied 8,903" in done.stdout
     assert "kafka: stopped pid" in done.stdout and "redis: stopped pid" in done.stdout

@@ -128,3 +128,11 @@ def test_a_cancellation_reduces_monetary_only() -> None:
     assert isinstance(events["online-retail:returned:C536383"], OrderReturned)
     assert (profile.orders, profile.monetary, profile.canceled) == (2, round(35.64 + 11.1 - 4.65, 2), 1)
     assert profile.last_purchase == _at(2010, 12, 1, 8, 28).timestamp()  # recency: purchases only
+
+
+def test_the_documented_mapping_reads_the_online_retail_fixture() -> None:
+    mapping = load_mapping(Path(__file__).parents[1] / "docs" / "mapping.toml")
+    log = FIXTURES / "online_retail.csv"
+    events = [e.model_dump(exclude={"event_id"}) for e in load_transactions(log, mapping).events()]
+    preset = [e.model_dump(exclude={"event_id"}) for e in load_online_retail(log).events()]
+    assert events == preset and len(events) == 7

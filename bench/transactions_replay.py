@@ -1,0 +1,121 @@
+"""A generated Online Retail log: load memory and replay speed, next to Olist data in the same run.
+
+    python bench/transactions_replay.py --invoices 50000 --rounds 2
+
+1. Writes an Online Retail log (``segstream synth --layout online-retail``: ~20 lines per invoice,
+   so 50,000 invoices make about a million lines) and a synthetic Olist history.
+2. Loads the log in a child process, in chunks (``replay.transactions``), and reports its peak RSS
+   next to the file's size and the child's RSS after only importing the loader.
+3. Replays both histories onto the embedded broker (fresh topics each round, alternating):
+   events/s of each and their ratio. An Online Retail event carries every line of its invoice (~20
+   items), an Olist order event one or two: bytes/s are reported too.
+
+The machine is noisy: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from replay.olist import load_olist
+from replay.producer import replay_history
+from replay.synth import SynthConfig, synthesize, synthesize_online_retail
+from replay.transactions import load_online_retail
+from segstream.schemas import encode_event
+from segstream.services import free_port, services_down, services_up
+from segstream.settings import Settings
+
+PEAK = """
+import resource, sys, time
+from replay.transactions import load_online_retail
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.monotonic()
+history = load_online_retail(sys.argv[1])
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic() - started, len(history.placed))
+"""
+
+
+def mean_bytes(history) -> float:
+    sizes = [len(encode_event(e)) for _, e in zip(range(20_000), history.events(), strict=False)]
+    return sum(sizes) / max(1, len(sizes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--invoices", type=int, default=50_000, help="invoices in the log (default 50000: ~1M lines)")
+    parser.add_argument("--olist-orders", type=int, default=50_000, help="orders of the Olist history (default 50000)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-bench-tx-"))
+    started = time.monotonic()
+    lines = synthesize_online_retail(SynthConfig(orders=args.invoices, seed=1), workdir / "retail")
+    log = workdir / "retail" / "online_retail.csv"
+    synthesize(SynthConfig(orders=args.olist_orders, seed=1), workdir / "olist")
+    print(
+        f"generated {sum(lines.values()):,} lines and {args.olist_orders:,} Olist orders "
+        f"in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+
+    child = subprocess.run([sys.executable, "-c", PEAK, str(log)], capture_output=True, text=True, check=True)
+    base_kb, peak_kb, load_s, invoices = child.stdout.split()
+    print(
+        f"loaded {log.stat().st_size / 1e6:.0f} MB in {float(load_s):.1f} s: peak RSS {int(peak_kb) / 1024:.0f} MB "
+        f"(after imports {int(base_kb) / 1024:.0f} MB)",
+        file=sys.stderr,
+    )
+
+    retail, olist = load_online_retail(log), load_olist(workdir / "olist")
+    sizes = {"online-retail": mean_bytes(retail), "olist": mean_bytes(olist)}
+    base = Settings(run_dir=workdir / "run", kafka_port=free_port(), redis_port=free_port())
+    if base.embedded_kafka:
+        services_up(base)
+    rates: dict[str, list[float]] = {"online-retail": [], "olist": []}
+    try:
+        for round_ in range(args.rounds):
+            for name, history in (("online-retail", retail), ("olist", olist)):
+                prefix = f"tx{round_}-{uuid.uuid4().hex[:6]}"
+                settings = base.model_copy(
+                    update={"topic_orders": f"{prefix}.orders", "topic_reviews": f"{prefix}.reviews"}
+                )
+                summary = asyncio.run(replay_history(history, settings, restart=True))
+                rates[name].append(summary.events_per_s)
+                print(
+                    f"round {round_ + 1} {name}: {summary.events_sent:,} events at {summary.events_per_s:,.0f}/s",
+                    file=sys.stderr,
+                )
+    finally:
+        if base.embedded_kafka:
+            services_down(base)
+    figures = {
+        "lines": sum(lines.values()),
+        "log_mb": round(log.stat().st_size / 1e6, 1),
+        "invoices_loaded": int(invoices),
+        "load_seconds": round(float(load_s), 1),
+        "load_peak_rss_mb": round(int(peak_kb) / 1024),
+        "rss_after_imports_mb": round(int(base_kb) / 1024),
+        "events": {"online-retail": sum(retail.event_counts().values()), "olist": sum(olist.event_counts().values())},
+        "mean_event_bytes": {k: round(v) for k, v in sizes.items()},
+        "events_per_s": {k: [round(r) for r in v] for k, v in rates.items()},
+        "ratio_online_retail_to_olist": [
+            round(a / b, 3) for a, b in zip(rates["online-retail"], rates["olist"], strict=True)
+        ],
+        "bytes_per_s_mb": {k: [round(r * sizes[k] / 1e6, 1) for r in v] for k, v in rates.items()},
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
