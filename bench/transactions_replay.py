@@ -33,13 +33,16 @@ from segstream.schemas import encode_event
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
 
+# VmHWM (this process's peak RSS, kB): ru_maxrss would carry the parent's peak over fork + exec
 PEAK = """
-import resource, sys, time
+import sys, time
 from replay.transactions import load_online_retail
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+base = peak()
 started = time.monotonic()
 history = load_online_retail(sys.argv[1])
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic() - started, len(history.placed))
+print(base, peak(), time.monotonic() - started, len(history.placed))
 """
 
 

@@ -33,6 +33,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from replay.history import History, LoadReport, no_returns
@@ -193,7 +194,12 @@ def _lines(chunk: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, file
         if bad.any():
             report.add(file, frame.loc[bad, "row"], reason)
         keep &= ~bad
-    return frame[keep]
+    kept = frame[keep]
+    # repeated strings as categories: the kept lines of a large log are most of a load's memory
+    return kept.astype({name: "category" for name in _CATEGORICAL})
+
+
+_CATEGORICAL = ("customer", "product", "category", "geography")
 
 
 def load_transactions(path: str | Path, mapping: ColumnMapping, chunk_rows: int = CHUNK_ROWS) -> History:
@@ -209,7 +215,11 @@ def load_transactions(path: str | Path, mapping: ColumnMapping, chunk_rows: int 
         kept.append(_lines(chunk, mapping, report, file, first_row))
         first_row += len(chunk)
     columns = ["row", "customer", "order", "product", "category", "geography", "time", "quantity", "price", "amount"]
-    lines = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=columns)
+    if not kept:
+        return _history(pd.DataFrame(columns=columns), mapping, report, file)
+    lines = pd.concat(kept, ignore_index=True)
+    for name in _CATEGORICAL:  # concat falls back to strings when the chunks' categories differ
+        lines[name] = union_categoricals([frame[name] for frame in kept])
     return _history(lines, mapping, report, file)
 
 
@@ -219,7 +229,7 @@ def _history(lines: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, fi
     if duplicate.any():
         report.add(file, lines.loc[duplicate, "row"], "duplicate line")
     lines = lines[~duplicate]
-    owners = lines.groupby("order")["customer"].nunique()
+    owners = lines.groupby("order", observed=True)["customer"].nunique()
     shared = lines["order"].isin(owners.index[owners > 1])
     if shared.any():
         report.add(file, lines.loc[shared, "row"], "order spread over several customers")
