@@ -34,7 +34,7 @@ from segstream.schemas import (
     make_event_id,
 )
 
-__all__ = ["TICK", "History", "LoadReport", "Reject", "Timeline", "no_returns"]
+__all__ = ["TICK", "History", "LoadReport", "LoaderError", "Reject", "Timeline", "no_returns"]
 
 # Kind codes in the timeline; their order is the tie-break rank at equal event times.
 TICK, PLACED, DELIVERED, CANCELED, REVIEW, RETURNED = 0, 1, 2, 3, 4, 5
@@ -46,6 +46,10 @@ KIND_NAMES = {
     RETURNED: "order_returned",
 }
 RETURNED_COLUMNS = ["order_id", "customer_unique_id", "event_time", "amount", "item_start", "item_end"]
+
+
+class LoaderError(ValueError):
+    """The input is not a readable history; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from replay.history import History, LoadReport
+from replay.history import History, LoaderError, LoadReport
 
 __all__ = ["CANCELED_STATUSES", "OLIST_COLUMNS", "OLIST_FILES", "REQUIRED_FILES", "LoaderError", "load_olist"]
 
@@ -123,10 +123,6 @@ USED_COLUMNS = {
 }
 CANCELED_STATUSES = frozenset({"canceled", "unavailable"})
 UNKNOWN_CATEGORY = "unknown"
-
-
-class LoaderError(ValueError):
-    """The input is not a readable Olist dataset; the message names the file and what is wrong."""
 
 
 # --- reading ----------------------------------------------------------------------------------

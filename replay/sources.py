@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replay.history import History
+from replay.history import History, LoaderError
 
 __all__ = ["SOURCES", "load_source", "source_files"]
 
@@ -29,9 +29,9 @@ def load_source(source: str, data: Path, mapping: Path | None = None) -> History
         from replay.transactions import load_mapping, load_transactions
 
         if mapping is None:
-            raise ValueError("--source transactions needs --mapping FILE (see docs/mapping.toml)")
+            raise LoaderError("--source transactions needs --mapping FILE (see docs/mapping.toml)")
         return load_transactions(data, load_mapping(mapping))
-    raise ValueError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
+    raise LoaderError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
 
 
 def source_files(source: str, data: Path) -> list[Path]:

@@ -34,9 +34,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from replay.history import History, LoadReport, no_returns
+from replay.history import History, LoaderError, LoadReport, no_returns
 
 __all__ = [
     "ONLINE_RETAIL",
@@ -104,9 +104,12 @@ ONLINE_RETAIL_II = ONLINE_RETAIL.model_copy(
 
 def load_mapping(path: str | Path) -> ColumnMapping:
     """A mapping from a TOML file (keys as :class:`ColumnMapping`'s fields; see docs/mapping.toml)."""
-    with open(path, "rb") as handle:
-        data = tomllib.load(handle)
-    return ColumnMapping(**data.get("columns", data))
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+        return ColumnMapping(**data.get("columns", data))
+    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise LoaderError(f"mapping {path}: {exc}") from None
 
 
 def _chunks(path: Path, mapping: ColumnMapping, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -152,7 +155,7 @@ def _lines(chunk: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, file
     """The chunk's valid lines, compact; every other row counted in ``report`` by reason."""
     missing = [c for c in mapping.columns() if c not in chunk.columns]
     if missing:
-        raise ValueError(f"{file}: no column {', '.join(map(repr, missing))} (columns: {', '.join(chunk.columns)})")
+        raise LoaderError(f"{file}: no column {', '.join(map(repr, missing))} (columns: {', '.join(chunk.columns)})")
     rows = first_row + np.arange(len(chunk), dtype="int64")  # data row numbers, for the report
     frame = pd.DataFrame(
         {
@@ -206,7 +209,7 @@ def load_transactions(path: str | Path, mapping: ColumnMapping, chunk_rows: int 
     """A :class:`History` of a transaction log (one row per order line), read in chunks."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no transaction log at {path}")
+        raise LoaderError(f"no transaction log at {path}")
     report = LoadReport()
     file = path.name
     kept, first_row = [], 0

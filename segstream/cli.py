@@ -57,7 +57,7 @@ class _Errors(click.Group):
     """Turn the project's expected errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from replay.olist import LoaderError
+        from replay.history import LoaderError
         from segstream.services import ServiceError
 
         try:

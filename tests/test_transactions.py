@@ -11,6 +11,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
+from replay.history import LoaderError
 from replay.sources import load_source
 from replay.transactions import ColumnMapping, load_mapping, load_online_retail, load_transactions
 from segstream.schemas import OrderPlaced, OrderReturned
@@ -111,12 +112,14 @@ def test_a_mapping_needs_an_amount() -> None:
     with pytest.raises(ValueError, match="amount"):
         ColumnMapping(customer="c", order="o", time="t", quantity="q")
     assert load_mapping(FIXTURES / "cdnow.toml").delimiter == "whitespace"
+    with pytest.raises(LoaderError, match="needs --mapping"):
+        load_source("transactions", FIXTURES / "cdnow.txt")
 
 
 def test_a_missing_column_is_a_clear_error(tmp_path: Path) -> None:
     log = tmp_path / "log.csv"
     log.write_text("who,when,total\nu1,2020-01-01,5\n")
-    with pytest.raises(ValueError, match="no column 'order'"):
+    with pytest.raises(LoaderError, match=r"no column 'order'"):
         load_transactions(log, ColumnMapping(customer="who", order="order", time="when", amount="total"))
 
 
