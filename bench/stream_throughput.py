@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2_000, help="events/s for the latency run (default 2000)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="length of the latency run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--dump-latencies", type=Path, help="write the latency run's samples (ms) to this file")
     parser.add_argument("--latency-only", action="store_true", help="only the paced latency run (5); skip 1-4 and 6")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -241,16 +242,23 @@ def main() -> None:
         _create_topics(lat)  # before the worker joins: it then owns partitions when the first record arrives
         worker = start_worker(lat, workdir / "lat-worker.log")
         _wait_ready(workdir / "lat-worker.log")
-        span = history.placed["event_time"].max() - history.placed["event_time"].min()
-        speed = args.rate * span.total_seconds() / sum(history.event_counts().values())
-        asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
+        # the speed at which the first rate x seconds events take `seconds` of wall time (the event
+        # volume of a history grows over its event time: a speed from its whole span is too slow here)
+        count = int(args.rate * args.latency_seconds)
+        window = history.timeline(tick_seconds=None).time_ns[:count]
+        speed = (int(window[-1]) - int(window[0])) / 1e9 / args.latency_seconds
+        paced = asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
         time.sleep(3)
         stop_worker(worker)
         latencies = [
             float(v) for v in redis.Redis.from_url(lat.redis_address).lrange(Keys(lat.redis_prefix).latencies, 0, -1)
         ]
         figures["latency_rate_events_per_s"] = args.rate
+        # what the paced replay achieved: event volume is not uniform over a history's event time
+        figures["latency_replayed_events_per_s"] = round(paced.events_per_s)
         figures["latency_samples"] = len(latencies)
+        if args.dump_latencies:  # in processing order, oldest first
+            args.dump_latencies.write_text("\n".join(str(v) for v in reversed(latencies)))
         if latencies:
             figures["latency_p50_ms"] = round(float(np.percentile(latencies, 50)), 1)
             figures["latency_p99_ms"] = round(float(np.percentile(latencies, 99)), 1)
