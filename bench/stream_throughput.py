@@ -13,7 +13,7 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    every final tick.
 4. bare Faust agent: an agent that only decodes (json.loads) and counts the same messages, same
    short broker timeouts, until every final tick; stock Faust, then on segstream's batch drain loop.
-5. latency: replay paced at --rate events/s into fresh topics with the worker running; the worker
+5. latency: replay at a constant --rate events/s into fresh topics with the worker running; the worker
    records, per record, Redis-update time minus the replay's send time (a Kafka header).
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
 """
@@ -242,12 +242,11 @@ def main() -> None:
         _create_topics(lat)  # before the worker joins: it then owns partitions when the first record arrives
         worker = start_worker(lat, workdir / "lat-worker.log")
         _wait_ready(workdir / "lat-worker.log")
-        # the speed at which the first rate x seconds events take `seconds` of wall time (the event
-        # volume of a history grows over its event time: a speed from its whole span is too slow here)
-        count = int(args.rate * args.latency_seconds)
-        window = history.timeline(tick_seconds=None).time_ns[:count]
-        speed = (int(window[-1]) - int(window[0])) / 1e9 / args.latency_seconds
-        paced = asyncio.run(replay_history(history, lat, speed=speed, max_events=int(args.rate * args.latency_seconds)))
+        # a constant wall-clock rate: a history's event volume grows over its event time, so any
+        # event-time speed ramps the rate up over the window
+        paced = asyncio.run(
+            replay_history(history, lat, rate=args.rate, max_events=int(args.rate * args.latency_seconds))
+        )
         time.sleep(3)
         stop_worker(worker)
         latencies = [

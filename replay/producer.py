@@ -7,7 +7,9 @@
 - Clock ticks go to every partition of both topics at each multiple of the tick interval, and a
   final tick per partition closes the replay with that partition's expected event count
   (``docs/events.md``).
-- ``speed`` is event seconds per wall second (``None``: as fast as possible).
+- ``speed`` is event seconds per wall second (``None``: as fast as possible); ``rate`` instead sends
+  a constant number of customer events per wall second whatever their event times (load tests:
+  a history's event volume is far from uniform over its event time).
 - Resume: after every ``Settings.replay_batch`` timeline entries, once the broker has acknowledged
   all of them, the position is written to a checkpoint file. An interrupted replay restarts from
   there, so nothing is skipped; entries sent after the last checkpoint are sent again (at most one
@@ -43,6 +45,8 @@ from segstream.settings import Settings
 __all__ = ["ReplaySummary", "ensure_topics", "partition_for", "replay_history"]
 
 log = logging.getLogger(__name__)
+
+RATE_LINGER_S = 0.005
 
 
 @dataclass
@@ -155,6 +159,7 @@ async def replay_history(
     since: datetime | None = None,
     until: datetime | None = None,
     speed: float | None = None,
+    rate: float | None = None,
     restart: bool = False,
     max_events: int | None = None,
     lateness_seconds: int = 0,
@@ -168,6 +173,8 @@ async def replay_history(
     """
     if speed is not None and speed <= 0:
         raise ValueError(f"speed must be positive (event seconds per wall second), not {speed}")
+    if rate is not None and (rate <= 0 or speed is not None):
+        raise ValueError(f"rate must be positive events per second, and not given with a speed: {rate}")
     bootstrap = settings.kafka_bootstrap_servers
     topics = [settings.topic_orders, settings.topic_reviews]
     timeline = history.timeline(since, until, settings.replay_tick_seconds, lateness_seconds, seed)
@@ -240,13 +247,19 @@ async def replay_history(
     stop_at = len(timeline) if max_events is None else min(len(timeline), position + max_events)
     kinds, rows, times = timeline.kind.tolist(), timeline.row.tolist(), timeline.time_ns.tolist()
     wall_zero = time.monotonic()
+    events_at_start = summary.events_sent
     event_zero = times[position] if position < len(times) else 0
     since_checkpoint = 0
     try:
         while position < stop_at:
             kind, time_ns = kinds[position], times[position]
-            if speed is not None:
-                delay = wall_zero + (time_ns - event_zero) / 1e9 / speed - time.monotonic()
+            if speed is not None or (rate is not None and kind != TICK):
+                if speed is not None:
+                    due = wall_zero + (time_ns - event_zero) / 1e9 / speed
+                else:
+                    # a few ms of events per flush (the producer's linger), not a flush per event
+                    due = wall_zero + (summary.events_sent - events_at_start) / rate - RATE_LINGER_S
+                delay = due - time.monotonic()
                 if delay > 0:
                     await batches.flush()  # what is due goes out before we wait
                     await asyncio.sleep(delay)
@@ -338,6 +351,7 @@ def run_replay(
     since: datetime | None = None,
     until: datetime | None = None,
     speed: float | None = None,
+    rate: float | None = None,
     restart: bool = False,
     max_events: int | None = None,
     rejects_path: Path | None = None,
@@ -388,6 +402,7 @@ def run_replay(
                 since=since,
                 until=until,
                 speed=speed,
+                rate=rate,
                 restart=restart,
                 max_events=max_events,
                 on_progress=on_progress,

@@ -254,6 +254,11 @@ def _print_load(history) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Event seconds per wall second (86400: a day per second). Default: as fast as possible.",
 )
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of --speed: a constant number of events per wall second, whatever their event times (load tests).",
+)
 @click.option("--from", "since", help="Replay events at or after this event time (ISO date/datetime, UTC).")
 @click.option("--until", help="Replay events before this event time (ISO date/datetime, UTC).")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoint and replay the window from its start.")
@@ -287,6 +292,7 @@ def replay(
     source: str,
     mapping: Path | None,
     speed: float | None,
+    rate: float | None,
     since: str | None,
     until: str | None,
     restart: bool,
@@ -298,6 +304,8 @@ def replay(
     """Replay a history (Olist, or any transaction log) onto Kafka in event-time order; resumes from its checkpoint."""
     from replay.producer import run_replay, summary_dict, summary_lines
 
+    if speed is not None and rate is not None:
+        raise click.UsageError("give --speed or --rate, not both")
     settings = _settings(ctx, **flags)
     history, summary = run_replay(
         data,
@@ -305,6 +313,7 @@ def replay(
         since=_event_time(since),
         until=_event_time(until),
         speed=speed,
+        rate=rate,
         restart=restart,
         max_events=max_events,
         rejects_path=rejects,

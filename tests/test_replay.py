@@ -144,6 +144,17 @@ def test_speed_paces_by_event_time(kafka: Settings) -> None:
     assert summary.events_sent == 18
 
 
+def test_rate_paces_by_wall_clock(kafka: Settings, synth_small: Path) -> None:
+    history = load_olist(synth_small)
+    summary = _replay(history, kafka, rate=400, max_events=2_000, restart=True)
+    # 400 customer events per wall second (ticks unpaced): neither early nor far late
+    expected_s = summary.events_sent / 400
+    assert summary.events_sent >= 500
+    assert expected_s - 0.05 <= summary.duration_s <= expected_s + 2.0
+    with pytest.raises(ValueError, match="rate must be positive"):
+        _replay(history, kafka, rate=100, speed=86_400)
+
+
 def test_bad_speed_is_refused(kafka: Settings) -> None:
     with pytest.raises(ValueError, match="speed must be positive"):
         _replay(load_olist(EDGE), kafka, speed=0)
