@@ -33,7 +33,7 @@ from segstream.schemas import (
     make_event_id,
 )
 
-__all__ = ["TICK", "History", "LoadReport", "LoaderError", "Reject", "Timeline", "no_returns"]
+__all__ = ["TICK", "History", "LoadReport", "LoaderError", "Reject", "Timeline", "empty_frame"]
 
 # Kind codes in the timeline; their order is the tie-break rank at equal event times.
 TICK, PLACED, DELIVERED, CANCELED, REVIEW, RETURNED = 0, 1, 2, 3, 4, 5
@@ -44,7 +44,41 @@ KIND_NAMES = {
     REVIEW: "review_posted",
     RETURNED: "order_returned",
 }
-RETURNED_COLUMNS = ["order_id", "customer_unique_id", "event_time", "amount", "item_start", "item_end"]
+# Column dtypes of the frames a source may leave empty (see History): what an empty one holds.
+_EMPTY = {
+    "delivered": {
+        "order_id": "object",
+        "customer_unique_id": "object",
+        "event_time": "datetime64[ns]",
+        "estimated_time": "datetime64[ns]",
+        "late": "float64",
+    },
+    "canceled": {
+        "order_id": "object",
+        "customer_unique_id": "object",
+        "event_time": "datetime64[ns]",
+        "status": "object",
+        "order_value": "float64",
+    },
+    "reviews": {
+        "review_id": "object",
+        "order_id": "object",
+        "customer_unique_id": "object",
+        "event_time": "datetime64[ns]",
+        "created_time": "datetime64[ns]",
+        "score": "int64",
+        "comment_length": "int64",
+        "comment_present": "bool",
+    },
+    "returned": {
+        "order_id": "object",
+        "customer_unique_id": "object",
+        "event_time": "datetime64[ns]",
+        "amount": "float64",
+        "item_start": "int64",
+        "item_end": "int64",
+    },
+}
 
 
 class LoaderError(ValueError):
@@ -126,7 +160,7 @@ class History:
     canceled: pd.DataFrame
     reviews: pd.DataFrame
     report: LoadReport
-    returned: pd.DataFrame = field(default_factory=lambda: no_returns())
+    returned: pd.DataFrame = field(default_factory=lambda: empty_frame("returned"))
 
     # ---- counts ------------------------------------------------------------------------------
 
@@ -315,10 +349,10 @@ class History:
         return build
 
 
-def no_returns() -> pd.DataFrame:
-    """An empty ``returned`` frame (sources without cancellations of purchases, such as Olist)."""
-    frame = pd.DataFrame({name: pd.Series(dtype=object) for name in RETURNED_COLUMNS})
-    return frame.astype({"event_time": "datetime64[ns]", "amount": float, "item_start": "int64", "item_end": "int64"})
+def empty_frame(name: str) -> pd.DataFrame:
+    """An empty ``delivered``, ``canceled``, ``reviews`` or ``returned`` frame, for a source that has
+    no such events (Olist has no returns; a transaction log has only orders and returns)."""
+    return pd.DataFrame({column: pd.Series(dtype=kind) for column, kind in _EMPTY[name].items()})
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, list]:

@@ -7,8 +7,10 @@ everything downstream (replay, profiles, retrain, backtests) works unchanged.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from replay.history import History, LoaderError
+if TYPE_CHECKING:  # the CLI imports SOURCES at start-up: no pandas here
+    from replay.history import History
 
 __all__ = ["SOURCES", "load_source", "source_files"]
 
@@ -17,6 +19,8 @@ SOURCES = ("olist", "transactions", "online-retail")
 
 def load_source(source: str, data: Path, mapping: Path | None = None) -> History:
     """Load ``data`` as ``source`` (``transactions`` needs a ``mapping`` TOML file)."""
+    from replay.history import LoaderError
+
     if source == "olist":
         from replay.olist import load_olist
 

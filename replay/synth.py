@@ -362,7 +362,6 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
 # ---- the Online Retail layout ---------------------------------------------------------------------
 
 ONLINE_RETAIL_FILE = "online_retail.csv"
-ONLINE_RETAIL_HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"]
 RETAIL_START = np.datetime64("2010-12-01T08:00:00", "s")
 RETAIL_DAYS = 373
 COUNTRIES = np.array(["United Kingdom", "Germany", "France", "EIRE", "Spain", "Netherlands", "Belgium"])

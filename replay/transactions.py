@@ -19,8 +19,8 @@ One row per order line (an invoice line, a CDNOW-style ``customer date quantity 
 
 >>> mapping = ColumnMapping(customer="cust", order="inv", time="day", time_format="%Y%m%d",
 ...                         quantity="qty", unit_price="price")
->>> mapping.amount_from
-'quantity x unit_price'
+>>> mapping.columns()
+['cust', 'inv', 'day', 'qty', 'price']
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import gzip
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from replay.history import History, LoaderError, LoadReport, no_returns
+from replay.history import History, LoaderError, LoadReport, empty_frame
 
 __all__ = [
     "ONLINE_RETAIL",
@@ -75,10 +74,6 @@ class ColumnMapping(BaseModel):
         if self.amount is None and (self.quantity is None or self.unit_price is None):
             raise ValueError("map either `amount`, or both `quantity` and `unit_price`")
         return self
-
-    @property
-    def amount_from(self) -> Literal["amount", "quantity x unit_price"]:
-        return "amount" if self.amount is not None else "quantity x unit_price"
 
     def columns(self) -> list[str]:
         named = [self.customer, self.order, self.time, self.amount, self.quantity, self.unit_price]
@@ -139,14 +134,18 @@ def _xlsx_chunks(path: Path, mapping: ColumnMapping, chunk_rows: int) -> Iterato
     try:
         rows = book.worksheets[0].iter_rows(values_only=True)
         header = [str(c).strip() for c in next(rows)] if mapping.header else None
+
+        def frame(batch: list) -> pd.DataFrame:
+            return pd.DataFrame(batch, columns=header or [str(i) for i in range(len(batch[0]))])
+
         batch: list = []
         for row in rows:
             batch.append(["" if value is None else str(value) for value in row])
             if len(batch) >= chunk_rows:
-                yield pd.DataFrame(batch, columns=header or [str(i) for i in range(len(batch[0]))])
+                yield frame(batch)
                 batch = []
         if batch:
-            yield pd.DataFrame(batch, columns=header or [str(i) for i in range(len(batch[0]))])
+            yield frame(batch)
     finally:
         book.close()
 
@@ -182,7 +181,7 @@ def _lines(chunk: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, file
         frame["amount"] = frame["quantity"] * frame["price"]
         bad_price = frame["price"].isna() | (frame["price"] <= 0)
     frame["category"] = frame["category"].where(frame["category"] != "", "unknown")
-    canceling = frame["order"].str.startswith(mapping.cancel_prefix) if mapping.cancel_prefix else False
+    canceling = _canceling(frame["order"], mapping)
     checks = [
         (frame["customer"] == "", "no customer id (guest checkout)"),
         (frame["order"] == "", "no order id"),
@@ -203,6 +202,13 @@ def _lines(chunk: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, file
 
 
 _CATEGORICAL = ("customer", "product", "category", "geography")
+
+
+def _canceling(orders: pd.Series, mapping: ColumnMapping) -> pd.Series:
+    """Which order ids are cancellations (start with the mapping's ``cancel_prefix``)."""
+    if not mapping.cancel_prefix:
+        return pd.Series(False, index=orders.index)
+    return orders.astype(str).str.startswith(mapping.cancel_prefix)
 
 
 def load_transactions(path: str | Path, mapping: ColumnMapping, chunk_rows: int = CHUNK_ROWS) -> History:
@@ -239,9 +245,7 @@ def _history(lines: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, fi
     lines = lines[~shared]
     # one order per id, its lines in file order; a cancellation's lines count as positive amounts
     lines = lines.sort_values(["order", "row"], kind="mergesort", ignore_index=True)
-    if mapping.cancel_prefix:
-        canceling = lines["order"].str.startswith(mapping.cancel_prefix)
-        lines["amount"] = lines["amount"].abs().where(canceling, lines["amount"])
+    lines["amount"] = lines["amount"].abs().where(_canceling(lines["order"], mapping), lines["amount"])
     items = pd.DataFrame(
         {
             "product_id": lines["product"],
@@ -262,9 +266,7 @@ def _history(lines: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, fi
     orders["item_end"] = orders["item_count"].cumsum()
     orders["item_start"] = orders["item_end"] - orders["item_count"]
     orders["amount"] = orders["amount"].round(2)
-    is_return = (
-        orders["order"].str.startswith(mapping.cancel_prefix) if mapping.cancel_prefix else orders["order"] == ""
-    )
+    is_return = _canceling(orders["order"], mapping)
     bought, back = orders[~is_return], orders[is_return]
     placed = pd.DataFrame(
         {
@@ -283,7 +285,7 @@ def _history(lines: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, fi
             "item_end": bought["item_end"],
         }
     ).reset_index(drop=True)
-    returned = no_returns()
+    returned = empty_frame("returned")
     if len(back):
         returned = pd.DataFrame(
             {
@@ -295,55 +297,16 @@ def _history(lines: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, fi
                 "item_end": back["item_end"],
             }
         ).reset_index(drop=True)
-    empty = _empty_frames()
     return History(
         source=mapping.source,
         placed=placed,
         items=items,
-        delivered=empty["delivered"],
-        canceled=empty["canceled"],
-        reviews=empty["reviews"],
+        delivered=empty_frame("delivered"),
+        canceled=empty_frame("canceled"),
+        reviews=empty_frame("reviews"),
         report=report,
         returned=returned,
     )
-
-
-def _empty_frames() -> dict[str, pd.DataFrame]:
-    def frame(columns: dict[str, str]) -> pd.DataFrame:
-        return pd.DataFrame({name: pd.Series(dtype=kind) for name, kind in columns.items()})
-
-    return {
-        "delivered": frame(
-            {
-                "order_id": "object",
-                "customer_unique_id": "object",
-                "event_time": "datetime64[ns]",
-                "estimated_time": "datetime64[ns]",
-                "late": "float64",
-            }
-        ),
-        "canceled": frame(
-            {
-                "order_id": "object",
-                "customer_unique_id": "object",
-                "event_time": "datetime64[ns]",
-                "status": "object",
-                "order_value": "float64",
-            }
-        ),
-        "reviews": frame(
-            {
-                "review_id": "object",
-                "order_id": "object",
-                "customer_unique_id": "object",
-                "event_time": "datetime64[ns]",
-                "created_time": "datetime64[ns]",
-                "score": "int64",
-                "comment_length": "int64",
-                "comment_present": "bool",
-            }
-        ),
-    }
 
 
 def load_online_retail(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> History:

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from replay.sources import SOURCES
 from segstream.settings import Settings, load_settings
 
 log = logging.getLogger("segstream")
@@ -199,7 +200,7 @@ def _source_options(func):
     )(func)
     return click.option(
         "--source",
-        type=click.Choice(["olist", "transactions", "online-retail"]),
+        type=click.Choice(SOURCES),
         default="olist",
         show_default=True,
         help="What --data holds: Olist files, any transaction log (with --mapping), or UCI Online Retail (I or II).",
