@@ -135,9 +135,12 @@ class Profile:
         if self.last_purchase is None:
             return None
         recency = max(0.0, (now - self.last_purchase) / DAY)
-        candidates = [scorer.next_change_days(recency), rules.due_days(recency, self.mean_gap_days)]
-        days = [d for d in candidates if d is not None]
-        return self.last_purchase + min(days) * DAY if days else None
+        r_days, churn_days = scorer.next_change_days(recency), rules.due_days(recency, self.mean_gap_days)
+        if r_days is None or churn_days is None:
+            days = churn_days if r_days is None else r_days
+        else:
+            days = min(r_days, churn_days)
+        return None if days is None else self.last_purchase + days * DAY
 
     # ---- Redis form ------------------------------------------------------------------------------
 

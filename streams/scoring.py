@@ -92,8 +92,8 @@ class RfmScorer:
 
     def next_change_days(self, recency_days: float) -> float | None:
         """The recency (days) at which R next drops, or None if it cannot drop further."""
-        later = [t for t in self.recency_days if t > recency_days]
-        return later[0] if later else None
+        index = bisect.bisect_right(self.recency_days, recency_days)
+        return self.recency_days[index] if index < len(self.recency_days) else None
 
     def to_json(self) -> str:
         return json.dumps({"recency_days": self.recency_days, "monetary": self.monetary, "version": self.version})

@@ -141,8 +141,24 @@ return lost
 """
 
 
+_READ = """
+-- ARGV: profile prefix, applied prefix, due key ('' = none), due until, customers...
+-- returns: the due customers with their scores (flat), then per customer its profile hash (flat)
+-- and its applied event ids
+local out = {ARGV[3] ~= '' and redis.call('ZRANGEBYSCORE', ARGV[3], '-inf', ARGV[4], 'WITHSCORES') or {}}
+for k = 5, #ARGV do
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ARGV[k])
+  out[#out + 1] = redis.call('SMEMBERS', ARGV[2] .. ARGV[k])
+end
+return out
+"""
+
+
 class ScriptLost(aioredis.ConnectionError):
-    """The write script vanished from Redis; the batch is retried (every write is idempotent)."""
+    """A script vanished from Redis; the batch is retried (every write is idempotent)."""
+
+
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_READ, _WRITE)}
 
 
 CAUSES = {
@@ -175,7 +191,7 @@ class _Working:
     applied: set[str]  # event ids applied as stored (shared with the cache: never changed in place)
     fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
     duplicates: int = 0
-    steps: list = field(default_factory=list)  # (segment change, churn change) per re-derivation
+    steps: list = field(default_factory=list)  # (segment change, churn change) per re-derivation that changed either
     due: float | None = None
     dirty: bool = False
 
@@ -207,20 +223,21 @@ class ProfileStore:
         self.cache_size = cache_size
         # profiles as this worker last wrote them, with their applied event ids; most recent last
         self._cache: dict[str, tuple[Profile, set[str]]] = {}
-        self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
-        self._script_loaded = False
+        self._loaded: set[str] = set()  # the scripts Redis has (by source)
 
-    async def _run_script(self, args: list) -> list[int]:
-        """Run the write script by its SHA (loading it once; again if Redis lost it).
+    async def _run_script(self, script: str, args: list) -> list:
+        """Run a script by its SHA (loading it once; again if Redis lost it).
 
-        The command is packed by hiredis: a batch has tens of thousands of arguments, which
-        redis-py's pure-Python packer spends several times longer on.
+        The command is packed by hiredis, and the reply parsed by it: a batch has tens of
+        thousands of arguments, which redis-py's pure-Python packer and per-command pipeline
+        replies spend several times longer on.
         """
+        sha = _SHA[script]
         for _attempt in range(2):
-            if not self._script_loaded:
-                await self.client.script_load(_WRITE)
-                self._script_loaded = True
-            packed = hiredis.pack_command(("EVALSHA", self._write_sha, 0, *args))
+            if script not in self._loaded:
+                await self.client.script_load(script)
+                self._loaded.add(script)
+            packed = hiredis.pack_command(("EVALSHA", sha, 0, *args))
             pool = self.client.connection_pool
             connection = await pool.get_connection()
             try:
@@ -229,13 +246,13 @@ class ProfileStore:
             except aioredis.ResponseError as exc:
                 if "NOSCRIPT" not in str(exc):
                     raise
-                self._script_loaded = False  # Redis restarted or SCRIPT FLUSH: load it again
+                self._loaded.discard(script)  # Redis restarted or SCRIPT FLUSH: load it again
             except BaseException:
                 await connection.disconnect()  # a half-read reply must not reach the next user
                 raise
             finally:
                 await pool.release(connection)
-        raise ScriptLost("Redis keeps losing the write script; retrying the batch")
+        raise ScriptLost("Redis keeps losing a script; retrying the batch")
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -263,23 +280,22 @@ class ProfileStore:
         with it; if anything else wrote the customer since, the version moved and the write loses
         its compare-and-set, and the customer is read again. Two round trips at most.
         """
-        pipe = self.client.pipeline(transaction=False)
-        if due_until is not None:
-            pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until, withscores=True)
         work: dict[str, _Working] = {}
         reading = [c for c in customers if not self._from_cache(c, work)]
-        self._queue_reads(pipe, reading)
-        replies = await pipe.execute() if len(pipe) else []
         due: dict[str, float] = {}
-        if due_until is not None:
-            due = {c.decode(): score for c, score in replies[0] if only is None or c.decode() in only}
-            replies = replies[1:]
-        self._finish_read(reading, replies, work)
+        if reading or due_until is not None:
+            due_key = "" if due_until is None else self.keys.due(partition)
+            replies = await self._read(reading, due_key, due_until)
+            flat = replies[0]
+            due = {
+                flat[k].decode(): float(flat[k + 1])
+                for k in range(0, len(flat), 2)
+                if only is None or flat[k].decode() in only
+            }
+            self._finish_read(reading, replies[1:], work)
         missing = [c for c in due if c not in work and not self._from_cache(c, work)]
         if missing:
-            pipe = self.client.pipeline(transaction=False)
-            self._queue_reads(pipe, missing)
-            self._finish_read(missing, await pipe.execute(), work)
+            self._finish_read(missing, (await self._read(missing))[1:], work)
         for customer, score in due.items():
             work[customer].due = score
         return work, due
@@ -291,18 +307,18 @@ class ProfileStore:
             work[customer] = _Working(profile.copy(), profile, applied)
         return hit is not None
 
-    def _queue_reads(self, pipe, customers: list[str]) -> None:
-        """Queue each customer's profile and applied ids (what :meth:`_finish_read` parses)."""
-        for customer in customers:
-            pipe.hgetall(self.keys.profile(customer))
-            pipe.smembers(self.keys.applied(customer))
+    async def _read(self, customers: list[str], due_key: str = "", due_until: float | None = None) -> list:
+        """One script call: the due customers by ``due_until`` (flat, with scores), then each
+        customer's profile hash (flat) and applied event ids (what :meth:`_finish_read` parses)."""
+        until = "" if due_until is None else repr(due_until)
+        return await self._run_script(_READ, [self.keys.profile(""), self.keys.applied(""), due_key, until, *customers])
 
     @staticmethod
     def _finish_read(customers: list[str], replies: list, work: dict[str, _Working]) -> None:
         for index, customer in enumerate(customers):
-            data, applied = replies[2 * index], replies[2 * index + 1]
-            if data:
-                base = Profile.from_redis(data)
+            flat, applied = replies[2 * index], replies[2 * index + 1]
+            if flat:
+                base = Profile.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))
                 work[customer] = _Working(base.copy(), base, {i.decode() for i in applied})
             else:
                 work[customer] = _Working(Profile(customer), None, {i.decode() for i in applied})
@@ -382,7 +398,7 @@ class ProfileStore:
                         continue  # moved by a later event or re-derivation
                     at = times[bisect.bisect_left(times, score)]
                     profile = state.profile
-                    state.steps.append(self._step(profile, max(at, profile.evaluated_at or 0.0), "time", None))
+                    self._step(state, max(at, profile.evaluated_at or 0.0), "time", None)
                     self._reschedule(state, heap, customer)
                 continue
             index += 1
@@ -404,7 +420,7 @@ class ProfileStore:
                 continue  # nothing to derive before the customer's first purchase
             if self.clusters is not None and profile.last_purchase is not None:
                 profile.cluster = self.clusters.learn_predict_one(features(profile, now))
-            state.steps.append(self._step(profile, now, cause_of(item), item.event_id))
+            self._step(state, now, cause_of(item), item.event_id)
             self._reschedule(state, heap, customer)
         return watermark
 
@@ -465,7 +481,7 @@ class ProfileStore:
             only_duplicates,
             len(planned),
         ]
-        lost_at = set(await self._run_script(header + args))
+        lost_at = set(await self._run_script(_WRITE, header + args))
         result.duplicates += only_duplicates
         lost = []
         for index, (customer, state) in enumerate(planned, start=1):
@@ -475,16 +491,17 @@ class ProfileStore:
             self._remember(customer, state.profile, state.applied.union(state.fresh) if state.fresh else state.applied)
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
-            result.changed += any(step != (None, None) for step in state.steps)
+            result.changed += bool(state.steps)
         self.forget(lost)
         return lost
 
-    def _step(self, profile: Profile, now: float, cause: str, source: str | None):
-        """Re-derive ``profile`` at ``now``; the change events if its segment or churn status moved."""
+    def _step(self, state: _Working, now: float, cause: str, source: str | None) -> None:
+        """Re-derive the profile at ``now``; keep the change events if its segment or churn status moved."""
+        profile = state.profile
         previous_segment, previous_churn = profile.segment, profile.churn
         profile.evaluate(now, self.scorer, self.rules)
         if profile.segment == previous_segment and profile.churn == previous_churn:
-            return None, None
+            return
         moment = datetime.fromtimestamp(now, tz=UTC)
         segment_change = churn_change = None
         if profile.segment != previous_segment:
@@ -515,7 +532,7 @@ class ProfileStore:
                 cause=cause,
                 source_event_id=source,
             )
-        return segment_change, churn_change
+        state.steps.append((segment_change, churn_change))
 
     async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20) -> int:
         """Re-derive every scored customer of the partition with the current thresholds, at the
@@ -537,7 +554,7 @@ class ProfileStore:
                     profile = state.profile
                     if profile.evaluated_at is None:
                         continue
-                    state.steps.append(self._step(profile, max(now, profile.evaluated_at), "rescore", None))
+                    self._step(state, max(now, profile.evaluated_at), "rescore", None)
                     self._reschedule(state, [], customer)
                 pending = await self._write(partition, work, result)
             else:
