@@ -231,8 +231,8 @@ _output_adapter: TypeAdapter[OutputEvent] = TypeAdapter(OutputEvent)
 
 
 def encode_event(event: _Event) -> bytes:
-    """The wire form of an event: compact UTF-8 JSON."""
-    return event.model_dump_json().encode()
+    """The wire form of an event: compact UTF-8 JSON (what ``model_dump_json`` gives, as bytes)."""
+    return event.__pydantic_serializer__.to_json(event)
 
 
 def decode_event(payload: bytes | str) -> AnyEvent:

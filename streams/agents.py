@@ -106,6 +106,7 @@ class StreamHandler:
         # Partitions hold disjoint customers: each partition's records are folded on their own, in order.
         by_partition: dict[int, list] = {}
         sent_at = []
+        ticks, finals = 0, []
         for partition, offset, key, value, headers in records:
             try:
                 event = decode_event(value)
@@ -113,24 +114,26 @@ class StreamHandler:
                 await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
                 continue
             by_partition.setdefault(partition, []).append(event)
-            sent_at.extend(int(v) for k, v in (headers or ()) if k == SENT_AT_HEADER)
+            if type(event) is ClockTick:
+                ticks += 1
+                if event.final:
+                    finals.append((partition, event))
+            elif headers:
+                sent_at.extend(int(v) for k, v in headers if k == SENT_AT_HEADER)
         await asyncio.gather(
-            *(self._partition(store, topic, p, events, watermarks, clock) for p, events in by_partition.items())
+            *(self._partition(store, p, events, watermarks, clock) for p, events in by_partition.items())
         )
         done_ms = time.time() * 1000
-        await store.count(
-            ticks=sum(isinstance(e, ClockTick) for events in by_partition.values() for e in events),
-            latencies_ms=[round(done_ms - sent, 1) for sent in sent_at],
-        )
+        await store.count(ticks=ticks, latencies_ms=[round(done_ms - sent, 1) for sent in sent_at])
+        for partition, tick in finals:
+            await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
+            log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
 
+    @staticmethod
     async def _partition(
-        self, store: ProfileStore, topic: str, partition: int, items: list, watermarks: dict, clock: bool
+        store: ProfileStore, partition: int, items: list, watermarks: dict[int, float], clock: bool
     ) -> None:
         _, watermarks[partition] = await store.process(partition, items, watermarks.get(partition, 0.0), clock)
-        for tick in items:
-            if isinstance(tick, ClockTick) and tick.final:
-                await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
-                log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
 
     async def _dead_letter(
         self, send: Send, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, reason: str

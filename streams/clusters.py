@@ -61,10 +61,14 @@ class _KMeans(cluster.KMeans):
     True
     """
 
+    _drawn = False  # whether every center has all its coordinates (they are never removed)
+
     def predict_one(self, x: dict[str, float]) -> int:
         p, centers = self.p, self.centers
-        if any(len(center) < len(x) for center in centers.values()):
-            return super().predict_one(x)  # the first points draw the centers' coordinates
+        if not self._drawn:
+            if any(len(center) < len(x) for center in centers.values()):
+                return super().predict_one(x)  # the first points draw the centers' coordinates
+            self._drawn = True
         best, best_distance, items = 0, math.inf, x.items()
         for index, center in centers.items():
             distance = 0.0

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from itertools import compress
+from operator import ne
 
 from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, OrderReturned, ReviewPosted
 from streams.scoring import DAY, ChurnRules, RfmScorer, segment_for
@@ -167,10 +169,13 @@ class Profile:
             before = _NEW
         else:
             fields = {}
-        # both dicts list the fields in declaration order: dataclass __init__, or a copy's update
-        for (name, value), old in zip(self.__dict__.items(), before.__dict__.values(), strict=True):
-            if value != old:
-                fields[name] = _text(value)
+        # both dicts list the fields in declaration order (dataclass __init__, or a copy's update):
+        # compare them pairwise in C, then convert only what changed
+        mine, old = self.__dict__, before.__dict__
+        if len(mine) != len(old):
+            raise ValueError("profiles with different attributes cannot be compared")
+        for name in compress(mine, map(ne, mine.values(), old.values())):
+            fields[name] = _text(mine[name])
         return fields
 
     def copy(self) -> Profile:

@@ -132,6 +132,10 @@ class ChurnRules:
     churned_gaps: float = 2.0
     low_review: int = 2
 
+    def __post_init__(self) -> None:
+        if not self.default_gap_days > 0 or not self.churned_gaps >= 1:
+            raise ValueError("default_gap_days must be > 0 and churned_gaps >= 1 (churned comes after at risk)")
+
     def gaps(self, mean_gap_days: float | None) -> tuple[float, float]:
         gap = mean_gap_days if mean_gap_days and mean_gap_days > 0 else self.default_gap_days
         return gap, gap * self.churned_gaps
@@ -157,5 +161,7 @@ class ChurnRules:
 
     def due_days(self, recency_days: float, mean_gap_days: float | None) -> float | None:
         """The recency (days) at which the status next changes by time alone, or None."""
-        later = [t for t in self.gaps(mean_gap_days) if t > recency_days]
-        return min(later) if later else None
+        at_risk_after, churned_after = self.gaps(mean_gap_days)  # in this order: see __post_init__
+        if recency_days < at_risk_after:
+            return at_risk_after
+        return churned_after if recency_days < churned_after else None
