@@ -53,6 +53,10 @@ class ServiceError(RuntimeError):
     """A service could not be started, reached or stopped; the message says what to do."""
 
 
+class _StillLoading(ServiceError):
+    """The service answers but is still loading its data (Redis replaying a large AOF)."""
+
+
 @dataclass
 class ServiceStatus:
     name: str
@@ -145,6 +149,8 @@ def _redis_ping(url: str, timeout_s: float = 2.0) -> None:
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         client.ping()
         client.close()
+    except redis.BusyLoadingError as exc:
+        raise _StillLoading(f"Redis at {url} is loading its data: {exc}") from None
     except redis.RedisError as exc:
         raise ServiceError(f"Redis at {url} does not answer PING: {exc}") from None
 
@@ -235,8 +241,11 @@ def _spawn(args: list[str], log_path: Path, what: str) -> subprocess.Popen:
 
 
 def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> None:
+    """Wait until ``check`` passes; STARTUP_TIMEOUT_S at most, but as long as the service is
+    still loading its data (a large Redis AOF takes minutes; it is progress, not a hang)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last_error: Exception | None = None
+    loading_since: float | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _last_line(log_path)
@@ -245,7 +254,16 @@ def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> N
             )
         try:
             check()
+            if loading_since is not None:
+                log.info("the embedded %s loaded its data in %.0f s", what, time.monotonic() - loading_since)
             return
+        except _StillLoading as exc:
+            if loading_since is None:
+                loading_since = time.monotonic()
+                log.info("the embedded %s is loading its data (log: %s); waiting", what, log_path)
+            last_error = exc
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            time.sleep(0.5)
         except ServiceError as exc:
             last_error = exc
             time.sleep(0.1)

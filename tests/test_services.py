@@ -110,3 +110,35 @@ def test_unreachable_external_broker_is_a_clear_error(tmp_path: Path) -> None:
 def test_bundled_binaries_are_found() -> None:
     assert services_module.tansu_binary().name == "tansu"
     assert services_module.redis_server_binary().name == "redis-server"
+
+
+def test_a_service_still_loading_its_data_is_waited_for(monkeypatch, tmp_path: Path) -> None:
+    """A redis-server replaying a large AOF answers LOADING for minutes: progress, not a hang."""
+    monkeypatch.setattr(services_module, "STARTUP_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(services_module.time, "sleep", lambda _s: None)
+    clock = iter(range(10_000))
+    monkeypatch.setattr(services_module.time, "monotonic", lambda: next(clock) * 0.1)
+    answers = iter([ServiceError("refused")] + [services_module._StillLoading("LOADING")] * 20 + [None])
+
+    def check() -> None:
+        answer = next(answers)
+        if answer is not None:
+            raise answer
+
+    class Running:
+        returncode = None
+
+        def poll(self) -> None:
+            return None
+
+        def terminate(self) -> None:
+            raise AssertionError("a loading service must not be stopped")
+
+    services_module._wait_healthy(Running(), check, tmp_path / "log", "redis-server")  # 2 s of LOADING > 0.3 s
+    assert next(answers, "done") == "done"
+    stuck = iter([ServiceError("refused")] * 20)
+    terminated = []
+    Running.terminate = lambda self: terminated.append(True)
+    with pytest.raises(ServiceError, match="did not become healthy"):
+        services_module._wait_healthy(Running(), lambda: (_ for _ in ()).throw(next(stuck)), tmp_path / "log", "x")
+    assert terminated == [True]
