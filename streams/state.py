@@ -52,8 +52,10 @@ _WRITE = """
 -- profile prefix, applied prefix, transitions prefix, due key, segments, changes, outbox, counters,
 -- watermarks, partition, watermark ('' = none), recent-changes cap, segment topic, churn topic,
 -- duplicates of customers with nothing to write, number of writes; then per write:
--- customer, expected version, n fields, field/value * n, n ids, id * n, due ('' = none), scored (1/0),
--- duplicates, n segment changes, (previous, new, event-day, payload) * n, n churn changes, payload * n.
+-- customer; its shape, seven numbers in one string: 'expected-version n-fields n-ids scored(1/0)
+-- duplicates n-segment-changes n-churn-changes'; the field names in one string, space-separated;
+-- value * n-fields; id * n-ids; due ('' = none); (previous, new, event-day, payload) * n-segment-changes;
+-- payload * n-churn-changes. (Packing costs the worker per argument: numbers and names travel together.)
 local profile, applied_prefix, transitions = ARGV[1], ARGV[2], ARGV[3]
 local due_key, segments, changes, outbox, counters = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local recent, segment_topic, churn_topic = ARGV[12], ARGV[13], ARGV[14]
@@ -72,22 +74,18 @@ local function to_outbox(topic, customer, payload)
   if #out >= 2000 then flush_outbox() end
 end
 local i = 17
--- a counted run of arguments, `width` per element: its count and where it starts; i moves past it
-local function run(width)
-  local n, at = tonumber(ARGV[i]), i + 1
-  i = at + width * n
-  return n, at
-end
 for write = 1, tonumber(ARGV[16]) do
-  local customer, expected = ARGV[i], tonumber(ARGV[i + 1])
+  local customer, names = ARGV[i], ARGV[i + 2]
+  local shape = {}
+  for number in string.gmatch(ARGV[i + 1], '%d+') do shape[#shape + 1] = tonumber(number) end
+  local expected, nfields, nids, scored, dups, nsegment, nchurn = unpack(shape)
   local pkey, akey = profile .. customer, applied_prefix .. customer
-  i = i + 2
-  local nfields, fields_at = run(2)
-  local nids, ids_at = run(1)
-  local due, scored, dups = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  local nsegment, segment_at = run(4)
-  local nchurn, churn_at = run(1)
+  local fields_at = i + 3
+  local ids_at = fields_at + nfields
+  local due = ARGV[ids_at + nids]
+  local segment_at = ids_at + nids + 1
+  local churn_at = segment_at + 4 * nsegment
+  i = churn_at + nchurn
   local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
   if ok then
     for k = ids_at, ids_at + nids - 1 do
@@ -97,11 +95,17 @@ for write = 1, tonumber(ARGV[16]) do
   if not ok then
     lost[#lost + 1] = write
   else
-    redis.call('HSET', pkey, unpack(ARGV, fields_at, fields_at + 2 * nfields - 1))
+    local hash, k = {}, fields_at
+    for name in string.gmatch(names, '%S+') do
+      hash[#hash + 1] = name
+      hash[#hash + 1] = ARGV[k]
+      k = k + 1
+    end
+    redis.call('HSET', pkey, unpack(hash))
     if nids > 0 then redis.call('SADD', akey, unpack(ARGV, ids_at, ids_at + nids - 1)) end
     -- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
     if due ~= '' then redis.call('ZADD', due_key, due, customer)
-    elseif scored == '1' then redis.call('ZADD', due_key, '+inf', customer)
+    elseif scored == 1 then redis.call('ZADD', due_key, '+inf', customer)
     else redis.call('ZREM', due_key, customer) end
     for k = segment_at, segment_at + 4 * (nsegment - 1), 4 do
       local previous, new, payload = ARGV[k], ARGV[k + 1], ARGV[k + 3]
@@ -454,17 +458,17 @@ class ProfileStore:
             expected = profile.version
             profile.version = expected + 1
             fields = profile.changed_fields(state.base)
-            args += [customer, expected, len(fields), *[part for pair in fields.items() for part in pair]]
-            args += [len(state.fresh), *state.fresh]
-            args += ["" if state.due is None else repr(state.due), int(profile.last_purchase is not None)]
-            args.append(state.duplicates)
             segment = [change for change, _ in state.steps if change is not None]
             churn = [change for _, change in state.steps if change is not None]
-            args.append(len(segment))
+            scored = 1 if profile.last_purchase is not None else 0
+            counts = f"{len(segment)} {len(churn)}"
+            shape = f"{expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
+            args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
+            args.append("" if state.due is None else repr(state.due))
             for change in segment:
                 day = change.event_time.date().isoformat()
                 args += [change.previous_segment, change.segment, day, encode_event(change)]
-            args += [len(churn), *[encode_event(change) for change in churn]]
+            args += [encode_event(change) for change in churn]
             planned.append((customer, state))
         if not planned and not only_duplicates and watermark is None:
             return []
