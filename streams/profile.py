@@ -21,7 +21,7 @@ their ``event_id`` (see ``streams/state.py``).
 >>> profile.evaluate(now=placed.event_time.timestamp() + 200 * DAY, scorer=RfmScorer(), rules=ChurnRules())
 >>> profile.r, profile.segment, profile.churn, profile.churn_reasons
 (2, 'Hibernating', 'at_risk', ['recency'])
->>> Profile.from_redis(profile.to_redis()) == profile
+>>> Profile.from_redis(profile.changed_fields()) == profile  # what a first write stores reads back whole
 True
 """
 
@@ -145,10 +145,6 @@ class Profile:
         return None if days is None else self.last_purchase + days * DAY
 
     # ---- Redis form ------------------------------------------------------------------------------
-
-    def to_redis(self) -> dict[str, str]:
-        """Flat string fields for one Redis hash (lists and pairs as JSON, None as empty)."""
-        return {name: _text(value) for name, value in self.__dict__.items()}
 
     def changed_fields(self, before: Profile | None = None) -> dict[str, str]:
         """The Redis fields that differ from ``before``: what a write of this profile must send.

@@ -296,11 +296,8 @@ class ProfileStore:
             due_key = "" if due_until is None else self.keys.due(partition)
             replies = await self._read(reading, due_key, due_until)
             flat = replies[0]
-            due = {
-                flat[k].decode(): float(flat[k + 1])
-                for k in range(0, len(flat), 2)
-                if only is None or flat[k].decode() in only
-            }
+            scored = zip((c.decode() for c in flat[::2]), flat[1::2], strict=True)
+            due = {c: float(score) for c, score in scored if only is None or c in only}
             self._finish_read(reading, replies[1:], work)
         missing = [c for c in due if c not in work and not self._from_cache(c, work)]
         if missing:
