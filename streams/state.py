@@ -21,7 +21,6 @@ import heapq
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import hiredis
 import redis.asyncio as aioredis
@@ -37,7 +36,8 @@ from segstream.schemas import (
     OrderReturned,
     ReviewPosted,
     SegmentChanged,
-    encode_event,
+    flat_encoder,
+    wire_time,
 )
 from streams.clusters import OnlineClusters, features
 from streams.profile import Profile
@@ -165,10 +165,10 @@ class ScriptLost(aioredis.ConnectionError):
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_READ, _WRITE)}
 
 
-# The change events' validators, called directly: the models' __init__ adds a Python layer that
-# costs a third of a change event's construction, and a batch builds tens of thousands of them.
-_segment_changed = SegmentChanged.__pydantic_validator__.validate_python
-_churn_changed = ChurnChanged.__pydantic_validator__.validate_python
+# Change events are encoded from their values, without building and validating their models: a
+# replay derives more of them than it has input events (tests check the bytes equal the models').
+_segment_changed = flat_encoder(SegmentChanged)
+_churn_changed = flat_encoder(ChurnChanged)
 
 CAUSES = {
     OrderPlaced: "purchase",
@@ -200,7 +200,9 @@ class _Working:
     applied: set[str]  # event ids applied as stored (shared with the cache: never changed in place)
     fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
     duplicates: int = 0
-    steps: list = field(default_factory=list)  # (segment change, churn change) per re-derivation that changed either
+    # change events of the batch: (previous, new, event-day, payload) flat per segment change; payloads of churn changes
+    segment_changes: list = field(default_factory=list)
+    churn_changes: list[bytes] = field(default_factory=list)
     due: float | None = None
     dirty: bool = False
 
@@ -233,6 +235,7 @@ class ProfileStore:
         # profiles as this worker last wrote them, with their applied event ids; most recent last
         self._cache: dict[str, tuple[Profile, set[str]]] = {}
         self._loaded: set[str] = set()  # the scripts Redis has (by source)
+        self._times: dict[float, str] = {}  # event times as change events write them (ticks share a few)
 
     async def _run_script(self, script: str, args: list) -> list:
         """Run a script by its SHA (loading it once; again if Redis lost it).
@@ -455,17 +458,13 @@ class ProfileStore:
             expected = profile.version
             profile.version = expected + 1
             fields = profile.changed_fields(state.base)
-            segment = [change for change, _ in state.steps if change is not None]
-            churn = [change for _, change in state.steps if change is not None]
             scored = 1 if profile.last_purchase is not None else 0
-            counts = f"{len(segment)} {len(churn)}"
+            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
             shape = f"{expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
             args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
             args.append("" if state.due is None else repr(state.due))
-            for change in segment:
-                day = change.event_time.date().isoformat()
-                args += [change.previous_segment, change.segment, day, encode_event(change)]
-            args += [encode_event(change) for change in churn]
+            args += state.segment_changes
+            args += state.churn_changes
             planned.append((customer, state))
         if not planned and not only_duplicates and watermark is None:
             return []
@@ -497,7 +496,7 @@ class ProfileStore:
             self._remember(customer, state.profile, state.applied.union(state.fresh) if state.fresh else state.applied)
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
-            result.changed += bool(state.steps)
+            result.changed += bool(state.segment_changes or state.churn_changes)
         self.forget(lost)
         return lost
 
@@ -508,41 +507,43 @@ class ProfileStore:
         profile.evaluate(now, self.scorer, self.rules)
         if profile.segment == previous_segment and profile.churn == previous_churn:
             return
-        moment = datetime.fromtimestamp(now, tz=UTC)
-        segment_change = churn_change = None
+        moment = self._times.get(now)
+        if moment is None:
+            if len(self._times) >= 10_000:
+                self._times.clear()
+            moment = self._times[now] = wire_time(now)
+        customer = profile.customer_unique_id
         if profile.segment != previous_segment:
             profile.segment_changes += 1
-            segment_change = _segment_changed(
-                dict(
-                    event_id=f"segment:{profile.customer_unique_id}:{profile.segment_changes}",
-                    event_time=moment,
-                    customer_unique_id=profile.customer_unique_id,
-                    previous_segment=previous_segment,
-                    segment=profile.segment,
-                    cause=cause,
-                    r=profile.r,
-                    f=profile.f,
-                    m=profile.m,
-                    cluster=profile.cluster,
-                    churn=profile.churn,
-                    source_event_id=source,
-                )
+            payload = _segment_changed(
+                f"segment:{customer}:{profile.segment_changes}",
+                moment,
+                customer,
+                previous_segment,
+                profile.segment,
+                cause,
+                profile.r,
+                profile.f,
+                profile.m,
+                profile.cluster,
+                profile.churn,
+                source,
             )
+            state.segment_changes += (previous_segment, profile.segment, moment[:10], payload)
         if profile.churn != previous_churn:
             profile.churn_changes += 1
-            churn_change = _churn_changed(
-                dict(
-                    event_id=f"churn:{profile.customer_unique_id}:{profile.churn_changes}",
-                    event_time=moment,
-                    customer_unique_id=profile.customer_unique_id,
-                    previous_status=previous_churn,
-                    status=profile.churn,
-                    reasons=profile.churn_reasons,
-                    cause=cause,
-                    source_event_id=source,
+            state.churn_changes.append(
+                _churn_changed(
+                    f"churn:{customer}:{profile.churn_changes}",
+                    moment,
+                    customer,
+                    previous_churn,
+                    profile.churn,
+                    profile.churn_reasons,
+                    cause,
+                    source,
                 )
             )
-        state.steps.append((segment_change, churn_change))
 
     async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20) -> int:
         """Re-derive every scored customer of the partition with the current thresholds, at the

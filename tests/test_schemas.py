@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from replay.olist import load_olist
 from segstream.schemas import (
+    ChurnChanged,
     ClockTick,
     OrderDelivered,
     ReviewPosted,
+    SegmentChanged,
     decode_event,
+    decode_output,
     encode_event,
     event_json_schema,
+    flat_encoder,
+    wire_time,
 )
 from tests.conftest import EDGE
 
@@ -76,3 +83,70 @@ def test_delivered_late_may_be_unknown() -> None:
 def test_exported_json_schema_is_current() -> None:
     exported = json.loads((DOCS / "events.schema.json").read_text())
     assert exported == event_json_schema(), "regenerate with: segstream schemas > docs/events.schema.json"
+
+
+_text = st.text(min_size=1, max_size=12)  # any code point: quotes, backslashes, control characters, non-ASCII
+_score = st.none() | st.integers(1, 5)
+_cause = st.sampled_from(["purchase", "review", "delivery", "cancel", "time", "rescore"])
+_moment = st.datetimes(
+    min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+) | st.datetimes(timezones=st.sampled_from([timezone(timedelta(0)), timezone(timedelta(hours=-3))]))
+
+
+@given(
+    st.tuples(
+        _text,
+        _moment,
+        _text,
+        st.text(max_size=12),
+        st.text(max_size=12),
+        _cause,
+        _score,
+        _score,
+        _score,
+        st.none() | st.integers(-(2**40), 2**40),
+        st.text(max_size=8),
+        st.none() | _text,
+    )
+)
+def test_flat_encoder_writes_what_the_segment_model_writes(values: tuple) -> None:
+    names = [n for n in SegmentChanged.model_fields if n not in ("schema_version", "event_type")]
+    model = SegmentChanged(**dict(zip(names, values, strict=True)))
+    payload = flat_encoder(SegmentChanged)(*values)
+    assert payload == encode_event(model)
+    assert decode_output(payload) == model
+
+
+@given(
+    st.tuples(
+        _text,
+        _moment,
+        _text,
+        st.text(max_size=12),
+        st.sampled_from(["active", "at_risk", "churned", ""]),
+        st.lists(st.text(max_size=8), max_size=4),
+        _cause,
+        st.none() | _text,
+    )
+)
+def test_flat_encoder_writes_what_the_churn_model_writes(values: tuple) -> None:
+    names = [n for n in ChurnChanged.model_fields if n not in ("schema_version", "event_type")]
+    model = ChurnChanged(**dict(zip(names, values, strict=True)))
+    assert flat_encoder(ChurnChanged)(*values) == encode_event(model)
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_wire_time_is_the_wire_form_of_a_utc_time(seconds: float) -> None:
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    tick = ClockTick(event_id="t", event_time=moment, replay_id="r", run_id="x", topic="o", partition=0)
+    assert json.loads(encode_event(tick))["event_time"] == wire_time(seconds)
+
+
+def test_flat_encoder_refuses_what_it_cannot_encode() -> None:
+    encode = flat_encoder(ChurnChanged)
+    with pytest.raises(TypeError, match="takes 8 values"):
+        encode("churn:u:1", "2017-01-01T00:00:00Z", "u", "", "active", ["recency"], "time", None, "extra")
+    with pytest.raises(TypeError):
+        encode(1.5, "2017-01-01T00:00:00Z", "u", "", "active", [], "time", None)  # a float id
+    with pytest.raises(TypeError, match="UTC offset"):
+        encode("c", datetime(2017, 1, 1), "u", "", "active", [], "time", None)  # naive time
