@@ -21,7 +21,8 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     # The worker allocates many short-lived objects per record and keeps many long-lived ones (the
     # profile cache): collect the young generation less often, and leave what exists at start-up
-    # (modules, the app) out of every collection (py-spy showed collections inside the fold's allocations).
+    # (modules, the app) out of every collection (py-spy showed collections inside the fold's allocations);
+    # each agent also freezes what survives its batches (streams/app.py).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     worker = faust.Worker(app, loglevel=_FAUST_LEVELS[settings.log_level], quiet=True)
