@@ -23,7 +23,7 @@ import faust
 
 from segstream.settings import Settings
 from streams.agents import StreamHandler
-from streams.consumer import WorkerApp, take_available
+from streams.consumer import RawSchema, WorkerApp, take_available
 
 __all__ = ["create_app"]
 
@@ -65,8 +65,8 @@ def create_app(settings: Settings) -> faust.App:
     async def send(topic: str, key: bytes | None, value: bytes):
         return await outputs[topic].send(key=key, value=value)
 
-    orders = app.topic(settings.topic_orders, key_serializer="raw", value_serializer="raw")
-    reviews = app.topic(settings.topic_reviews, key_serializer="raw", value_serializer="raw")
+    orders = app.topic(settings.topic_orders, schema=RawSchema())
+    reviews = app.topic(settings.topic_reviews, schema=RawSchema())
 
     async def consume(topic: str, stream) -> None:
         async for batch in take_available(stream, settings.worker_batch):

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import cached_property
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import EventT
 
-__all__ = ["WorkerApp", "take_available"]
+__all__ = ["RawSchema", "WorkerApp", "take_available"]
 
 
 class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -102,6 +103,26 @@ class BatchDrainConsumer(FetchWaitConsumer):
             raise
 
 
+class RawSchema(faust.Schema):
+    """Keys and values as the bytes on the wire, without Faust's per-record codec lookups.
+
+    What ``key_serializer="raw", value_serializer="raw"`` gives, decoded in one call: the agents
+    parse records themselves (``segstream.schemas.decode_event``), and Faust's generic decode
+    (schema, serializer registry, codec, settings lookups per record) cost more than the Event.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, *, default_propagate: bool = False, **_errors: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> EventT:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
+
+
 class WorkerApp(faust.App):
     """A ``faust.App`` with segstream's consumer (the producer is Faust's).
 
@@ -112,6 +133,14 @@ class WorkerApp(faust.App):
     def __init__(self, *args: Any, batch_drain: bool = True, fetch_wait_ms: int = 1_500, **kwargs: Any) -> None:
         self.batch_drain, self.fetch_wait_ms = batch_drain, fetch_wait_ms
         super().__init__(*args, **kwargs)
+
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> EventT:
+        # Faust looks the Event class up in its settings for every record (a settings-registry call)
+        return self._event_class(self, key, value, headers, message)
+
+    @cached_property
+    def _event_class(self) -> type:
+        return self.conf.Event
 
     def _new_transport(self) -> aiokafka_driver.Transport:
         transport = aiokafka_driver.Transport(self.conf.broker_consumer, self)
