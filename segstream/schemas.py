@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from operator import call
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
@@ -257,23 +256,48 @@ def flat_encoder(model: type[BaseModel]) -> Callable[..., bytes]:
     ...     previous_status="", status="at_risk", reasons=["recency"], cause="time"))
     True
     """
-    template, converters = [], []
+    template, names, expressions = [], [], []
     for name, info in model.model_fields.items():
         if get_origin(info.annotation) is Literal and get_args(info.annotation) == (info.default,):
             constant = TypeAdapter(info.annotation).dump_json(info.default).decode()
             template.append(f"{json.dumps(name)}:{constant.replace('%', '%%')}")
-        else:
-            template.append(f"{json.dumps(name)}:%s")
-            # a str field's value goes straight to the C escaper (which rejects anything but a str)
-            converters.append(_json_str if info.annotation is str else _json_value)
-    form = "{" + ",".join(template) + "}"
-
-    def encode(*values: Any) -> bytes:
-        if len(values) != len(converters):
-            raise TypeError(f"{model.__name__} takes {len(converters)} values, got {len(values)}")
-        return (form % tuple(map(call, converters, values))).encode()
-
+            continue
+        template.append(f"{json.dumps(name)}:%s")
+        value = f"v{len(names)}"
+        names.append(value)
+        expressions.append(_EXPRESSIONS.get(_kind_of(info.annotation), "_value({})").format(value))
+    # generated like a dataclass __init__: one call per event, no per-value function calls
+    source = f"def encode({', '.join(names)}):\n    return (form % ({', '.join(expressions)},)).encode()\n"
+    scope = {"form": "{" + ",".join(template) + "}", "_s": _json_str, "_int": int.__repr__, "_value": _json_value}
+    exec(source, scope)  # the source is built above from the model's field names only
+    encode = scope["encode"]
+    encode.__qualname__ = f"flat_encoder({model.__name__})"
     return encode
+
+
+def _kind_of(annotation: Any) -> str:
+    """What a field holds, for :func:`flat_encoder`: str, str?, int?, int, list[str], or other."""
+    args = set(get_args(annotation))
+    if annotation is str or (get_origin(annotation) is Literal and all(type(a) is str for a in args)):
+        return "str"
+    if annotation is int:
+        return "int"
+    if args == {str, type(None)}:
+        return "str?"
+    if args == {int, type(None)}:
+        return "int?"
+    if get_origin(annotation) is list and args == {str}:
+        return "list[str]"
+    return "other"
+
+
+_EXPRESSIONS = {
+    "str": "_s({})",  # the C escaper, which refuses anything but a str
+    "str?": "('null' if {0} is None else _s({0}))",
+    "int": "_int({})",  # int.__repr__ refuses anything but an int
+    "int?": "('null' if {0} is None else _int({0}))",
+    "list[str]": "('[' + ','.join(map(_s, {0})) + ']')",
+}
 
 
 _json_str = json.encoder.encode_basestring  # escapes as pydantic does: quotes, backslash, control chars

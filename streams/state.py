@@ -191,7 +191,7 @@ class BatchResult:
     changed: int = 0  # customers whose segment or churn status changed
 
 
-@dataclass
+@dataclass(slots=True)
 class _Working:
     """One customer's state while a batch is folded: the profile being updated and what to write."""
 

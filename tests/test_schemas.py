@@ -144,7 +144,7 @@ def test_wire_time_is_the_wire_form_of_a_utc_time(seconds: float) -> None:
 
 def test_flat_encoder_refuses_what_it_cannot_encode() -> None:
     encode = flat_encoder(ChurnChanged)
-    with pytest.raises(TypeError, match="takes 8 values"):
+    with pytest.raises(TypeError, match="takes 8 positional arguments"):
         encode("churn:u:1", "2017-01-01T00:00:00Z", "u", "", "active", ["recency"], "time", None, "extra")
     with pytest.raises(TypeError):
         encode(1.5, "2017-01-01T00:00:00Z", "u", "", "active", [], "time", None)  # a float id
