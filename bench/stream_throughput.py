@@ -4,6 +4,9 @@
 
 One run, on the embedded broker and redis-server (fresh, free ports), a synthetic history:
 
+0. a bare Faust agent (4, stock) on a first replay of the same history into topics of its own:
+   with (4) after the segstream runs, it brackets them in time (this machine's speed drifts by
+   up to 1.6x within minutes); ratios are to the mean of the two.
 1. end-to-end: a segstream worker is started and has joined its group; the replay starts; the
    clock stops when every partition's end-of-replay tick has been processed (the last Redis
    update). events/s = customer events / that time.
@@ -13,8 +16,10 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    every final tick.
 4. bare Faust agent: an agent that only decodes (json.loads) and counts the same messages, same
    short broker timeouts, until every final tick; stock Faust, then on segstream's batch drain loop.
-5. latency: replay at a constant --rate events/s into fresh topics with the worker running; the worker
-   records, per record, Redis-update time minus the replay's send time (a Kafka header).
+5. latency: on fresh services (a broker and a Redis holding only this phase's state), replay at a
+   constant --rate events/s with the worker running; the worker records, per record,
+   Redis-update time minus the replay's send time (a Kafka header). Redis forks during the
+   phase (AOF rewrites, which cost latency on 2 cores) are counted.
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
 """
 
@@ -145,6 +150,7 @@ def _bare_faust(
 ) -> tuple[int, float]:
     script, out = workdir / "bare_agent.py", workdir / f"bare-{int(batch_drain)}.json"
     script.write_text(BARE_AGENT)
+    out.unlink(missing_ok=True)  # the agent writes it when done: a previous run's must not count
     args = [settings.kafka_bootstrap_servers, settings.topic_orders, settings.topic_reviews, replay_id, str(partitions)]
     proc = subprocess.Popen(
         [sys.executable, str(script), "worker", "-l", "warn", "--without-web"],
@@ -187,6 +193,12 @@ def main() -> None:
                 update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}
             )
             partitions = 2 * e2e.topic_partitions
+            before = e2e.model_copy(update={"topic_orders": f"{tag}.pre.orders", "topic_reviews": f"{tag}.pre.reviews"})
+            _create_topics(before)
+            pre = asyncio.run(replay_history(history, before))
+            count, seconds = _bare_faust(before, pre.replay_id, partitions, workdir)
+            figures["bare_faust_before_msgs_per_s"] = round(count / seconds)
+            print(f"bare Faust, before: {figures['bare_faust_before_msgs_per_s']} msgs/s", file=sys.stderr)
             _create_topics(e2e)
             worker = start_worker(e2e, workdir / "e2e-worker.log")
             _wait_ready(workdir / "e2e-worker.log")
@@ -225,17 +237,25 @@ def main() -> None:
             figures["raw_aiokafka_msgs_per_s"] = round(count / seconds)
             print(f"raw aiokafka: {figures['raw_aiokafka_msgs_per_s']} msgs/s", file=sys.stderr)
             count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir)
-            figures["bare_faust_msgs_per_s"] = round(count / seconds)
+            figures["bare_faust_after_msgs_per_s"] = round(count / seconds)
             figures["messages_incl_ticks"] = count
             figures["end_to_end_msgs_per_s"] = round(count / (finished - started))
-            bare = figures["bare_faust_msgs_per_s"]
+            bare = (figures["bare_faust_before_msgs_per_s"] + figures["bare_faust_after_msgs_per_s"]) / 2
+            figures["bare_faust_msgs_per_s"] = round(bare)
             figures["ratio_end_to_end_to_bare_faust"] = round(figures["end_to_end_msgs_per_s"] / bare, 3)
             figures["ratio_catch_up_to_bare_faust"] = round(figures["catch_up_msgs_per_s"] / bare, 3)
             count, seconds = _bare_faust(e2e, summary.replay_id, partitions, workdir, batch_drain=True)
             figures["bare_faust_batch_drain_msgs_per_s"] = round(count / seconds)
             print(json.dumps(figures), file=sys.stderr)
 
-        # latency at a fixed rate
+        # latency at a fixed rate, on fresh services: the earlier phases' state (hundreds of MB)
+        # would otherwise be rewritten by Redis's AOF during this phase
+        if not args.latency_only:
+            services_down(base)
+            base = base.model_copy(
+                update={"run_dir": workdir / "run-latency", "kafka_port": free_port(), "redis_port": free_port()}
+            )
+            services_up(base)
         lat = _variant(base, f"lat{tag}").model_copy(
             update={"topic_orders": f"{tag}.lat.orders", "topic_reviews": f"{tag}.lat.reviews"}
         )
@@ -244,11 +264,13 @@ def main() -> None:
         _wait_ready(workdir / "lat-worker.log")
         # a constant wall-clock rate: a history's event volume grows over its event time, so any
         # event-time speed ramps the rate up over the window
+        forks = redis.Redis.from_url(lat.redis_address).info("stats")["total_forks"]
         paced = asyncio.run(
             replay_history(history, lat, rate=args.rate, max_events=int(args.rate * args.latency_seconds))
         )
         time.sleep(3)
         stop_worker(worker)
+        figures["latency_redis_forks"] = redis.Redis.from_url(lat.redis_address).info("stats")["total_forks"] - forks
         latencies = [
             float(v) for v in redis.Redis.from_url(lat.redis_address).lrange(Keys(lat.redis_prefix).latencies, 0, -1)
         ]
