@@ -142,10 +142,28 @@ class WorkerApp(faust.App):
     def _event_class(self) -> type:
         return self.conf.Event
 
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        if not self.conf.producer_threaded:
+            _cheap_ebb(producer.buffer)
+        return producer
+
     def _new_transport(self) -> aiokafka_driver.Transport:
         transport = aiokafka_driver.Transport(self.conf.broker_consumer, self)
         transport.Consumer = BatchDrainConsumer if self.batch_drain else FetchWaitConsumer
         return transport
+
+
+def _cheap_ebb(buffer: Any) -> None:
+    """Faust's conductor awaits ``buffer.wait_until_ebb()`` for every record; its size check reads
+    a setting (``producer_threaded``) each time. Same check, the setting read once."""
+    pending, wait_until_ebb = buffer.pending, buffer.wait_until_ebb
+
+    async def cheap_wait_until_ebb() -> None:
+        if pending.qsize() > buffer.max_messages:
+            await wait_until_ebb()
+
+    buffer.wait_until_ebb = cheap_wait_until_ebb
 
 
 async def take_available(stream: faust.StreamT, max_: int) -> AsyncIterator[list[EventT]]:

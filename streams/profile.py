@@ -181,7 +181,7 @@ class Profile:
         in place, so the two profiles may share them.
         """
         twin = object.__new__(Profile)
-        twin.__dict__.update(self.__dict__)
+        twin.__dict__ = self.__dict__.copy()  # keeps the declaration order changed_fields relies on
         return twin
 
     @classmethod
@@ -198,6 +198,7 @@ class Profile:
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps without its per-call setup
+_json_ascii = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (C)
 
 
 def _text(value) -> str:
@@ -209,7 +210,9 @@ def _text(value) -> str:
         return repr(value)
     if value is None:
         return ""
-    if kind is list or kind is tuple:
+    if kind is list:  # lists of str (products, churn reasons): joined, the bytes json.dumps would give
+        return "[" + ",".join(map(_json_ascii, value)) + "]"
+    if kind is tuple:
         return _compact(value)
     if kind is bool:
         return "1" if value else "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from replay.history import TICK
 from replay.olist import OLIST_FILES, load_olist
+from streams.profile import Profile, _text
 from tests.conftest import EDGE
 
 
@@ -48,3 +50,11 @@ def test_every_tick_is_a_watermark(tick_seconds: int) -> None:
     events = times[kinds != TICK]
     step = tick_seconds * 1_000_000_000
     assert len(ticks) == events.max() // step - (events.min() - 1) // step
+
+
+@given(st.lists(st.text(max_size=10), max_size=5), st.tuples(st.floats(allow_nan=False), st.text(max_size=10)))
+def test_profile_fields_text_is_compact_json(strings: list[str], pair: tuple[float, str]) -> None:
+    assert _text(strings) == json.dumps(strings, separators=(",", ":"))
+    assert _text(pair) == json.dumps(pair, separators=(",", ":"))
+    profile = Profile("u", products=strings, churn_reasons=strings[:2], last_review=pair)
+    assert Profile.from_redis(profile.changed_fields()) == profile
