@@ -20,10 +20,11 @@ def run_worker(settings: Settings) -> None:
     mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")  # before the app makes its loop
     app = create_app(settings)
     # The worker allocates many short-lived objects per record and keeps many long-lived ones (the
-    # profile cache): collect the young generation less often, and leave what exists at start-up
-    # (modules, the app) out of every collection (py-spy showed collections inside the fold's allocations);
-    # each agent also freezes what survives its batches (streams/app.py).
+    # profile cache). Each agent freezes what survives its batch (streams/app.py), which resets the
+    # young generation's count: with a threshold above what a batch leaves alive, collections
+    # almost never run. Offline, 303k records of a 100k-order history: 2.2 s of gen0 collections
+    # at 50,000 -> 0.2 s at 500,000, and 138 vs 172 cyclic objects left for a full collection.
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(500_000, 20, 100)
     worker = faust.Worker(app, loglevel=_FAUST_LEVELS[settings.log_level], quiet=True)
     worker.execute_from_commandline()
