@@ -124,7 +124,8 @@ class RawSchema(faust.Schema):
 
 
 class WorkerApp(faust.App):
-    """A ``faust.App`` with segstream's consumer (the producer is Faust's).
+    """A ``faust.App`` with segstream's consumer, an Event class looked up once, and Faust's
+    producer with a cheaper per-record buffer check (:func:`_cheap_ebb`).
 
     ``batch_drain``: use :class:`BatchDrainConsumer` (else Faust's drain loop);
     ``fetch_wait_ms``: how long a fetch waits for records at most (Faust's own: 1,500 ms).
