@@ -264,16 +264,15 @@ def main() -> None:
         _wait_ready(workdir / "lat-worker.log")
         # a constant wall-clock rate: a history's event volume grows over its event time, so any
         # event-time speed ramps the rate up over the window
-        forks = redis.Redis.from_url(lat.redis_address).info("stats")["total_forks"]
+        lat_redis = redis.Redis.from_url(lat.redis_address)
+        forks = lat_redis.info("stats")["total_forks"]
         paced = asyncio.run(
             replay_history(history, lat, rate=args.rate, max_events=int(args.rate * args.latency_seconds))
         )
         time.sleep(3)
         stop_worker(worker)
-        figures["latency_redis_forks"] = redis.Redis.from_url(lat.redis_address).info("stats")["total_forks"] - forks
-        latencies = [
-            float(v) for v in redis.Redis.from_url(lat.redis_address).lrange(Keys(lat.redis_prefix).latencies, 0, -1)
-        ]
+        figures["latency_redis_forks"] = lat_redis.info("stats")["total_forks"] - forks
+        latencies = [float(v) for v in lat_redis.lrange(Keys(lat.redis_prefix).latencies, 0, -1)]
         figures["latency_rate_events_per_s"] = args.rate
         # what the paced replay achieved: event volume is not uniform over a history's event time
         figures["latency_replayed_events_per_s"] = round(paced.events_per_s)

@@ -16,6 +16,7 @@ next changes their R score or churn status. A clock tick at T reads the customer
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import heapq
 import logging
@@ -169,6 +170,7 @@ _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_READ, 
 # replay derives more of them than it has input events (tests check the bytes equal the models').
 _segment_changed = flat_encoder(SegmentChanged)
 _churn_changed = flat_encoder(ChurnChanged)
+_wire_time = functools.lru_cache(maxsize=10_000)(wire_time)  # the customers due at a tick share its time
 
 CAUSES = {
     OrderPlaced: "purchase",
@@ -235,7 +237,6 @@ class ProfileStore:
         # profiles as this worker last wrote them, with their applied event ids; most recent last
         self._cache: dict[str, tuple[Profile, set[str]]] = {}
         self._loaded: set[str] = set()  # the scripts Redis has (by source)
-        self._times: dict[float, str] = {}  # event times as change events write them (ticks share a few)
 
     async def _run_script(self, script: str, args: list) -> list:
         """Run a script by its SHA (loading it once; again if Redis lost it).
@@ -507,11 +508,7 @@ class ProfileStore:
         profile.evaluate(now, self.scorer, self.rules)
         if profile.segment == previous_segment and profile.churn == previous_churn:
             return
-        moment = self._times.get(now)
-        if moment is None:
-            if len(self._times) >= 10_000:
-                self._times.clear()
-            moment = self._times[now] = wire_time(now)
+        moment = _wire_time(now)
         customer = profile.customer_unique_id
         if profile.segment != previous_segment:
             profile.segment_changes += 1
