@@ -27,8 +27,9 @@ class Keys:
         """Set: event ids already folded into the customer's profile (idempotence)."""
         return f"{self.prefix}:applied:{customer}"
 
-    def due(self, partition: int) -> str:
-        """Sorted set: customers of a partition by the event time their state next changes by time alone."""
+    def due(self, partition: int | str) -> str:
+        """Sorted set: customers of a partition by the event time their state next changes by time alone
+        (``due("")`` is the prefix the write script completes)."""
         return f"{self.prefix}:due:{partition}"
 
     def transitions(self, day: str) -> str:

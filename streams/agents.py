@@ -120,20 +120,11 @@ class StreamHandler:
                     finals.append((partition, event))
             elif headers:
                 sent_at.extend(int(v) for k, v in headers if k == SENT_AT_HEADER)
-        await asyncio.gather(
-            *(self._partition(store, p, events, watermarks, clock) for p, events in by_partition.items())
-        )
-        done_ms = time.time() * 1000
-        await store.count(ticks=ticks, latencies_ms=[round(done_ms - sent, 1) for sent in sent_at])
+        _, ends = await store.process(by_partition, watermarks, clock, ticks=ticks, sent_at_ms=sent_at)
+        watermarks.update(ends)
         for partition, tick in finals:
             await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
             log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
-
-    @staticmethod
-    async def _partition(
-        store: ProfileStore, partition: int, items: list, watermarks: dict[int, float], clock: bool
-    ) -> None:
-        _, watermarks[partition] = await store.process(partition, items, watermarks.get(partition, 0.0), clock)
 
     async def _dead_letter(
         self, send: Send, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, reason: str

@@ -49,18 +49,24 @@ __all__ = ["BatchResult", "ProfileStore", "ScriptLost", "cause_of"]
 log = logging.getLogger(__name__)
 
 _WRITE = """
--- ARGV: header then writes, all flat strings (no decoding):
--- profile prefix, applied prefix, transitions prefix, due key, segments, changes, outbox, counters,
--- watermarks, partition, watermark ('' = none), recent-changes cap, segment topic, churn topic,
--- duplicates of customers with nothing to write, number of writes; then per write:
--- customer; its shape, seven numbers in one string: 'expected-version n-fields n-ids scored(1/0)
--- duplicates n-segment-changes n-churn-changes'; the field names in one string, space-separated;
--- value * n-fields; id * n-ids; due ('' = none); (previous, new, event-day, payload) * n-segment-changes;
--- payload * n-churn-changes. (Packing costs the worker per argument: numbers and names travel together.)
-local profile, applied_prefix, transitions = ARGV[1], ARGV[2], ARGV[3]
-local due_key, segments, changes, outbox, counters = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local recent, segment_topic, churn_topic = ARGV[12], ARGV[13], ARGV[14]
-local duplicates = tonumber(ARGV[15])
+-- ARGV: a header, then sections, all flat strings (no decoding). Header: profile prefix, applied
+-- prefix, transitions prefix, due-index prefix, segments, changes, outbox, counters, watermarks,
+-- latencies, recent-changes cap, latencies cap, segment topic, churn topic, duplicates of
+-- customers with nothing to write, clock ticks, number of watermarks, number of send times,
+-- number of writes. Sections: (partition, watermark) * watermarks; send time (ms) * send times;
+-- then per write: customer; its shape, eight numbers in one string: 'partition expected-version
+-- n-fields n-ids scored(1/0) duplicates n-segment-changes n-churn-changes'; the field names in one
+-- string, space-separated; value * n-fields; id * n-ids; due ('' = none); (previous, new,
+-- event-day, payload) * n-segment-changes; payload * n-churn-changes.
+-- (Packing costs the worker per argument: numbers and names travel together.)
+local profile, applied_prefix, transitions, due_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local segments, changes, outbox, counters, watermarks = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local latencies, recent, latency_cap = ARGV[10], ARGV[11], tonumber(ARGV[12])
+local segment_topic, churn_topic = ARGV[13], ARGV[14]
+local duplicates, ticks = tonumber(ARGV[15]), tonumber(ARGV[16])
+local nwatermarks, nsent, nwrites = tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19])
+local watermarks_at = 20
+local sent_at = watermarks_at + 2 * nwatermarks
 local applied, consumed = 0, duplicates
 local lost = {}
 -- segment counts and transitions add up over the batch; change events leave in a few outbox
@@ -74,12 +80,13 @@ local function to_outbox(topic, customer, payload)
   out[#out + 1] = payload
   if #out >= 2000 then flush_outbox() end
 end
-local i = 17
-for write = 1, tonumber(ARGV[16]) do
+local i = sent_at + nsent
+for write = 1, nwrites do
   local customer, names = ARGV[i], ARGV[i + 2]
   local shape = {}
   for number in string.gmatch(ARGV[i + 1], '%d+') do shape[#shape + 1] = tonumber(number) end
-  local expected, nfields, nids, scored, dups, nsegment, nchurn = unpack(shape)
+  local partition, expected, nfields, nids, scored, dups, nsegment, nchurn = unpack(shape)
+  local due_key = due_prefix .. partition
   local pkey, akey = profile .. customer, applied_prefix .. customer
   local fields_at = i + 3
   local ids_at = fields_at + nfields
@@ -141,17 +148,35 @@ end
 if consumed > 0 then redis.call('HINCRBY', counters, 'consumed', consumed) end
 if applied > 0 then redis.call('HINCRBY', counters, 'applied', applied) end
 if duplicates > 0 then redis.call('HINCRBY', counters, 'duplicates', duplicates) end
-if ARGV[11] ~= '' then redis.call('HSET', ARGV[9], ARGV[10], ARGV[11]) end
+if ticks > 0 then redis.call('HINCRBY', counters, 'ticks', ticks) end
+if nwatermarks > 0 then
+  redis.call('HSET', watermarks, unpack(ARGV, watermarks_at, watermarks_at + 2 * nwatermarks - 1))
+end
+-- latency from each event's send time to this update (the server's clock, once all is written)
+if nsent > 0 then
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000
+  local samples = {}
+  for k = sent_at, sent_at + nsent - 1 do
+    samples[#samples + 1] = string.format('%.1f', now_ms - tonumber(ARGV[k]))
+    if #samples == 1000 then redis.call('LPUSH', latencies, unpack(samples)); samples = {} end
+  end
+  if #samples > 0 then redis.call('LPUSH', latencies, unpack(samples)) end
+  redis.call('LTRIM', latencies, 0, latency_cap - 1)
+end
 return lost
 """
 
 
 _READ = """
--- ARGV: profile prefix, applied prefix, due key ('' = none), due until, customers...
--- returns: the due customers with their scores (flat), then per customer its profile hash (flat)
--- and its applied event ids
-local out = {ARGV[3] ~= '' and redis.call('ZRANGEBYSCORE', ARGV[3], '-inf', ARGV[4], 'WITHSCORES') or {}}
-for k = 5, #ARGV do
+-- ARGV: profile prefix, applied prefix, number of due queries, (due key, due until) * queries, customers...
+-- returns: per query the due customers with their scores (flat), then per customer its profile
+-- hash (flat) and its applied event ids
+local out, queries = {}, tonumber(ARGV[3])
+for k = 4, 3 + 2 * queries, 2 do
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', ARGV[k], '-inf', ARGV[k + 1], 'WITHSCORES')
+end
+for k = 4 + 2 * queries, #ARGV do
   out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ARGV[k])
   out[#out + 1] = redis.call('SMEMBERS', ARGV[2] .. ARGV[k])
 end
@@ -222,6 +247,7 @@ class ProfileStore:
         segment_topic: str,
         churn_topic: str,
         recent_changes: int = 1000,
+        recent_latencies: int = 50_000,
         clusters: OnlineClusters | None = None,
         cache_size: int = 200_000,
     ) -> None:
@@ -232,6 +258,7 @@ class ProfileStore:
         self.segment_topic = segment_topic
         self.churn_topic = churn_topic
         self.recent_changes = recent_changes
+        self.recent_latencies = recent_latencies
         self.clusters = clusters
         self.cache_size = cache_size
         # profiles as this worker last wrote them, with their applied event ids; most recent last
@@ -277,38 +304,36 @@ class ProfileStore:
         if len(self._cache) > self.cache_size:
             self._cache.pop(next(iter(self._cache)))
 
-    def forget(self, customers=None) -> None:
-        """Drop cached profiles (all when ``customers`` is None): the next use reads Redis."""
-        if customers is None:
-            self._cache.clear()
-        for customer in customers or ():
-            self._cache.pop(customer, None)
-
     async def _load(
-        self, partition: int, customers: list[str], due_until: float | None = None, only: set[str] | None = None
-    ) -> tuple[dict[str, _Working], dict[str, float]]:
-        """The working state of ``customers`` and of the partition's customers due by ``due_until``.
+        self, wanted: dict[int, list[str]], due_until: dict[int, float], only: dict[int, set[str]] | None = None
+    ) -> dict[int, tuple[dict[str, _Working], dict[str, float]]]:
+        """Per partition, the working state of its ``wanted`` customers and of its customers due
+        by ``due_until[partition]`` (partitions missing there: none due), with those due times.
 
         A cached profile is used as it is: it is what this worker last wrote, and its applied ids
         with it; if anything else wrote the customer since, the version moved and the write loses
-        its compare-and-set, and the customer is read again. Two round trips at most.
+        its compare-and-set, and the customer is read again. Two round trips at most, whatever the
+        number of partitions.
         """
-        work: dict[str, _Working] = {}
-        reading = [c for c in customers if not self._from_cache(c, work)]
-        due: dict[str, float] = {}
-        if reading or due_until is not None:
-            due_key = "" if due_until is None else self.keys.due(partition)
-            replies = await self._read(reading, due_key, due_until)
-            flat = replies[0]
-            scored = zip((c.decode() for c in flat[::2]), flat[1::2], strict=True)
-            due = {c: float(score) for c, score in scored if only is None or c in only}
-            self._finish_read(reading, replies[1:], work)
-        missing = [c for c in due if c not in work and not self._from_cache(c, work)]
+        loaded = {partition: ({}, {}) for partition in wanted}
+        reading = [(p, c) for p, cs in wanted.items() for c in cs if not self._from_cache(c, loaded[p][0])]
+        queries = [(p, until) for p, until in due_until.items() if p in loaded]
+        if reading or queries:
+            replies = await self._read([c for _, c in reading], queries)
+            for (partition, _until), flat in zip(queries, replies, strict=False):
+                keep = None if only is None else only[partition]
+                scored = zip((c.decode() for c in flat[::2]), flat[1::2], strict=True)
+                loaded[partition][1].update((c, float(s)) for c, s in scored if keep is None or c in keep)
+            self._finish_read(reading, replies[len(queries) :], loaded)
+        missing = [
+            (p, c) for p, (work, due) in loaded.items() for c in due if c not in work and not self._from_cache(c, work)
+        ]
         if missing:
-            self._finish_read(missing, (await self._read(missing))[1:], work)
-        for customer, score in due.items():
-            work[customer].due = score
-        return work, due
+            self._finish_read(missing, await self._read([c for _, c in missing], []), loaded)
+        for work, due in loaded.values():
+            for customer, score in due.items():
+                work[customer].due = score
+        return loaded
 
     def _from_cache(self, customer: str, work: dict[str, _Working]) -> bool:
         hit = self._cache.get(customer)
@@ -317,30 +342,43 @@ class ProfileStore:
             work[customer] = _Working(profile.copy(), profile, applied)
         return hit is not None
 
-    async def _read(self, customers: list[str], due_key: str = "", due_until: float | None = None) -> list:
-        """One script call: the due customers by ``due_until`` (flat, with scores), then each
-        customer's profile hash (flat) and applied event ids (what :meth:`_finish_read` parses)."""
-        until = "" if due_until is None else repr(due_until)
-        return await self._run_script(_READ, [self.keys.profile(""), self.keys.applied(""), due_key, until, *customers])
+    async def _read(self, customers: list[str], queries: list[tuple[int, float]]) -> list:
+        """One script call: per ``(partition, until)`` query the partition's customers due by then
+        (flat, with scores), then each customer's profile hash (flat) and applied event ids."""
+        due = [arg for partition, until in queries for arg in (self.keys.due(partition), repr(until))]
+        prefixes = [self.keys.profile(""), self.keys.applied("")]
+        return await self._run_script(_READ, [*prefixes, len(queries), *due, *customers])
 
     @staticmethod
-    def _finish_read(customers: list[str], replies: list, work: dict[str, _Working]) -> None:
-        for index, customer in enumerate(customers):
+    def _finish_read(
+        customers: list[tuple[int, str]], replies: list, loaded: dict[int, tuple[dict[str, _Working], dict]]
+    ) -> None:
+        for index, (partition, customer) in enumerate(customers):
             flat, applied = replies[2 * index], replies[2 * index + 1]
             if flat:
                 base = Profile.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))
-                work[customer] = _Working(base.copy(), base, {i.decode() for i in applied})
+                state = _Working(base.copy(), base, {i.decode() for i in applied})
             else:
-                work[customer] = _Working(Profile(customer), None, {i.decode() for i in applied})
+                state = _Working(Profile(customer), None, {i.decode() for i in applied})
+            loaded[partition][0][customer] = state
 
     # ---- the fold --------------------------------------------------------------------------------
 
     async def process(
-        self, partition: int, items: list, watermark: float = 0.0, clock: bool = True, max_retries: int = 20
-    ) -> tuple[BatchResult, float]:
-        """Fold one partition's records (customer events and clock ticks, in offset order) into Redis.
+        self,
+        batches: dict[int, list],
+        watermarks: dict[int, float],
+        clock: bool = True,
+        *,
+        ticks: int = 0,
+        sent_at_ms: list[int] | None = None,
+        max_retries: int = 20,
+    ) -> tuple[BatchResult, dict[int, float]]:
+        """Fold each partition's records (customer events and clock ticks, in offset order) into Redis.
 
-        Equivalent to handling the records one at a time, in a few round trips per batch:
+        Equivalent to handling the records one at a time, in two or three round trips per batch
+        whatever the number of partitions (one read, one write, a second read for due customers
+        that are neither cached nor in the batch):
 
         - a customer event is applied once (its id is checked against the customer's applied set
           and the batch) and re-derives the profile. ``clock``: the event comes from the topic that
@@ -349,34 +387,50 @@ class ProfileStore:
           watermark). Events of the other topic (reviews) update the aggregates and are re-derived
           at the profile's current time: which topic a worker reads first cannot change when a
           segment changes.
-        - a run of clock ticks moves the watermark; with ``clock``, each customer due by the run's
-          last tick (the due index, or an event earlier in the batch) is re-derived at the first
-          tick at or after its due time, and again if that makes it due again within the run.
+        - a run of clock ticks moves the partition's watermark; with ``clock``, each customer due
+          by the run's last tick (the due index, or an event earlier in the batch) is re-derived at
+          the first tick at or after its due time, and again if that makes it due again in the run.
 
-        Each customer's outcome is one atomic compare-and-set write; a customer whose write lost a
-        race (the other topic's agent, or another worker across a rebalance) is folded again from
-        a fresh read. Returns the result and the watermark after the batch.
+        Partitions hold disjoint customers: each one's records are folded on their own, from its
+        watermark in ``watermarks`` (0 if absent). Every customer's outcome is an atomic
+        compare-and-set write, all in one script call, with the batch's ``ticks`` count and the
+        latency from each ``sent_at_ms`` (the replay's send time) to that write. A customer whose
+        write lost a race (the other topic's agent, or another worker across a rebalance) is folded
+        again from a fresh read. Returns the result and each partition's watermark after the batch.
         """
-        customers: dict[str, None] = {}  # in order of first appearance
-        last_tick = None
-        for item in items:
-            if isinstance(item, ClockTick):
-                moment = item.event_time.timestamp()
-                last_tick = moment if last_tick is None else max(last_tick, moment)
-            else:
-                customers[item.customer_unique_id] = None
+        customers: dict[int, dict[str, None]] = {}  # per partition, in order of first appearance
+        last_tick: dict[int, float] = {}
+        for partition, items in batches.items():
+            seen = customers[partition] = {}
+            for item in items:
+                if isinstance(item, ClockTick):
+                    moment = item.event_time.timestamp()
+                    last_tick[partition] = max(last_tick.get(partition, moment), moment)
+                else:
+                    seen[item.customer_unique_id] = None
         result = BatchResult()
-        only: set[str] | None = None
-        end = watermark
+        only: dict[int, set[str]] | None = None
+        ends = {partition: watermarks.get(partition, 0.0) for partition in batches}
+        extras = {"ticks": ticks, "sent_at_ms": sent_at_ms or []}  # written once, with the first write
         for _attempt in range(max_retries):
-            wanted = [c for c in customers if only is None or c in only]
-            work, due = await self._load(partition, wanted, last_tick if clock else None, only)
-            end = self._fold(items, watermark, clock, work, due, only)
-            lost = await self._write(partition, work, result, watermark=end if clock and last_tick else None)
+            wanted = {
+                p: [c for c in seen if only is None or c in only[p]]
+                for p, seen in customers.items()
+                if only is None or p in only
+            }
+            loaded = await self._load(wanted, last_tick if clock else {}, only)
+            work = {}
+            for partition, (part, due) in loaded.items():
+                keep = None if only is None else only[partition]
+                ends[partition] = self._fold(batches[partition], watermarks.get(partition, 0.0), clock, part, due, keep)
+                work[partition] = part
+            moved = {p: ends[p] for p in work if clock and p in last_tick}
+            lost = await self._write(work, result, watermarks=moved, **extras)
+            extras = {}
             if not lost:
-                return result, end
-            result.retries += len(lost)
-            only = set(lost)
+                return result, ends
+            result.retries += sum(len(customers) for customers in lost.values())
+            only = lost
         raise RuntimeError(f"gave up writing {len(only or ())} profiles after {max_retries} conflicting attempts")
 
     def _fold(
@@ -443,62 +497,75 @@ class ProfileStore:
             heapq.heappush(heap, (state.due, customer))
 
     async def _write(
-        self, partition: int, work: dict[str, _Working], result: BatchResult, watermark: float | None = None
-    ) -> list[str]:
-        """Write the batch's outcome in one atomic script call.
+        self,
+        work: dict[int, dict[str, _Working]],
+        result: BatchResult,
+        watermarks: dict[int, float] | None = None,
+        ticks: int = 0,
+        sent_at_ms: list[int] | None = None,
+    ) -> dict[int, set[str]]:
+        """Write the batch's outcome (``work`` per partition) in one atomic script call.
 
-        Returns the customers whose write lost (their cached profiles are stale and are dropped).
+        Returns, per partition, the customers whose write lost (their cached profiles are stale
+        and are dropped).
         """
         args: list[str | int] = []
         planned, only_duplicates = [], 0
-        for customer, state in work.items():
-            if not (state.dirty or state.fresh):
-                only_duplicates += state.duplicates
-                continue
-            profile = state.profile
-            expected = profile.version
-            profile.version = expected + 1
-            fields = profile.changed_fields(state.base)
-            scored = 1 if profile.last_purchase is not None else 0
-            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
-            shape = f"{expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
-            args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
-            args.append("" if state.due is None else repr(state.due))
-            args += state.segment_changes
-            args += state.churn_changes
-            planned.append((customer, state))
-        if not planned and not only_duplicates and watermark is None:
-            return []
+        for partition, part in work.items():
+            for customer, state in part.items():
+                if not (state.dirty or state.fresh):
+                    only_duplicates += state.duplicates
+                    continue
+                profile = state.profile
+                expected = profile.version
+                profile.version = expected + 1
+                fields = profile.changed_fields(state.base)
+                scored = 1 if profile.last_purchase is not None else 0
+                counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
+                shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
+                args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
+                args.append("" if state.due is None else repr(state.due))
+                args += state.segment_changes
+                args += state.churn_changes
+                planned.append((partition, customer, state))
+        watermarks = watermarks or {}
+        sent_at_ms = sent_at_ms or []
+        if not (planned or only_duplicates or watermarks or ticks or sent_at_ms):
+            return {}
         header = [
             self.keys.profile(""),
             self.keys.applied(""),
             self.keys.transitions(""),
-            self.keys.due(partition),
+            self.keys.due(""),
             self.keys.segments,
             self.keys.changes,
             self.keys.outbox,
             self.keys.counters,
             self.keys.watermarks,
-            partition,
-            "" if watermark is None else repr(watermark),
+            self.keys.latencies,
             self.recent_changes,
+            self.recent_latencies,
             self.segment_topic,
             self.churn_topic,
             only_duplicates,
+            ticks,
+            len(watermarks),
+            len(sent_at_ms),
             len(planned),
         ]
-        lost_at = set(await self._run_script(_WRITE, header + args))
+        marks = [arg for partition, mark in watermarks.items() for arg in (partition, repr(mark))]
+        lost_at = set(await self._run_script(_WRITE, [*header, *marks, *sent_at_ms, *args]))
         result.duplicates += only_duplicates
-        lost = []
-        for index, (customer, state) in enumerate(planned, start=1):
+        lost: dict[int, set[str]] = {}
+        for index, (partition, customer, state) in enumerate(planned, start=1):
             if index in lost_at:
-                lost.append(customer)
+                lost.setdefault(partition, set()).add(customer)
+                self._cache.pop(customer, None)
                 continue
             self._remember(customer, state.profile, state.applied.union(state.fresh) if state.fresh else state.applied)
             result.applied += len(state.fresh)
             result.duplicates += state.duplicates
             result.changed += bool(state.segment_changes or state.churn_changes)
-        self.forget(lost)
         return lost
 
     def _step(self, state: _Working, now: float, cause: str, source: str | None) -> None:
@@ -557,29 +624,17 @@ class ProfileStore:
             for _round in range(max_rounds):
                 if not pending:
                     break
-                work, _ = await self._load(partition, pending)
+                work, _ = (await self._load({partition: pending}, {}))[partition]
                 for customer, state in work.items():
                     profile = state.profile
                     if profile.evaluated_at is None:
                         continue
                     self._step(state, max(now, profile.evaluated_at), "rescore", None)
                     self._reschedule(state, [], customer)
-                pending = await self._write(partition, work, result)
+                pending = list((await self._write({partition: work}, result)).get(partition, ()))
             else:
                 raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
         return result.changed
-
-    async def count(self, latencies_ms: list[float] = (), keep_latencies: int = 50_000, **increments: int) -> None:
-        """Add to the counters, and remember the latest send-to-update latencies (one round trip)."""
-        pipe = self.client.pipeline(transaction=False)
-        for name, value in increments.items():
-            if value:
-                pipe.hincrby(self.keys.counters, name, value)
-        if latencies_ms:
-            pipe.lpush(self.keys.latencies, *latencies_ms)
-            pipe.ltrim(self.keys.latencies, 0, keep_latencies - 1)
-        if len(pipe):
-            await pipe.execute()
 
     async def counters(self) -> Counter:
         raw = await self.client.hgetall(self.keys.counters)
