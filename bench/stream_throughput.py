@@ -19,7 +19,11 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
 5. latency: on fresh services (a broker and a Redis holding only this phase's state), replay at a
    constant --rate events/s with the worker running; the worker records, per record,
    Redis-update time minus the replay's send time (a Kafka header). Redis forks during the
-   phase (AOF rewrites, which cost latency on 2 cores) are counted.
+   phase (AOF rewrites, which cost latency on 2 cores) are counted. First, the broker's own
+   floor on the same services: the same paced replay into topics of its own, read by a raw
+   aiokafka consumer (same fetch wait as the worker) that records receive time minus send time.
+   The embedded broker's fetches slow down as a partition's record batches accumulate (tansu
+   0.6.0's memory engine; measured in docs/benchmarks.md), so no consumer beats that floor.
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
 """
 
@@ -46,6 +50,7 @@ from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.schemas import SENT_AT_HEADER
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
 from streams.readmodel import replay_consumed
@@ -143,6 +148,54 @@ BARE_AGENT = textwrap.dedent(
     app.main()
     """
 )
+
+
+RAW_LATENCY = textwrap.dedent(
+    """
+    import asyncio, signal, sys, time
+    from aiokafka import AIOKafkaConsumer
+    bootstrap, orders, reviews, header, fetch_wait, out = sys.argv[1:7]
+    async def main():
+        consumer = AIOKafkaConsumer(orders, reviews, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=int(fetch_wait))
+        await consumer.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ages = []
+        open(out + ".ready", "w").close()
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            now_ms = time.time() * 1000
+            for messages in batch.values():
+                for message in messages:
+                    ages.extend(now_ms - int(v) for k, v in message.headers or () if k == header)
+        await consumer.stop()
+        with open(out, "w") as f:
+            f.write("\\n".join(f"{age:.1f}" for age in ages))
+    asyncio.run(main())
+    """
+)
+
+
+def _broker_floor(settings: Settings, history, rate: float, events: int, workdir: Path) -> list[float]:
+    """Send-to-receive latency of a raw aiokafka consumer during a paced replay (ms, per record)."""
+    _create_topics(settings)
+    script, out = workdir / "raw_latency.py", workdir / "raw-latency.txt"
+    script.write_text(RAW_LATENCY)
+    args = [settings.kafka_bootstrap_servers, settings.topic_orders, settings.topic_reviews, SENT_AT_HEADER]
+    args += [str(settings.worker_fetch_wait_ms), str(out)]
+    proc = subprocess.Popen([sys.executable, str(script), *args], stderr=(workdir / "raw-latency.log").open("w"))
+    deadline = time.monotonic() + 60
+    while not Path(f"{out}.ready").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"raw latency consumer failed: {(workdir / 'raw-latency.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    time.sleep(2)  # partitions assigned and first (empty) fetches done
+    asyncio.run(replay_history(history, settings, rate=rate, max_events=events))
+    time.sleep(3)
+    proc.terminate()
+    proc.wait(timeout=30)
+    return [float(v) for v in out.read_text().split()]
 
 
 def _bare_faust(
@@ -256,6 +309,19 @@ def main() -> None:
                 update={"run_dir": workdir / "run-latency", "kafka_port": free_port(), "redis_port": free_port()}
             )
             services_up(base)
+        events = int(args.rate * args.latency_seconds)
+        floor = _variant(base, f"floor{tag}").model_copy(
+            update={"topic_orders": f"{tag}.floor.orders", "topic_reviews": f"{tag}.floor.reviews"}
+        )
+        ages = _broker_floor(floor, history, args.rate, events, workdir)
+        figures["latency_floor_samples"] = len(ages)
+        figures["latency_floor_p50_ms"] = round(float(np.percentile(ages, 50)), 1)
+        figures["latency_floor_p99_ms"] = round(float(np.percentile(ages, 99)), 1)
+        print(
+            f"broker floor (raw aiokafka consumer): p50 {figures['latency_floor_p50_ms']} ms, "
+            f"p99 {figures['latency_floor_p99_ms']} ms",
+            file=sys.stderr,
+        )
         lat = _variant(base, f"lat{tag}").model_copy(
             update={"topic_orders": f"{tag}.lat.orders", "topic_reviews": f"{tag}.lat.reviews"}
         )
@@ -266,9 +332,7 @@ def main() -> None:
         # event-time speed ramps the rate up over the window
         lat_redis = redis.Redis.from_url(lat.redis_address)
         forks = lat_redis.info("stats")["total_forks"]
-        paced = asyncio.run(
-            replay_history(history, lat, rate=args.rate, max_events=int(args.rate * args.latency_seconds))
-        )
+        paced = asyncio.run(replay_history(history, lat, rate=args.rate, max_events=events))
         time.sleep(3)
         stop_worker(worker)
         figures["latency_redis_forks"] = lat_redis.info("stats")["total_forks"] - forks
