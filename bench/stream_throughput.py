@@ -23,7 +23,7 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    floor on the same services: the same paced replay into topics of its own, read by a raw
    aiokafka consumer (same fetch wait as the worker) that records receive time minus send time.
    The embedded broker's fetches slow down as a partition's record batches accumulate (tansu
-   0.6.0's memory engine; measured in docs/benchmarks.md), so no consumer beats that floor.
+   0.6.0 memory engine; see the README, Benchmarks), so no consumer beats that floor.
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
 """
 

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # Paced replays send what is buffered before its oldest record has waited this long. Fewer,
 # larger record batches matter on the embedded broker: its fetches slow down with the number of
-# batches in a partition (docs/benchmarks.md). Measured at 2k events/s, against flushing whenever
+# batches in a partition (README, Benchmarks). Measured at 2k events/s, against flushing whenever
 # the replay was ahead of time (about 5 ms): broker p99 45-53 ms instead of 54-127 ms.
 PACED_LINGER_S = 0.010
 
