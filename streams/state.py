@@ -21,6 +21,7 @@ import hashlib
 import heapq
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import hiredis
@@ -266,32 +267,55 @@ class ProfileStore:
         self._loaded: set[str] = set()  # the scripts Redis has (by source)
 
     async def _run_script(self, script: str, args: list) -> list:
-        """Run a script by its SHA (loading it once; again if Redis lost it).
+        """Run a script by its SHA (loading it once; again if Redis lost it); its reply."""
+        return (await self._run_scripts(script, [args]))[0]
 
-        The command is packed by hiredis, and the reply parsed by it: a batch has tens of
-        thousands of arguments, which redis-py's pure-Python packer and per-command pipeline
-        replies spend several times longer on.
+    async def _run_scripts(self, script: str, calls: Iterable[list]) -> list:
+        """Run one script call per argument list of ``calls``, pipelined on one connection.
+
+        Each call is sent as soon as ``calls`` yields it, so Redis runs one while the next is
+        built (a lazy iterable overlaps the worker's CPU with Redis's), and the replies are read at
+        the end: one wait for all. Commands are packed by hiredis, and replies parsed by it: a
+        batch has tens of thousands of arguments, which redis-py's pure-Python packer and
+        per-command pipeline replies spend several times longer on. A call that found the script
+        missing (Redis restarted, or SCRIPT FLUSH) did not run: it is sent again after a reload.
         """
         sha = _SHA[script]
-        for _attempt in range(2):
+        packed = []
+        replies: list = []
+        pool = self.client.connection_pool
+        for attempt in range(2):
             if script not in self._loaded:
                 await self.client.script_load(script)
                 self._loaded.add(script)
-            packed = hiredis.pack_command(("EVALSHA", sha, 0, *args))
-            pool = self.client.connection_pool
             connection = await pool.get_connection()
             try:
-                await connection.send_packed_command(packed)
-                return await connection.read_response()
-            except aioredis.ResponseError as exc:
-                if "NOSCRIPT" not in str(exc):
-                    raise
-                self._loaded.discard(script)  # Redis restarted or SCRIPT FLUSH: load it again
+                if attempt == 0:
+                    for args in calls:
+                        packed.append(hiredis.pack_command(("EVALSHA", sha, 0, *args)))
+                        await connection.send_packed_command(packed[-1])
+                    replies = [None] * len(packed)
+                missing = [index for index, reply in enumerate(replies) if reply is None]
+                if attempt > 0:
+                    for index in missing:
+                        await connection.send_packed_command(packed[index])
+                for index in missing:
+                    try:
+                        replies[index] = await connection.read_response()
+                    except aioredis.ResponseError as exc:
+                        if "NOSCRIPT" not in str(exc):
+                            replies[index] = exc
             except BaseException:
                 await connection.disconnect()  # a half-read reply must not reach the next user
                 raise
             finally:
                 await pool.release(connection)
+            for reply in replies:
+                if isinstance(reply, aioredis.ResponseError):
+                    raise reply
+            if all(reply is not None for reply in replies):
+                return replies
+            self._loaded.discard(script)  # NOSCRIPT: load it again, and send what did not run
         raise ScriptLost("Redis keeps losing a script; retrying the batch")
 
     # ---- reads ---------------------------------------------------------------------------------
@@ -392,8 +416,10 @@ class ProfileStore:
           the first tick at or after its due time, and again if that makes it due again in the run.
 
         Partitions hold disjoint customers: each one's records are folded on their own, from its
-        watermark in ``watermarks`` (0 if absent). Every customer's outcome is an atomic
-        compare-and-set write, all in one script call, with the batch's ``ticks`` count and the
+        watermark in ``watermarks`` (0 if absent), and written by one script call, sent as soon as
+        the partition is folded (Redis writes one partition while the next is folded); the calls
+        are pipelined, with one wait for all their replies. Every customer's outcome is an atomic
+        compare-and-set write. The last call also counts the batch's ``ticks`` and records the
         latency from each ``sent_at_ms`` (the replay's send time) to that write. A customer whose
         write lost a race (the other topic's agent, or another worker across a rebalance) is folded
         again from a fresh read. Returns the result and each partition's watermark after the batch.
@@ -411,7 +437,7 @@ class ProfileStore:
         result = BatchResult()
         only: dict[int, set[str]] | None = None
         ends = {partition: watermarks.get(partition, 0.0) for partition in batches}
-        extras = {"ticks": ticks, "sent_at_ms": sent_at_ms or []}  # written once, with the first write
+        extras = (ticks, sent_at_ms or [])  # written once, with the first attempt's last call
         for _attempt in range(max_retries):
             wanted = {
                 p: [c for c in seen if only is None or c in only[p]]
@@ -419,14 +445,17 @@ class ProfileStore:
                 if only is None or p in only
             }
             loaded = await self._load(wanted, last_tick if clock else {}, only)
-            work = {}
-            for partition, (part, due) in loaded.items():
-                keep = None if only is None else only[partition]
-                ends[partition] = self._fold(batches[partition], watermarks.get(partition, 0.0), clock, part, due, keep)
-                work[partition] = part
-            moved = {p: ends[p] for p in work if clock and p in last_tick}
-            lost = await self._write(work, result, watermarks=moved, **extras)
-            extras = {}
+
+            def folded(loaded=loaded, only=only, extras=extras):
+                for n, (partition, (part, due)) in enumerate(loaded.items(), start=1):
+                    keep = None if only is None else only[partition]
+                    start = watermarks.get(partition, 0.0)
+                    ends[partition] = self._fold(batches[partition], start, clock, part, due, keep)
+                    moved = ends[partition] if clock and partition in last_tick else None
+                    yield partition, part, moved, *(extras if n == len(loaded) else (0, []))
+
+            lost = await self._write(folded(), result)
+            extras = (0, [])
             if not lost:
                 return result, ends
             result.retries += sum(len(customers) for customers in lost.values())
@@ -497,41 +526,65 @@ class ProfileStore:
             heapq.heappush(heap, (state.due, customer))
 
     async def _write(
-        self,
-        work: dict[int, dict[str, _Working]],
-        result: BatchResult,
-        watermarks: dict[int, float] | None = None,
-        ticks: int = 0,
-        sent_at_ms: list[int] | None = None,
+        self, parts: Iterable[tuple[int, dict[str, _Working], float | None, int, list[int]]], result: BatchResult
     ) -> dict[int, set[str]]:
-        """Write the batch's outcome (``work`` per partition) in one atomic script call.
+        """Write each ``(partition, work, watermark, ticks, sent_at_ms)`` of ``parts`` with one
+        atomic script call, pipelined (see :meth:`_run_scripts`; ``parts`` may be lazy).
 
         Returns, per partition, the customers whose write lost (their cached profiles are stale
         and are dropped).
         """
+        plans: list[tuple[int, list, int]] = []
+
+        def calls():
+            for partition, work, watermark, ticks, sent_at_ms in parts:
+                args, planned, only_duplicates = self._write_args(partition, work, watermark, ticks, sent_at_ms)
+                if args is not None:
+                    plans.append((partition, planned, only_duplicates))
+                    yield args
+
+        replies = await self._run_scripts(_WRITE, calls())
+        lost: dict[int, set[str]] = {}
+        for (partition, planned, only_duplicates), reply in zip(plans, replies, strict=True):
+            lost_at = set(reply)
+            result.duplicates += only_duplicates
+            for index, (customer, state) in enumerate(planned, start=1):
+                if index in lost_at:
+                    lost.setdefault(partition, set()).add(customer)
+                    self._cache.pop(customer, None)
+                    continue
+                applied = state.applied.union(state.fresh) if state.fresh else state.applied
+                self._remember(customer, state.profile, applied)
+                result.applied += len(state.fresh)
+                result.duplicates += state.duplicates
+                result.changed += bool(state.segment_changes or state.churn_changes)
+        return lost
+
+    def _write_args(
+        self, partition: int, work: dict[str, _Working], watermark: float | None, ticks: int, sent_at_ms: list[int]
+    ) -> tuple[list | None, list[tuple[str, _Working]], int]:
+        """The write script's arguments for one partition (None: nothing to write), the
+        customers it writes in order, and the duplicates of customers with nothing to write."""
         args: list[str | int] = []
         planned, only_duplicates = [], 0
-        for partition, part in work.items():
-            for customer, state in part.items():
-                if not (state.dirty or state.fresh):
-                    only_duplicates += state.duplicates
-                    continue
-                profile = state.profile
-                expected = profile.version
-                profile.version = expected + 1
-                fields = profile.changed_fields(state.base)
-                scored = 1 if profile.last_purchase is not None else 0
-                counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
-                shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
-                args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
-                args.append("" if state.due is None else repr(state.due))
-                args += state.segment_changes
-                args += state.churn_changes
-                planned.append((partition, customer, state))
-        watermarks = watermarks or {}
-        sent_at_ms = sent_at_ms or []
-        if not (planned or only_duplicates or watermarks or ticks or sent_at_ms):
-            return {}
+        for customer, state in work.items():
+            if not (state.dirty or state.fresh):
+                only_duplicates += state.duplicates
+                continue
+            profile = state.profile
+            expected = profile.version
+            profile.version = expected + 1
+            fields = profile.changed_fields(state.base)
+            scored = 1 if profile.last_purchase is not None else 0
+            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
+            shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
+            args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
+            args.append("" if state.due is None else repr(state.due))
+            args += state.segment_changes
+            args += state.churn_changes
+            planned.append((customer, state))
+        if not (planned or only_duplicates or watermark is not None or ticks or sent_at_ms):
+            return None, planned, only_duplicates
         header = [
             self.keys.profile(""),
             self.keys.applied(""),
@@ -549,24 +602,12 @@ class ProfileStore:
             self.churn_topic,
             only_duplicates,
             ticks,
-            len(watermarks),
+            0 if watermark is None else 1,
             len(sent_at_ms),
             len(planned),
         ]
-        marks = [arg for partition, mark in watermarks.items() for arg in (partition, repr(mark))]
-        lost_at = set(await self._run_script(_WRITE, [*header, *marks, *sent_at_ms, *args]))
-        result.duplicates += only_duplicates
-        lost: dict[int, set[str]] = {}
-        for index, (partition, customer, state) in enumerate(planned, start=1):
-            if index in lost_at:
-                lost.setdefault(partition, set()).add(customer)
-                self._cache.pop(customer, None)
-                continue
-            self._remember(customer, state.profile, state.applied.union(state.fresh) if state.fresh else state.applied)
-            result.applied += len(state.fresh)
-            result.duplicates += state.duplicates
-            result.changed += bool(state.segment_changes or state.churn_changes)
-        return lost
+        marks = [] if watermark is None else [partition, repr(watermark)]
+        return [*header, *marks, *sent_at_ms, *args], planned, only_duplicates
 
     def _step(self, state: _Working, now: float, cause: str, source: str | None) -> None:
         """Re-derive the profile at ``now``; keep the change events if its segment or churn status moved."""
@@ -631,7 +672,8 @@ class ProfileStore:
                         continue
                     self._step(state, max(now, profile.evaluated_at), "rescore", None)
                     self._reschedule(state, [], customer)
-                pending = list((await self._write({partition: work}, result)).get(partition, ()))
+                lost = await self._write([(partition, work, None, 0, [])], result)
+                pending = list(lost.get(partition, ()))
             else:
                 raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
         return result.changed

@@ -1,0 +1,105 @@
+"""The profile store against the real Redis: several partitions per batch, and lost compare-and-sets.
+
+The streaming tests (tests/test_streams.py) go through the broker and a worker, where two writers
+rarely race; here two stores share one Redis so that a cached profile goes stale on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import redis.asyncio as aioredis
+
+from segstream.keys import Keys
+from segstream.schemas import ClockTick, Item, OrderPlaced
+from segstream.settings import Settings
+from streams.profile import Profile
+from streams.scoring import ChurnRules, RfmScorer
+from streams.state import ProfileStore
+
+T0 = datetime(2017, 3, 1, tzinfo=UTC)
+
+
+def _order(customer: str, n: int, day: int) -> OrderPlaced:
+    return OrderPlaced(
+        event_id=f"order:{customer}:{n}",
+        event_time=T0 + timedelta(days=day),
+        customer_unique_id=customer,
+        order_id=f"{customer}-{n}",
+        customer_id=f"c-{customer}-{n}",
+        zip_prefix="01000",
+        city="sao paulo",
+        state="SP",
+        items=[Item(product_id="p1", category="toys", price=50.0, freight=10.0, seller_id="s1")],
+        payment_total=60.0,
+        payment_types=["credit_card"],
+        installments=1,
+        payment_source="payments",
+    )
+
+
+def _tick(day: int, partition: int) -> ClockTick:
+    return ClockTick(
+        event_id=f"tick:{partition}:{day}",
+        event_time=T0 + timedelta(days=day),
+        replay_id="r",
+        run_id="run",
+        topic="orders",
+        partition=partition,
+    )
+
+
+def _store(client: aioredis.Redis, keys: Keys) -> ProfileStore:
+    return ProfileStore(
+        client,
+        keys,
+        scorer=RfmScorer(),
+        rules=ChurnRules(default_gap_days=180),
+        segment_topic="segments",
+        churn_topic="churn",
+    )
+
+
+async def _scenario(settings: Settings) -> dict:
+    keys = Keys(f"state{uuid.uuid4().hex[:8]}")
+    client = aioredis.Redis.from_url(settings.redis_address)
+    first, second = _store(client, keys), _store(client, keys)
+    try:
+        # one batch over two partitions, each with a clock tick: one read and one write for both
+        one, marks = await first.process(
+            {0: [_order("a", 1, 0), _tick(1, 0)], 1: [_order("b", 1, 0), _tick(2, 1)]}, {}, ticks=2
+        )
+        # another writer (a second worker after a rebalance) updates "a": first's cached copy is stale
+        await second.process({0: [_order("a", 2, 3)]}, marks)
+        # first still holds version 1 of "a": its write loses, is folded again from Redis, and wins
+        two, _ = await first.process({0: [_order("a", 3, 5)], 1: [_order("b", 2, 5)]}, marks)
+        # redelivered events change nothing
+        again, _ = await first.process({0: [_order("a", 1, 0), _order("a", 3, 5)]}, marks)
+        profiles = {c: Profile.from_redis(await client.hgetall(keys.profile(c))) for c in ("a", "b")}
+        return {
+            "one": one,
+            "two": two,
+            "again": again,
+            "profiles": profiles,
+            "counters": {k.decode(): int(v) for k, v in (await client.hgetall(keys.counters)).items()},
+            "watermarks": {k.decode(): float(v) for k, v in (await client.hgetall(keys.watermarks)).items()},
+            "due": {p: await client.zcard(keys.due(p)) for p in (0, 1)},
+        }
+    finally:
+        await client.aclose()
+
+
+def test_partitions_in_one_batch_and_a_lost_compare_and_set(services: Settings) -> None:
+    out = asyncio.run(_scenario(services))
+    assert out["one"].applied == 2 and out["one"].retries == 0
+    assert out["two"].applied == 2 and out["two"].retries == 1  # "a" lost once, then applied
+    assert out["again"].applied == 0 and out["again"].duplicates == 2
+    a, b = out["profiles"]["a"], out["profiles"]["b"]
+    assert (a.orders, a.version) == (3, 3)  # nothing lost, nothing counted twice
+    assert (b.orders, b.version) == (2, 2)
+    assert a.monetary == b.monetary + 60.0 == 180.0
+    assert out["counters"] == {"consumed": 7, "applied": 5, "duplicates": 2, "ticks": 2}
+    assert out["watermarks"] == {"0": (T0 + timedelta(days=1)).timestamp(), "1": (T0 + timedelta(days=2)).timestamp()}
+    assert out["due"] == {0: 1, 1: 1}  # each customer in its own partition's due index
