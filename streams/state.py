@@ -400,9 +400,9 @@ class ProfileStore:
     ) -> tuple[BatchResult, dict[int, float]]:
         """Fold each partition's records (customer events and clock ticks, in offset order) into Redis.
 
-        Equivalent to handling the records one at a time, in two or three round trips per batch
-        whatever the number of partitions (one read, one write, a second read for due customers
-        that are neither cached nor in the batch):
+        Equivalent to handling the records one at a time, waiting on Redis two or three times per
+        batch whatever the number of partitions (one read; the writes, pipelined; a second read for
+        due customers that are neither cached nor in the batch):
 
         - a customer event is applied once (its id is checked against the customer's applied set
           and the batch) and re-derives the profile. ``clock``: the event comes from the topic that
