@@ -1,0 +1,72 @@
+"""The CLV models on generated purchase histories with known structure, and their refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes.utils import summary_data_from_transaction_data
+
+from models.clv import ClvFitError, ClvModel
+
+START = pd.Timestamp("2017-01-01")
+END = pd.Timestamp("2018-06-30")
+
+
+def _transactions(customers: int, repeat_share: float, seed: int = 3) -> pd.DataFrame:
+    """Purchases of customers who arrive over a year; a share of them come back at random times."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for customer in range(customers):
+        first = START + pd.Timedelta(days=int(rng.integers(0, 365)))
+        spend = rng.gamma(4.0, 30.0)  # each customer's own mean spend
+        days = [first]
+        if rng.random() < repeat_share:
+            for _ in range(int(rng.integers(1, 6))):
+                days.append(first + pd.Timedelta(days=int(rng.integers(1, (END - first).days))))
+        for day in days:
+            rows.append((customer, day, round(float(rng.gamma(8.0, spend / 8.0)), 2)))
+    return pd.DataFrame(rows, columns=["customer", "date", "amount"])
+
+
+def _summary(customers: int, repeat_share: float) -> pd.DataFrame:
+    return summary_data_from_transaction_data(
+        _transactions(customers, repeat_share),
+        "customer",
+        "date",
+        monetary_value_col="amount",
+        observation_period_end=END,
+    )
+
+
+def test_fit_and_score_on_a_history_with_repeat_buyers() -> None:
+    summary = _summary(2_000, repeat_share=0.3)
+    model = ClvModel(horizon_days=90).fit(summary)
+    assert model.repeat_buyers_ == int(((summary.frequency > 0) & (summary.monetary_value > 0)).sum())
+    assert abs(model.frequency_monetary_corr_) < 0.2  # spend drawn independently of frequency
+    scores = model.score(summary)
+    assert np.isfinite(scores.to_numpy()).all()
+    assert scores.p_alive.between(0, 1).all()
+    # one-time buyers are alive for sure to BG/NBD; a repeat buyer silent for long is less so
+    assert (scores.p_alive[summary.frequency == 0] == 1).all()
+    repeat = summary.frequency > 0
+    silent = summary[repeat].eval("T - recency").sort_values()
+    assert scores.p_alive[silent.index[-50:]].mean() < scores.p_alive[silent.index[:50]].mean()
+    # more repeat purchases in the past, more expected in the future (same age and recency rank)
+    assert scores.expected_purchases[repeat].corr(summary.frequency[repeat], method="spearman") > 0.3
+    assert (scores.clv >= 0).all() and scores.clv[repeat].mean() > scores.clv[~repeat].mean()
+
+
+def test_too_few_repeat_buyers_is_refused() -> None:
+    summary = _summary(300, repeat_share=0.02)
+    with pytest.raises(ClvFitError, match="repeat buyers"):
+        ClvModel(min_repeat_buyers=20).fit(summary)
+
+
+def test_a_fit_that_does_not_converge_is_refused() -> None:
+    # everyone bought on the same 31 days, the last one today: no penalty, no finite optimum
+    summary = pd.DataFrame(
+        {"frequency": [30.0] * 50, "recency": [500.0] * 50, "T": [500.0] * 50, "monetary_value": [10.0] * 50}
+    )
+    with pytest.raises(ClvFitError, match="did not converge"):
+        ClvModel(penalizer=0.0).fit(summary)
