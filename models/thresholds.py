@@ -1,0 +1,94 @@
+"""RFM thresholds from the live population: the retrain job's step that re-scores everyone.
+
+R and M are scored against quintile thresholds of the customers' recency (days since their last
+purchase, at the event-time watermark) and monetary value. The job republishes them only when one
+moved by more than a tolerance, so that a retrain does not set off a storm of tiny segment changes:
+each publication makes every worker re-score every customer (``streams.thresholds``).
+
+Not finished (issue 5): this runs when called; the retrain job that calls it on a cadence does
+not exist yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import redis
+
+from segstream.keys import Keys
+from segstream.settings import Settings
+from streams.scoring import RfmScorer
+from streams.thresholds import current_thresholds, publish_thresholds
+
+__all__ = ["quintile_thresholds", "refresh_thresholds", "thresholds_moved"]
+
+log = logging.getLogger(__name__)
+
+DAY = 86_400.0
+
+
+def quintile_thresholds(values: Iterable[float]) -> tuple[float, ...]:
+    """The 20th, 40th, 60th and 80th percentiles (linear interpolation), rounded to cents.
+
+    >>> quintile_thresholds([10, 20, 30, 40, 50, 60])
+    (20.0, 30.0, 40.0, 50.0)
+    """
+    array = np.asarray(list(values), dtype=float)
+    if array.size == 0:
+        raise ValueError("values: no customers to take quantiles of")
+    return tuple(round(float(q), 2) for q in np.percentile(array, [20, 40, 60, 80]))
+
+
+def thresholds_moved(old: tuple[float, ...], new: tuple[float, ...], tolerance: float) -> bool:
+    """Whether any threshold moved by more than ``tolerance`` of its old value (absolute below 1).
+
+    >>> thresholds_moved((30.0, 90.0, 180.0, 365.0), (31.0, 90.0, 180.0, 365.0), 0.05)
+    False
+    >>> thresholds_moved((30.0, 90.0, 180.0, 365.0), (30.0, 90.0, 200.0, 365.0), 0.05)
+    True
+    """
+    return any(abs(b - a) > tolerance * max(abs(a), 1.0) for a, b in zip(old, new, strict=True))
+
+
+def refresh_thresholds(settings: Settings, watermark: float, tolerance: float = 0.05) -> RfmScorer | None:
+    """Recompute R and M thresholds from every scored profile in Redis as of ``watermark`` (epoch
+    seconds, event time) and publish them if they moved beyond ``tolerance``; returns the
+    published scorer, or None when nothing was published (and says why in the log)."""
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    recency, monetary = [], []
+    names = ("last_purchase", "monetary")
+    pipe = client.pipeline(transaction=False)
+    profile_keys = list(client.scan_iter(match=keys.profiles_pattern, count=1000))
+    for key in profile_keys:
+        pipe.hmget(key, names)
+    for last_purchase, spent in pipe.execute():
+        if last_purchase:  # scored customers only: reviews alone have no purchase
+            recency.append(max(0.0, (watermark - float(last_purchase)) / DAY))
+            monetary.append(float(spent or 0.0))
+    if not recency:
+        log.info("RFM thresholds: no scored customers yet; nothing published")
+        return None
+    current = current_thresholds(settings)
+    new_recency, new_monetary = quintile_thresholds(recency), quintile_thresholds(monetary)
+    if not (
+        thresholds_moved(current.recency_days, new_recency, tolerance)
+        or thresholds_moved(current.monetary, new_monetary, tolerance)
+    ):
+        log.info(
+            "RFM thresholds from %d customers moved less than %.0f%%; version %d stays",
+            len(recency),
+            tolerance * 100,
+            current.version,
+        )
+        return None
+    scorer = publish_thresholds(settings, new_recency, new_monetary)
+    log.info(
+        "RFM thresholds version %d from %d customers: recency %s days, monetary %s",
+        scorer.version,
+        len(recency),
+        new_recency,
+        new_monetary,
+    )
+    return scorer
