@@ -59,11 +59,12 @@ def popular_items(matrix: sparse.csr_matrix, rows: Iterable[int], n: int = 10) -
     [[2], [0, 2]]
     """
     buyers = np.asarray((matrix > 0).sum(axis=0)).ravel()
-    order = np.argsort(-buyers, kind="stable")
+    order = np.argsort(-buyers, kind="stable").tolist()
     out = []
     for row in rows:
         bought = set(matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]].tolist())
-        out.append([int(column) for column in order if column not in bought][:n])
+        head = order[: n + len(bought)]  # n of these at least were not bought
+        out.append([column for column in head if column not in bought][:n])
     return out
 
 
