@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from segstream.keys import Keys
 from segstream.schemas import (
@@ -189,6 +190,11 @@ class ScriptLost(aioredis.ConnectionError):
     """A script vanished from Redis; the batch is retried (every write is idempotent)."""
 
 
+def _noscript(reply) -> bool:
+    # redis-py maps Redis's NOSCRIPT error to NoScriptError, whose text no longer says NOSCRIPT
+    return isinstance(reply, NoScriptError)
+
+
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_READ, _WRITE)}
 
 
@@ -281,42 +287,51 @@ class ProfileStore:
         missing (Redis restarted, or SCRIPT FLUSH) did not run: it is sent again after a reload.
         """
         sha = _SHA[script]
-        packed = []
-        replies: list = []
+        if script not in self._loaded:
+            await self.client.script_load(script)
+            self._loaded.add(script)
+        packed: list[bytes] = []
+
+        def commands():
+            for args in calls:
+                packed.append(hiredis.pack_command(("EVALSHA", sha, 0, *args)))
+                yield packed[-1]
+
+        replies = await self._pipelined(commands())
+        unrun = [index for index, reply in enumerate(replies) if _noscript(reply)]
+        if unrun:
+            await self.client.script_load(script)
+            for index, reply in zip(unrun, await self._pipelined(packed[i] for i in unrun), strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if _noscript(reply):
+                raise ScriptLost("Redis keeps losing a script; retrying the batch")
+            if isinstance(reply, aioredis.ResponseError):
+                raise reply
+        return replies
+
+    async def _pipelined(self, commands: Iterable[bytes]) -> list:
+        """Send each packed command as it comes, then read every reply (error replies are
+        returned, not raised, so that the connection is read to the end)."""
         pool = self.client.connection_pool
-        for attempt in range(2):
-            if script not in self._loaded:
-                await self.client.script_load(script)
-                self._loaded.add(script)
-            connection = await pool.get_connection()
-            try:
-                if attempt == 0:
-                    for args in calls:
-                        packed.append(hiredis.pack_command(("EVALSHA", sha, 0, *args)))
-                        await connection.send_packed_command(packed[-1])
-                    replies = [None] * len(packed)
-                missing = [index for index, reply in enumerate(replies) if reply is None]
-                if attempt > 0:
-                    for index in missing:
-                        await connection.send_packed_command(packed[index])
-                for index in missing:
-                    try:
-                        replies[index] = await connection.read_response()
-                    except aioredis.ResponseError as exc:
-                        if "NOSCRIPT" not in str(exc):
-                            replies[index] = exc
-            except BaseException:
-                await connection.disconnect()  # a half-read reply must not reach the next user
-                raise
-            finally:
-                await pool.release(connection)
-            for reply in replies:
-                if isinstance(reply, aioredis.ResponseError):
-                    raise reply
-            if all(reply is not None for reply in replies):
-                return replies
-            self._loaded.discard(script)  # NOSCRIPT: load it again, and send what did not run
-        raise ScriptLost("Redis keeps losing a script; retrying the batch")
+        connection = await pool.get_connection()
+        try:
+            sent = 0
+            for command in commands:
+                await connection.send_packed_command(command)
+                sent += 1
+            replies = []
+            for _ in range(sent):
+                try:
+                    replies.append(await connection.read_response())
+                except aioredis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()  # a half-read reply must not reach the next user
+            raise
+        finally:
+            await pool.release(connection)
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -458,7 +473,7 @@ class ProfileStore:
             extras = (0, [])
             if not lost:
                 return result, ends
-            result.retries += sum(len(customers) for customers in lost.values())
+            result.retries += sum(map(len, lost.values()))
             only = lost
         raise RuntimeError(f"gave up writing {len(only or ())} profiles after {max_retries} conflicting attempts")
 
