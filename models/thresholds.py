@@ -19,14 +19,12 @@ import redis
 
 from segstream.keys import Keys
 from segstream.settings import Settings
-from streams.scoring import RfmScorer
+from streams.scoring import DAY, RfmScorer
 from streams.thresholds import current_thresholds, publish_thresholds
 
 __all__ = ["quintile_thresholds", "refresh_thresholds", "thresholds_moved"]
 
 log = logging.getLogger(__name__)
-
-DAY = 86_400.0
 
 
 def quintile_thresholds(values: Iterable[float]) -> tuple[float, ...]:
