@@ -7,23 +7,60 @@ with the reason, so that the retrain job keeps the previous model instead of wri
 repeat buyers (Olist is ~97% one-time buyers), an optimizer that does not converge, or parameters
 that are not finite.
 
-Not finished (issue 5): building the summary from the profiles in Redis (the profile does not hold
-per-day purchase totals yet), the retrain job and the registry.
+:func:`rfm_summary` builds that summary from what the stream keeps per customer (``Profile.purchases``:
+spend per purchase day), so the retrain job needs no transaction log.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 from lifetimes.utils import ConvergenceError
 
-__all__ = ["ClvFitError", "ClvModel"]
+__all__ = ["ClvFitError", "ClvModel", "rfm_summary"]
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
+
+
+def rfm_summary(purchases: Iterable[tuple[str, Mapping[str, list | float]]], cutoff: float) -> pd.DataFrame:
+    """The RFM summary of ``lifetimes.utils.summary_data_from_transaction_data`` (``freq="D"``) from
+    per-day purchase totals, as of ``cutoff`` (epoch seconds; its UTC day ends the observation).
+
+    ``purchases`` yields ``(customer, {day: spend or [spend, ...]})`` with days as ``YYYY-MM-DD``.
+    Days after the cutoff's day are left out, and customers with no day left. ``frequency`` is the
+    number of purchase days after the first, ``recency`` the days from the first to the last,
+    ``T`` the days from the first to the cutoff's day, ``monetary_value`` the mean spend of the
+    days after the first (0 for one-time buyers).
+
+    >>> cutoff = datetime(2017, 3, 31, 12, tzinfo=UTC).timestamp()
+    >>> summary = rfm_summary([("a", {"2017-03-01": 10.0, "2017-03-11": 20.0, "2017-03-21": 40.0}),
+    ...                        ("b", {"2017-03-30": [15.0, ["p1"], ["toys"]], "2017-04-02": 9.0})], cutoff)
+    >>> summary.loc["a"].tolist(), summary.loc["b"].tolist()
+    ([2.0, 20.0, 30.0, 30.0], [0.0, 0.0, 1.0, 0.0])
+    """
+    end = datetime.fromtimestamp(cutoff, tz=UTC).date().toordinal()
+    rows: dict[str, tuple[float, float, float, float]] = {}
+    for customer, days in purchases:
+        spend = sorted(
+            (ordinal, value[0] if isinstance(value, list) else value)
+            for ordinal, value in ((date.fromisoformat(day).toordinal(), value) for day, value in days.items())
+            if ordinal <= end
+        )
+        if not spend:
+            continue
+        first, last = spend[0][0], spend[-1][0]
+        repeat = [value for _, value in spend[1:]]
+        monetary = sum(repeat) / len(repeat) if repeat else 0.0
+        rows[customer] = (float(len(repeat)), float(last - first), float(end - first), float(monetary))
+    summary = pd.DataFrame.from_dict(rows, orient="index", columns=SUMMARY_COLUMNS, dtype=float)
+    summary.index.name = "customer_id"
+    return summary
 
 
 class ClvFitError(RuntimeError):
@@ -81,8 +118,11 @@ class ClvModel:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", RuntimeWarning)  # overflow in the likelihood: not a fit
+                # one row per distinct (frequency, recency, T), weighted by its customers: the same
+                # likelihood, and ~97% one-time buyers collapse to a few hundred rows
+                grouped = summary.groupby(["frequency", "recency", "T"]).size().reset_index(name="weights")
                 bgnbd = BetaGeoFitter(penalizer_coef=self.penalizer)
-                bgnbd.fit(summary["frequency"], summary["recency"], summary["T"])
+                bgnbd.fit(grouped["frequency"], grouped["recency"], grouped["T"], weights=grouped["weights"])
                 gamma_gamma = GammaGammaFitter(penalizer_coef=self.penalizer)
                 gamma_gamma.fit(repeat["frequency"], repeat["monetary_value"])
         except (ConvergenceError, RuntimeWarning, ValueError) as exc:

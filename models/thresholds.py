@@ -5,8 +5,7 @@ purchase, at the event-time watermark) and monetary value. The job republishes t
 moved by more than a tolerance, so that a retrain does not set off a storm of tiny segment changes:
 each publication makes every worker re-score every customer (``streams.thresholds``).
 
-Not finished (issue 5): this runs when called; the retrain job that calls it on a cadence does
-not exist yet.
+The retrain job (``models/retrain.py``) calls it on every run.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from collections.abc import Iterable
 import numpy as np
 import redis
 
+from models.population import Population
 from segstream.keys import Keys
 from segstream.settings import Settings
-from streams.scoring import DAY, RfmScorer
+from streams.scoring import DAY, RfmScorer, bgnbd_of
 from streams.thresholds import current_thresholds, publish_thresholds
 
 __all__ = ["quintile_thresholds", "refresh_thresholds", "thresholds_moved"]
@@ -50,29 +50,31 @@ def thresholds_moved(old: tuple[float, ...], new: tuple[float, ...], tolerance: 
     return any(abs(b - a) > tolerance * max(abs(a), 1.0) for a, b in zip(old, new, strict=True))
 
 
-def refresh_thresholds(settings: Settings, watermark: float, tolerance: float = 0.05) -> RfmScorer | None:
-    """Recompute R and M thresholds from every scored profile in Redis as of ``watermark`` (epoch
-    seconds, event time) and publish them if they moved beyond ``tolerance``; returns the
+def refresh_thresholds(
+    settings: Settings,
+    population: Population,
+    cutoff: float,
+    tolerance: float = 0.05,
+    bgnbd: dict[str, float] | None = None,
+) -> RfmScorer | None:
+    """Recompute R and M thresholds from every scored customer of ``population`` as of ``cutoff``
+    (epoch seconds, event time) and publish them, with new BG/NBD parameters if given, when any of
+    them moved beyond ``tolerance`` (one publication, so workers re-score once); returns the
     published scorer, or None when nothing was published (and says why in the log)."""
-    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
-    recency, monetary = [], []
-    names = ("last_purchase", "monetary")
-    pipe = client.pipeline(transaction=False)
-    profile_keys = list(client.scan_iter(match=keys.profiles_pattern, count=1000))
-    for key in profile_keys:
-        pipe.hmget(key, names)
-    for last_purchase, spent in pipe.execute():
-        if last_purchase:  # scored customers only: reviews alone have no purchase
-            recency.append(max(0.0, (watermark - float(last_purchase)) / DAY))
-            monetary.append(float(spent or 0.0))
-    if not recency:
+    scored = population.scored
+    if not scored.any():
         log.info("RFM thresholds: no scored customers yet; nothing published")
         return None
+    recency = np.maximum(0.0, (cutoff - population.last_purchase[scored]) / DAY)
+    monetary = population.monetary[scored]
     current = current_thresholds(settings)
     new_recency, new_monetary = quintile_thresholds(recency), quintile_thresholds(monetary)
+    old_bgnbd = bgnbd_of(redis.Redis.from_url(settings.redis_address).get(Keys(settings.redis_prefix).thresholds))
+    new_bgnbd = None if bgnbd is None else tuple(bgnbd[name] for name in ("r", "alpha", "a", "b"))
     if not (
         thresholds_moved(current.recency_days, new_recency, tolerance)
         or thresholds_moved(current.monetary, new_monetary, tolerance)
+        or (new_bgnbd is not None and (old_bgnbd is None or thresholds_moved(old_bgnbd, new_bgnbd, tolerance)))
     ):
         log.info(
             "RFM thresholds from %d customers moved less than %.0f%%; version %d stays",
@@ -81,12 +83,13 @@ def refresh_thresholds(settings: Settings, watermark: float, tolerance: float = 
             current.version,
         )
         return None
-    scorer = publish_thresholds(settings, new_recency, new_monetary)
+    scorer = publish_thresholds(settings, new_recency, new_monetary, bgnbd)
     log.info(
-        "RFM thresholds version %d from %d customers: recency %s days, monetary %s",
+        "RFM thresholds version %d from %d customers: recency %s days, monetary %s; BG/NBD %s",
         scorer.version,
         len(recency),
         new_recency,
         new_monetary,
+        new_bgnbd or "unchanged",
     )
     return scorer

@@ -351,16 +351,19 @@ def worker(ctx: click.Context, **flags: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw profile as JSON.")
 @click.pass_context
 def profile(ctx: click.Context, customer_unique_id: str, as_json: bool) -> None:
-    """Print one customer's profile (RFM, segment, churn, aggregates) from Redis."""
-    from streams.readmodel import profile_lines, read_profile
+    """Print one customer's profile (RFM, segment, churn, aggregates) and what the models in force
+    say about them (CLV, P(alive), recommendations) from Redis."""
+    from streams.readmodel import customer_models, models_lines, profile_lines, read_profile
 
-    found = read_profile(_settings(ctx), customer_unique_id)
+    settings = _settings(ctx)
+    found = read_profile(settings, customer_unique_id)
     if found is None:
         raise click.ClickException(f"no profile for {customer_unique_id} (is the worker running, the id right?)")
+    models = customer_models(settings, customer_unique_id)
     if as_json:
-        click.echo(json.dumps(vars(found), indent=2))
+        click.echo(json.dumps({**vars(found), "models": vars(models) if models else None}, indent=2))
     else:
-        click.echo("\n".join(profile_lines(found)))
+        click.echo("\n".join(profile_lines(found) + models_lines(models)))
 
 
 @cli.command()
@@ -399,6 +402,99 @@ def thresholds(ctx: click.Context, recency: str | None, monetary: str | None) ->
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"published thresholds version {scorer.version}: {scorer.to_json()}")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run once at the stream's watermark (or --cutoff) and exit.")
+@click.option("--every", help="Run on a cadence, e.g. 30d, 12h, 10m (event time unless --clock wall).")
+@click.option(
+    "--clock",
+    type=click.Choice(["event", "wall"]),
+    default="event",
+    show_default=True,
+    help="What --every counts: event time (runs at fixed event-time boundaries, for backtests) or wall time.",
+)
+@click.option("--cutoff", help="Event time of a --once run, e.g. 2018-06-01 [default: the stream's watermark].")
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    help="Model registry directory [env SEGSTREAM_MODELS_DIR; default <run-dir>/models].",
+)
+@click.option("--penalizer", "clv_penalizer", type=float, help="CLV fits' L2 penalty [default 0.001].")
+@click.option("--top-n", "recs_top_n", type=click.IntRange(min=1), help="Recommendations per customer [default 10].")
+@click.pass_context
+def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutoff: str | None, **flags: Any) -> None:
+    """Retrain CLV (BG/NBD + Gamma-Gamma) and ALS recommendations from the profiles in Redis,
+    republish RFM thresholds that moved, and switch readers to the new scores atomically.
+
+    Runs beside the stream without pausing it. A fit that fails keeps the model in force.
+    """
+    from models.retrain import RetrainBusy, parse_every, retrain_every, retrain_once
+
+    if once == (every is not None):
+        raise click.UsageError("give exactly one of --once or --every")
+    settings = _settings(ctx, **flags)
+
+    def show(report) -> None:
+        click.echo(
+            f"run {report.run} at {report.cutoff}: {report.customers:,} customers, {report.products:,} products "
+            f"in {report.seconds['total']:.1f} s; CLV {report.clv}; recommendations {report.recommendations}; "
+            f"thresholds {report.thresholds}"
+        )
+
+    try:
+        if once:
+            moment = _event_time(cutoff)
+            show(retrain_once(settings, cutoff=moment.timestamp() if moment else None))
+        else:
+            if cutoff is not None:
+                raise click.UsageError("--cutoff goes with --once")
+            try:
+                seconds = parse_every(every)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--every") from None
+            click.echo(f"retraining every {every} of {clock} time; Ctrl-C stops")
+            retrain_every(settings, seconds, clock=clock, on_report=show)
+    except (RetrainBusy, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: one entry per retrain run."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """List retrain runs: run, cutoff, customers, products, what each model did, duration."""
+    from models.registry import Registry
+
+    settings = _settings(ctx)
+    runs = Registry(settings.models_path).runs()
+    if not runs:
+        click.echo(f"no runs in {settings.models_path}")
+        return
+    click.echo(f"{'run':>5}  {'cutoff':<26}{'customers':>10}{'products':>10}{'seconds':>9}  clv / recommendations")
+    for meta in runs:
+        click.echo(
+            f"{meta['run']:>5}  {meta['cutoff']:<26}{meta['customers']:>10,}{meta['products']:>10,}"
+            f"{meta['seconds'].get('total', 0):>9.1f}  {meta['clv'][:40]} / {meta['recommendations'][:40]}"
+        )
+
+
+@models.command("show")
+@click.argument("run", type=int)
+@click.pass_context
+def models_show(ctx: click.Context, run: int) -> None:
+    """Print one run's metadata, fit diagnostics and CLV parameters as JSON."""
+    from models.registry import Registry
+
+    settings = _settings(ctx)
+    try:
+        click.echo(json.dumps(Registry(settings.models_path).show(run), indent=2))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

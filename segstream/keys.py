@@ -36,6 +36,30 @@ class Keys:
         """Hash: 'previous>new' segment transitions counted per event-day (YYYY-MM-DD)."""
         return f"{self.prefix}:transitions:{day}"
 
+    def scores(self, run: int | str) -> str:
+        """Hash: customer -> CLV scores (JSON) of one retrain run (``scores("")``: the prefix)."""
+        return f"{self.prefix}:scores:{run}"
+
+    def recommendations(self, run: int | str) -> str:
+        """Hash: customer -> recommendation list (JSON) of one retrain run; field ``*`` is the list
+        for customers without one (``recommendations("")``: the prefix)."""
+        return f"{self.prefix}:recs:{run}"
+
+    @property
+    def models(self) -> str:
+        """String: the model versions in force (JSON: which run's scores and recommendations readers see)."""
+        return f"{self.prefix}:models"
+
+    @property
+    def model_runs(self) -> str:
+        """Counter: the last retrain run number handed out."""
+        return f"{self.prefix}:models:runs"
+
+    @property
+    def retrain_lock(self) -> str:
+        """String with a TTL: held by the retrain run in progress."""
+        return f"{self.prefix}:models:lock"
+
     @property
     def profiles_pattern(self) -> str:
         return f"{self.prefix}:profile:*"

@@ -100,6 +100,27 @@ class Settings(BaseSettings):
     churn_default_gap_days: float = Field(
         180.0, gt=0, description="Expected days between purchases for customers who bought once."
     )
+    churn_p_alive_below: float = Field(
+        0.3, gt=0, lt=1, description="A BG/NBD P(alive) below this is a churn reason (once a retrain fitted BG/NBD)."
+    )
+
+    # --- models (the retrain job) ----------------------------------------------------------
+    models_dir: Path | None = Field(
+        None, description="Model registry: one directory per retrain run [default <run_dir>/models]."
+    )
+    clv_penalizer: float = Field(0.001, ge=0, description="L2 penalty of the BG/NBD and Gamma-Gamma fits.")
+    clv_horizon_days: float = Field(90.0, gt=0, description="Horizon of expected purchases and CLV (days).")
+    clv_monthly_discount: float = Field(0.01, ge=0, description="Monthly discount rate of the CLV.")
+    clv_min_repeat_buyers: int = Field(20, ge=1, description="Fewest repeat buyers to fit the CLV models at all.")
+    recs_top_n: int = Field(10, ge=1, description="Recommendations kept per customer.")
+    recs_min_reviews: int = Field(
+        3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."
+    )
+    als_factors: int = Field(64, ge=1, description="ALS latent factors.")
+    als_iterations: int = Field(15, ge=1, description="ALS sweeps.")
+    thresholds_tolerance: float = Field(
+        0.05, ge=0, description="Republish R/M thresholds only when one moves by more than this share."
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -120,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap_servers(self) -> str:
         return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.run_dir / "models"
 
     @property
     def redis_address(self) -> str:

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,7 +30,7 @@ from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
 from segstream.settings import Settings
 from streams.clusters import OnlineClusters
-from streams.scoring import ChurnRules, RfmScorer
+from streams.scoring import ChurnRules, RfmScorer, bgnbd_of
 from streams.state import ProfileStore
 
 __all__ = ["StreamHandler"]
@@ -57,14 +58,19 @@ class StreamHandler:
         if self.store is None:
             # The thresholds in force live in Redis (the retrain job republishes them); bootstrap defaults.
             await self.client.set(self.keys.thresholds, RfmScorer().to_json(), nx=True)
-            scorer = RfmScorer.from_json((await self.client.get(self.keys.thresholds)).decode())
+            document = (await self.client.get(self.keys.thresholds)).decode()
+            scorer = RfmScorer.from_json(document)
             saved = await self.client.get(self.keys.cluster_model)
             clusters = OnlineClusters.from_json(saved.decode()) if saved else OnlineClusters()
             self.store = ProfileStore(
                 self.client,
                 self.keys,
                 scorer=scorer,
-                rules=ChurnRules(default_gap_days=self.settings.churn_default_gap_days),
+                rules=ChurnRules(
+                    default_gap_days=self.settings.churn_default_gap_days,
+                    bgnbd=bgnbd_of(document),
+                    p_alive_below=self.settings.churn_p_alive_below,
+                ),
                 segment_topic=self.settings.topic_segment_changes,
                 churn_topic=self.settings.topic_churn_signals,
                 clusters=clusters,
@@ -196,7 +202,7 @@ class StreamHandler:
         scorer = RfmScorer.from_json(raw.decode())
         if scorer.version != store.scorer.version:
             log.info("RFM thresholds version %d -> %d: re-scoring", store.scorer.version, scorer.version)
-            store.scorer = scorer
+            store.scorer, store.rules = scorer, replace(store.rules, bgnbd=bgnbd_of(raw))
         done = await self.client.hgetall(self.keys.rescored)
         changed = 0
         for partition in partitions:

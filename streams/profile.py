@@ -28,7 +28,10 @@ True
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass, field, fields
+from datetime import date
 from itertools import compress
 from operator import ne
 
@@ -50,7 +53,9 @@ class Profile:
     last_purchase: float | None = None
     orders: int = 0
     monetary: float = 0.0
-    products: list[str] = field(default_factory=list)  # product ids bought, for the recommendation job
+    # purchase day (UTC, YYYY-MM-DD) -> [spend that day, product ids, their categories]: CLV's
+    # per-day totals and the recommendation job's baskets
+    purchases: dict[str, list] = field(default_factory=dict)
     canceled: int = 0  # canceled orders (never purchases) and cancellations of purchases (returns)
     reviews: int = 0
     review_sum: int = 0
@@ -70,6 +75,7 @@ class Profile:
     segment: str = ""
     churn: str = ""
     churn_reasons: list[str] = field(default_factory=list)
+    p_alive: float | None = None  # BG/NBD, once the retrain job published its parameters
     cluster: int | None = None
     evaluated_at: float | None = None
     segment_changes: int = 0  # how many times the segment changed: numbers the change events
@@ -90,7 +96,16 @@ class Profile:
             self.last_purchase = moment if self.last_purchase is None else max(self.last_purchase, moment)
             self.orders += 1
             self.monetary = round(self.monetary + event.payment_total, 2)
-            self.products = [*self.products, *(item.product_id for item in event.items)]  # never in place: see copy
+            day = time.strftime("%Y-%m-%d", time.gmtime(moment))
+            spent, products, categories = self.purchases.get(day, (0.0, [], []))
+            self.purchases = {  # never in place: see copy
+                **self.purchases,
+                day: [
+                    round(spent + event.payment_total, 2),
+                    [*products, *(item.product_id for item in event.items)],
+                    [*categories, *(item.category for item in event.items)],
+                ],
+            }
         elif isinstance(event, OrderCanceled):
             self.canceled += 1
         elif isinstance(event, OrderReturned):  # not a purchase: only monetary moves
@@ -106,6 +121,11 @@ class Profile:
             self.late_deliveries += bool(event.late)
             if self.last_delivery is None or latest > tuple(self.last_delivery):
                 self.last_delivery, self.last_delivery_late = latest, event.late
+
+    @property
+    def products(self) -> list[str]:
+        """Every product id bought (one per item), day by day."""
+        return [product for _, products, _ in self.purchases.values() for product in products]
 
     @property
     def mean_gap_days(self) -> float | None:
@@ -129,8 +149,19 @@ class Profile:
         recency = max(0.0, (now - self.last_purchase) / DAY)
         self.r, self.f, self.m = scorer.score_one(recency, self.orders, self.monetary)
         self.segment = segment_for(self.r, self.f, self.m)
-        status, reasons = rules.status_one(recency, self.mean_gap_days, self.last_review_score, self.last_delivery_late)
+        p_alive = rules.p_alive(*self.purchase_day_counts(now)) if rules.bgnbd and self.purchases else None
+        self.p_alive = None if p_alive is None else round(p_alive, 4)
+        status, reasons = rules.status_one(
+            recency, self.mean_gap_days, self.last_review_score, self.last_delivery_late, p_alive
+        )
         self.churn, self.churn_reasons = status, list(reasons)
+
+    def purchase_day_counts(self, now: float) -> tuple[int, int, int]:
+        """BG/NBD's ``(frequency, recency, T)`` in whole days as of ``now``: purchase days after the
+        first, days from the first purchase day to the last, days from the first to now's day
+        (UTC), as ``lifetimes.utils.summary_data_from_transaction_data`` counts them."""
+        days = sorted(_epoch_day(day) for day in self.purchases)
+        return len(days) - 1, days[-1] - days[0], max(int(now // DAY), days[-1]) - days[0]
 
     def next_due(self, now: float, scorer: RfmScorer, rules: ChurnRules) -> float | None:
         """The event time at which time alone next changes R or churn status, or None."""
@@ -138,11 +169,14 @@ class Profile:
             return None
         recency = max(0.0, (now - self.last_purchase) / DAY)
         r_days, churn_days = scorer.next_change_days(recency), rules.due_days(recency, self.mean_gap_days)
-        if r_days is None or churn_days is None:
-            days = churn_days if r_days is None else r_days
-        else:
-            days = min(r_days, churn_days)
-        return None if days is None else self.last_purchase + days * DAY
+        days = [d for d in (r_days, churn_days) if d is not None]
+        moments = [self.last_purchase + min(days) * DAY] if days else []
+        if rules.bgnbd is not None and self.purchases:  # P(alive) falls below the bound at a day's start
+            repeat, span, age = self.purchase_day_counts(now)
+            crossing = rules.p_alive_due_days(repeat, span)
+            if crossing is not None and math.floor(crossing) + 1 > age:
+                moments.append((int(now // DAY) - age + math.floor(crossing) + 1) * DAY)
+        return min(moments) if moments else None
 
     # ---- Redis form ------------------------------------------------------------------------------
 
@@ -177,8 +211,8 @@ class Profile:
     def copy(self) -> Profile:
         """A copy that can change without changing this profile.
 
-        Shallow: the lists (``products``, ``churn_reasons``) are only ever replaced, never changed
-        in place, so the two profiles may share them.
+        Shallow: the containers (``purchases``, ``churn_reasons``) are only ever replaced, never
+        changed in place, so the two profiles may share them.
         """
         twin = object.__new__(Profile)
         twin.__dict__ = self.__dict__.copy()  # keeps the declaration order changed_fields relies on
@@ -197,6 +231,14 @@ class Profile:
         return cls(**values)
 
 
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def _epoch_day(day: str) -> int:
+    """Days since 1970-01-01 of a ``YYYY-MM-DD`` purchase day."""
+    return date.fromisoformat(day).toordinal() - _EPOCH
+
+
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps without its per-call setup
 _json_ascii = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (C)
 
@@ -210,9 +252,9 @@ def _text(value) -> str:
         return repr(value)
     if value is None:
         return ""
-    if kind is list:  # lists of str (products, churn reasons): joined, the bytes json.dumps would give
+    if kind is list:  # lists of str (churn reasons): joined, the bytes json.dumps would give
         return "[" + ",".join(map(_json_ascii, value)) + "]"
-    if kind is tuple:
+    if kind is tuple or kind is dict:
         return _compact(value)
     if kind is bool:
         return "1" if value else "0"
@@ -220,7 +262,7 @@ def _text(value) -> str:
 
 
 def _kind(annotation: str) -> str:
-    for kind in ("list", "tuple", "bool", "int", "float"):
+    for kind in ("list", "dict", "tuple", "bool", "int", "float"):
         if annotation.startswith(kind):
             return kind
     return "str"
@@ -231,6 +273,7 @@ _KINDS = {item.name: _kind(str(item.type)) for item in fields(Profile)}
 _NEW = Profile("")  # the defaults: what a field missing from Redis reads as
 _PARSE = {
     "list": json.loads,
+    "dict": json.loads,
     "tuple": lambda text: tuple(json.loads(text)),
     "bool": lambda text: text == "1",
     "int": int,

@@ -1,4 +1,5 @@
-"""Reading what the workers keep in Redis: one profile, segment counts, the latest shifts."""
+"""Reading what the workers and the retrain job keep in Redis: one profile, its CLV scores and
+recommendations, segment counts, the latest shifts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from segstream.schemas import SegmentChanged
 from segstream.settings import Settings
 from streams.profile import Profile
 
-__all__ = ["Overview", "overview", "overview_lines", "profile_lines", "read_profile", "replay_consumed"]
+__all__ = [
+    "CustomerModels",
+    "Overview",
+    "customer_models",
+    "overview",
+    "overview_lines",
+    "profile_lines",
+    "read_profile",
+    "replay_consumed",
+]
 
 
 def _client(settings: Settings) -> redis.Redis:
@@ -23,6 +33,57 @@ def _client(settings: Settings) -> redis.Redis:
 def read_profile(settings: Settings, customer: str) -> Profile | None:
     data = _client(settings).hgetall(Keys(settings.redis_prefix).profile(customer))
     return Profile.from_redis(data) if data else None
+
+
+# The models document and the customer's entries of the runs it names, in one atomic call: a
+# reader sees the runs in force before a retrain's switch or after it, never one of each.
+_MODELS = """
+local doc = redis.call('GET', KEYS[1])
+if not doc then return {false, false, false} end
+local models = cjson.decode(doc)
+local scores, recs = false, false
+if models['clv'] then scores = redis.call('HGET', ARGV[1] .. models['clv'], ARGV[3]) end
+if models['recommendations'] then
+    local key = ARGV[2] .. models['recommendations']
+    recs = redis.call('HGET', key, ARGV[3]) or redis.call('HGET', key, '*')
+end
+return {doc, scores, recs}
+"""
+
+
+@dataclass
+class CustomerModels:
+    """What the models in force say about one customer (``None``: no such model or entry)."""
+
+    models: dict
+    scores: dict | None  # expected_purchases, p_alive, clv
+    recommendations: dict | None  # items, strategy, run
+
+
+def customer_models(settings: Settings, customer: str, client: redis.Redis | None = None) -> CustomerModels | None:
+    """The customer's CLV scores and recommendations from the runs in force (None before any run)."""
+    client = client or _client(settings)
+    keys = Keys(settings.redis_prefix)
+    doc, scores, recs = client.eval(_MODELS, 1, keys.models, keys.scores(""), keys.recommendations(""), customer)
+    if doc is None:
+        return None
+    return CustomerModels(json.loads(doc), json.loads(scores) if scores else None, json.loads(recs) if recs else None)
+
+
+def models_lines(found: CustomerModels | None) -> list[str]:
+    if found is None:
+        return ["models               none yet (run `segstream retrain --once`)"]
+    lines = [f"{'models':<20} run {found.models.get('run')} at event time {found.models.get('cutoff')}"]
+    if found.scores:
+        lines.append(f"{'clv':<20} {found.scores['clv']:.2f} over the horizon (CLV run {found.models.get('clv')})")
+        lines.append(f"{'p_alive':<20} {found.scores['p_alive']:.3f}")
+        lines.append(f"{'expected_purchases':<20} {found.scores['expected_purchases']:.3f}")
+    else:
+        lines.append(f"{'clv':<20} n/a (no CLV model, or no purchase before its cutoff)")
+    if found.recommendations:
+        recs = found.recommendations
+        lines.append(f"{'recommendations':<20} {recs['strategy']} (run {recs['run']}): {', '.join(recs['items'])}")
+    return lines
 
 
 @dataclass
@@ -58,8 +119,9 @@ def replay_consumed(settings: Settings, replay_id: str, run_id: str) -> int:
 
 
 def profile_lines(profile: Profile) -> list[str]:
-    data = {k: v for k, v in vars(profile).items() if k != "products"}
-    data["products"] = f"{len(profile.products)} items ({len(set(profile.products))} distinct)"
+    data = {k: v for k, v in vars(profile).items() if k != "purchases"}
+    products = profile.products
+    data["purchases"] = f"{len(profile.purchases)} days, {len(products)} items ({len(set(products))} distinct products)"
     return [f"{k:<20} {json.dumps(v) if isinstance(v, list | tuple) else v}" for k, v in data.items()]
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from dataclasses import dataclass
 
-__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "segment_for"]
+__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "bgnbd_of", "segment_for"]
 
 DAY = 86_400.0
 
@@ -126,15 +127,58 @@ class ChurnRules:
     ('churned', ('recency',))
     >>> rules.due_days(recency_days=70, mean_gap_days=None)  # next status change: at 180 days
     180.0
+
+    With BG/NBD parameters (published by the retrain job), a P(alive) below ``p_alive_below`` is a
+    reason too. P(alive) takes the lifetimes summary's day counts: ``repeat_days`` purchase days
+    after the first, ``recency_days`` from the first purchase day to the last, ``age_days`` from
+    the first to today.
+
+    >>> rules = ChurnRules(bgnbd=(0.25, 4.0, 0.8, 2.5), p_alive_below=0.3)
+    >>> round(rules.p_alive(repeat_days=2, recency_days=60, age_days=90), 3)
+    0.648
+    >>> rules.p_alive(repeat_days=0, recency_days=0, age_days=400)  # one purchase day: BG/NBD says alive
+    1.0
+    >>> age = rules.p_alive_due_days(repeat_days=2, recency_days=60)  # the age P(alive) falls below 0.3
+    >>> rules.p_alive(2, 60, math.floor(age)) >= 0.3 > rules.p_alive(2, 60, math.floor(age) + 1)
+    True
     """
 
     default_gap_days: float = 180.0
     churned_gaps: float = 2.0
     low_review: int = 2
+    bgnbd: tuple[float, float, float, float] | None = None  # r, alpha, a, b
+    p_alive_below: float = 0.3
 
     def __post_init__(self) -> None:
         if not self.default_gap_days > 0 or not self.churned_gaps >= 1:
             raise ValueError("default_gap_days must be > 0 and churned_gaps >= 1 (churned comes after at risk)")
+        if not 0 < self.p_alive_below < 1:
+            raise ValueError(f"p_alive_below must be between 0 and 1, not {self.p_alive_below}")
+        if self.bgnbd is not None:
+            params = tuple(float(v) for v in self.bgnbd)
+            if len(params) != 4 or not all(math.isfinite(v) and v > 0 for v in params):
+                raise ValueError(f"bgnbd must be four finite positive numbers (r, alpha, a, b), not {self.bgnbd}")
+            object.__setattr__(self, "bgnbd", params)
+
+    def p_alive(self, repeat_days: int, recency_days: float, age_days: float) -> float | None:
+        """BG/NBD P(alive) (lifetimes' ``conditional_probability_alive``), or None without parameters."""
+        if self.bgnbd is None:
+            return None
+        if repeat_days == 0:
+            return 1.0
+        r, alpha, a, b = self.bgnbd
+        log_div = (r + repeat_days) * math.log((alpha + age_days) / (alpha + recency_days))
+        log_div += math.log(a / (b + repeat_days - 1))
+        return 0.0 if log_div > 700 else 1.0 / (1.0 + math.exp(log_div))
+
+    def p_alive_due_days(self, repeat_days: int, recency_days: float) -> float | None:
+        """The age (days since the first purchase day) beyond which P(alive) is below ``p_alive_below``."""
+        if self.bgnbd is None or repeat_days == 0:
+            return None
+        r, alpha, a, b = self.bgnbd
+        # P(alive) < p  <=>  log_div > log(1/p - 1); log_div grows with the age
+        bound = math.log(1.0 / self.p_alive_below - 1.0) - math.log(a / (b + repeat_days - 1))
+        return (alpha + recency_days) * math.exp(bound / (r + repeat_days)) - alpha
 
     def gaps(self, mean_gap_days: float | None) -> tuple[float, float]:
         gap = mean_gap_days if mean_gap_days and mean_gap_days > 0 else self.default_gap_days
@@ -146,6 +190,7 @@ class ChurnRules:
         mean_gap_days: float | None,
         last_review: int | None,
         last_delivery_late: bool | None,
+        p_alive: float | None = None,
     ) -> tuple[str, tuple[str, ...]]:
         at_risk_after, churned_after = self.gaps(mean_gap_days)
         reasons = []
@@ -155,6 +200,8 @@ class ChurnRules:
             reasons.append("low_review")
         if last_delivery_late:
             reasons.append("late_delivery")
+        if p_alive is not None and p_alive < self.p_alive_below:
+            reasons.append("p_alive")
         if recency_days >= churned_after:
             return "churned", tuple(reasons)
         return ("at_risk" if reasons else "active"), tuple(reasons)
@@ -165,3 +212,17 @@ class ChurnRules:
         if recency_days < at_risk_after:
             return at_risk_after
         return churned_after if recency_days < churned_after else None
+
+
+def bgnbd_of(document: str | bytes | None) -> tuple[float, float, float, float] | None:
+    """The BG/NBD parameters ``(r, alpha, a, b)`` in a thresholds document, if it has them.
+
+    >>> bgnbd_of('{"recency_days": [30, 90, 180, 365], "monetary": [1, 2, 3, 4], "version": 2}') is None
+    True
+    >>> bgnbd_of('{"version": 3, "bgnbd": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.5}}')
+    (0.2, 4.0, 0.8, 2.5)
+    """
+    if not document:
+        return None
+    params = json.loads(document).get("bgnbd")
+    return None if params is None else tuple(float(params[name]) for name in ("r", "alpha", "a", "b"))

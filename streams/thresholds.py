@@ -1,11 +1,16 @@
 """Publishing the RFM thresholds in force (the retrain job's call; ``segstream thresholds``).
 
+The document (JSON) holds the R and M thresholds, a version and, once the retrain job fitted
+BG/NBD, its parameters ``bgnbd`` (``r``, ``alpha``, ``a``, ``b``) for the churn rules' P(alive).
+
 Workers poll the key every second; when the version moves they re-score every customer of their
 partitions once (changes carry the cause ``rescore``) and record, per partition, the version it
 was re-scored at, so a worker that takes over a partition finishes a re-score another began.
 """
 
 from __future__ import annotations
+
+import json
 
 import redis
 
@@ -22,9 +27,13 @@ def current_thresholds(settings: Settings) -> RfmScorer:
 
 
 def publish_thresholds(
-    settings: Settings, recency_days: tuple[float, ...] | None = None, monetary: tuple[float, ...] | None = None
+    settings: Settings,
+    recency_days: tuple[float, ...] | None = None,
+    monetary: tuple[float, ...] | None = None,
+    bgnbd: dict[str, float] | None = None,
 ) -> RfmScorer:
-    """Store new thresholds with the next version (atomically: WATCH/MULTI) and return them."""
+    """Store new thresholds (and BG/NBD parameters; those not given stay) with the next version,
+    atomically (WATCH/MULTI), and return the thresholds."""
     client, key = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix).thresholds
     with client.pipeline() as pipe:
         while True:
@@ -35,8 +44,10 @@ def publish_thresholds(
                 scorer = RfmScorer(
                     recency_days or current.recency_days, monetary or current.monetary, current.version + 1
                 )
+                document = json.loads(scorer.to_json())
+                document["bgnbd"] = bgnbd or (json.loads(raw).get("bgnbd") if raw else None)
                 pipe.multi()
-                pipe.set(key, scorer.to_json())
+                pipe.set(key, json.dumps(document))
                 pipe.execute()
                 return scorer
             except redis.WatchError:

@@ -138,8 +138,31 @@ def _latest(frame: pd.DataFrame, id_column: str, value: str) -> pd.Series:
     return ordered.groupby("customer_unique_id")[value].last()
 
 
-def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS, load=load_facts) -> pd.DataFrame:
-    """Per customer with a purchase: orders, monetary, r, f, m, segment, churn, as of the last event."""
+def p_alive(purchases: pd.DataFrame, now: float, bgnbd: tuple[float, float, float, float]) -> pd.Series:
+    """BG/NBD P(alive) per customer at ``now``, by lifetimes itself from the purchase rows."""
+    from lifetimes import BetaGeoFitter
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    transactions = purchases.assign(date=pd.to_datetime(purchases["time"], unit="s"))
+    summary = summary_data_from_transaction_data(
+        transactions, "customer_unique_id", "date", observation_period_end=pd.Timestamp(now, unit="s")
+    )
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(dict(zip(["r", "alpha", "a", "b"], bgnbd, strict=True)))
+    alive = fitter.conditional_probability_alive(summary["frequency"], summary["recency"], summary["T"])
+    return pd.Series(np.asarray(alive, dtype=float), index=summary.index)
+
+
+def final_state(
+    data: Path,
+    r_thresholds=R_THRESHOLDS,
+    m_thresholds=M_THRESHOLDS,
+    load=load_facts,
+    bgnbd: tuple[float, float, float, float] | None = None,
+    p_alive_below: float = 0.3,
+) -> pd.DataFrame:
+    """Per customer with a purchase: orders, monetary, r, f, m, segment, churn, as of the last event
+    (with ``bgnbd``, also ``p_alive``, a churn reason below ``p_alive_below``)."""
     facts = load(data)
     purchases = facts["purchases"]
     now = max(frame["time"].max() for frame in facts.values() if len(frame))
@@ -160,6 +183,9 @@ def final_state(data: Path, r_thresholds=R_THRESHOLDS, m_thresholds=M_THRESHOLDS
     low_review = _latest(reviews, "event_id", "review_score").reindex(per.index) <= 2
     late = _latest(facts["deliveries"], "order_id", "late").reindex(per.index).fillna(False).astype(bool)
     at_risk = (recency >= gap) | low_review | late
+    if bgnbd is not None:
+        per["p_alive"] = p_alive(purchases, now, bgnbd).reindex(per.index)
+        at_risk |= per["p_alive"] < p_alive_below
     per["churn"] = np.where(recency >= 2 * gap, "churned", np.where(at_risk, "at_risk", "active"))
     return per
 

@@ -56,5 +56,6 @@ def test_every_tick_is_a_watermark(tick_seconds: int) -> None:
 def test_profile_fields_text_is_compact_json(strings: list[str], pair: tuple[float, str]) -> None:
     assert _text(strings) == json.dumps(strings, separators=(",", ":"))
     assert _text(pair) == json.dumps(pair, separators=(",", ":"))
-    profile = Profile("u", products=strings, churn_reasons=strings[:2], last_review=pair)
+    purchases = {s: [1.5, strings, strings] for s in strings}
+    profile = Profile("u", purchases=purchases, churn_reasons=strings[:2], last_review=pair)
     assert Profile.from_redis(profile.changed_fields()) == profile

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from models.population import read_population
 from models.thresholds import refresh_thresholds
 from segstream.keys import Keys
 from segstream.settings import Settings
@@ -40,6 +41,11 @@ def _expected(profiles: list[Profile]) -> tuple[tuple[float, ...], tuple[float, 
     return tuple(quantiles.recency.round(2)), tuple(quantiles.monetary.round(2))
 
 
+def _refresh(settings: Settings, **options) -> object:
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    return refresh_thresholds(settings, read_population(client, keys), WATERMARK, **options)
+
+
 def test_thresholds_follow_the_population_within_a_tolerance(services: Settings) -> None:
     settings = services.model_copy(update={"redis_prefix": f"thr{uuid.uuid4().hex[:8]}"})
     client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
@@ -47,7 +53,7 @@ def test_thresholds_follow_the_population_within_a_tolerance(services: Settings)
     population = _population(rng, 500, spend_scale=60.0)
     _store(client, keys, [*population, Profile("reviews-only", reviews=1)])  # not scored: left out
 
-    first = refresh_thresholds(settings, WATERMARK)
+    first = _refresh(settings)
     recency, monetary = _expected(population)
     assert first is not None and first.version == 1
     assert np.allclose(first.recency_days, recency, atol=0.011)
@@ -56,12 +62,12 @@ def test_thresholds_follow_the_population_within_a_tolerance(services: Settings)
 
     # a few more customers like the others: the quintiles barely move, nothing is republished
     _store(client, keys, _population(rng, 20, spend_scale=60.0))
-    assert refresh_thresholds(settings, WATERMARK, tolerance=0.05) is None
+    assert _refresh(settings, tolerance=0.05) is None
     assert current_thresholds(settings).version == 1
 
     # big spenders arrive: the monetary quintiles move, a new version is published
     spenders = _population(rng, 500, spend_scale=300.0)
     _store(client, keys, spenders)
-    second = refresh_thresholds(settings, WATERMARK, tolerance=0.05)
+    second = _refresh(settings, tolerance=0.05)
     assert second is not None and second.version == 2
     assert second.monetary[-1] > first.monetary[-1] * 1.5

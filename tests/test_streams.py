@@ -5,115 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from replay.olist import load_olist
-from replay.producer import ReplaySummary, ensure_topics, replay_history
+from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 from replay.transactions import load_online_retail
-from segstream.demo import start_worker, stop_worker
-from segstream.keys import Keys
 from segstream.schemas import decode_output
 from segstream.settings import Settings
 from streams.clusters import OnlineClusters
-from streams.profile import Profile
-from streams.readmodel import replay_consumed
 from streams.thresholds import publish_thresholds
 from tests import oracle
+from tests.conftest import Workers
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Workers:
-    settings: Settings
-    logs: Path
-    procs: list[subprocess.Popen] = field(default_factory=list)
-
-    def start(self) -> subprocess.Popen:
-        proc = start_worker(self.settings, self.logs / f"worker-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            stop_worker(proc, timeout_s=15)
-
-    @property
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_address)
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(self.settings.redis_prefix)
-
-    def wait_for_end(self, summary: ReplaySummary, timeout_s: float = 120) -> None:
-        """Until every partition of both topics has processed the replay run's final tick."""
-        client, wanted = self.redis, 2 * self.settings.topic_partitions
-        run = f"{summary.replay_id}/{summary.run_id}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if replay_consumed(self.settings, summary.replay_id, summary.run_id) == wanted:
-                break
-            for proc in self.procs:
-                assert proc.poll() is None or proc.returncode in (0, -9), self.log_text()
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"replay {run} not consumed in {timeout_s} s\n{self.log_text()}")
-        while client.xlen(self.keys.outbox) and time.monotonic() < deadline:  # changes published
-            time.sleep(0.1)
-        assert client.xlen(self.keys.outbox) == 0
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("*.log")))
-
-    def profiles(self) -> dict[str, Profile]:
-        client, out = self.redis, {}
-        for key in client.scan_iter(match=self.keys.profiles_pattern, count=1000):
-            profile = Profile.from_redis(client.hgetall(key))
-            out[profile.customer_unique_id] = profile
-        return out
-
-    def counters(self) -> Counter:
-        return Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()})
-
-
-@pytest.fixture
-def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
-    tag = uuid.uuid4().hex[:8]
-    settings = kafka.model_copy(
-        update={
-            "app_id": f"seg-{tag}",
-            "redis_prefix": f"seg-{tag}",
-            "topic_segment_changes": f"{tag}.segment-changes",
-            "topic_churn_signals": f"{tag}.churn-signals",
-            "topic_dead_letter": f"{tag}.dead-letter",
-            "worker_batch": 200,
-        }
-    )
-    asyncio.run(
-        ensure_topics(
-            settings.kafka_bootstrap_servers,
-            [settings.topic_orders, settings.topic_reviews],
-            settings.topic_partitions,
-            1,
-        )
-    )
-    group = Workers(settings, tmp_path)
-    yield group
-    group.stop()
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +262,25 @@ def test_republished_thresholds_rescore_everyone(workers: Workers, history_dir: 
     published = _read_topic(workers.settings, workers.settings.topic_segment_changes, 1)
     rescored = [e for e in published if e.cause == "rescore"]
     assert {e.customer_unique_id for e in rescored} == moved and len(rescored) == len(moved)
+
+
+def test_published_bgnbd_makes_p_alive_a_churn_reason(workers: Workers, history_dir: Path) -> None:
+    """BG/NBD parameters published before the replay: every evaluation computes P(alive), and a
+    repeat buyer whose P(alive) falls below the bound by time alone is re-derived on that day."""
+    bgnbd = {"r": 0.3, "alpha": 1.0, "a": 2.0, "b": 1.0}
+    publish_thresholds(workers.settings, bgnbd=bgnbd)
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary)
+    params = tuple(bgnbd.values())
+    expected = _assert_matches_oracle(workers, history_dir, bgnbd=params)
+    without = oracle.final_state(history_dir)
+    low = expected.index[expected["p_alive"] < 0.3]
+    assert len(low) > 20, "the parameters should put a fair number of repeat buyers below the bound"
+    flipped = (expected["churn"] != without["churn"]).sum()
+    assert flipped > 5  # customers at risk only because of P(alive)
+    profiles = workers.profiles()
+    for customer in low:
+        assert "p_alive" in profiles[customer].churn_reasons
+        # stored as of the customer's last evaluation (the crossing day, or later): P(alive) only falls
+        assert expected.loc[customer, "p_alive"] - 1e-4 <= profiles[customer].p_alive < 0.3

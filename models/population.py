@@ -1,0 +1,93 @@
+"""What the retrain job reads: every customer's profile fields it needs, in one pass over Redis.
+
+The job reads the state the stream keeps (``streams/profile.py``), never the source files: per
+customer the purchases per day (spend, products, categories), last purchase, monetary value,
+segment and review mean. Profiles are read with ``SCAN`` and pipelined ``HMGET``, so the stream
+keeps writing meanwhile; a profile changed during the pass is read either before or after its
+change, never half-written (each profile write is one atomic script call).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from segstream.keys import Keys
+
+__all__ = ["Population", "read_population"]
+
+log = logging.getLogger(__name__)
+
+_FIELDS = ("customer_unique_id", "purchases", "last_purchase", "monetary", "segment", "reviews", "review_sum")
+
+
+@dataclass
+class Population:
+    """Column-wise profile fields of every customer (one row per customer)."""
+
+    customers: list[str] = field(default_factory=list)
+    purchases: list[dict[str, list]] = field(default_factory=list)  # day -> [spend, products, categories]
+    last_purchase: np.ndarray = field(default_factory=lambda: np.empty(0))  # epoch s; NaN: never bought
+    monetary: np.ndarray = field(default_factory=lambda: np.empty(0))
+    segments: list[str] = field(default_factory=list)
+    review_means: np.ndarray = field(default_factory=lambda: np.empty(0))  # NaN: no review
+
+    def __len__(self) -> int:
+        return len(self.customers)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """Which customers have a purchase (and so R/F/M scores)."""
+        return ~np.isnan(self.last_purchase)
+
+    def baskets(self, what: int = 1) -> Iterator[tuple[str, list[str]]]:
+        """``(customer, products)`` of every customer (``what=2``: categories), days in order."""
+        for customer, days in zip(self.customers, self.purchases, strict=True):
+            yield customer, [entry for day in sorted(days) for entry in days[day][what]]
+
+    @classmethod
+    def from_rows(cls, rows: list[list[bytes | None]]) -> Population:
+        population = cls()
+        last, monetary, means = [], [], []
+        for customer, purchases, last_purchase, spent, segment, reviews, review_sum in rows:
+            if customer is None:  # deleted between SCAN and HMGET
+                continue
+            population.customers.append(customer.decode())
+            population.purchases.append(json.loads(purchases) if purchases else {})
+            last.append(float(last_purchase) if last_purchase else np.nan)
+            monetary.append(float(spent) if spent else 0.0)
+            population.segments.append(segment.decode() if segment else "")
+            count = int(reviews) if reviews else 0
+            means.append(int(review_sum or 0) / count if count else np.nan)
+        population.last_purchase = np.asarray(last, dtype=float)
+        population.monetary = np.asarray(monetary, dtype=float)
+        population.review_means = np.asarray(means, dtype=float)
+        return population
+
+
+def read_population(client: redis.Redis, keys: Keys, chunk: int = 2_000) -> Population:
+    """Every profile in Redis, read in pipelined chunks of ``chunk`` customers."""
+    rows: list[list[bytes | None]] = []
+    pending: list[bytes] = []
+
+    def flush() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in pending:
+            pipe.hmget(key, _FIELDS)
+        rows.extend(pipe.execute())
+        pending.clear()
+
+    for key in client.scan_iter(match=keys.profiles_pattern, count=chunk):
+        pending.append(key)
+        if len(pending) >= chunk:
+            flush()
+    if pending:
+        flush()
+    population = Population.from_rows(rows)
+    log.info("read %d profiles (%d with a purchase)", len(population), int(population.scored.sum()))
+    return population

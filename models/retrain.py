@@ -1,0 +1,440 @@
+"""The retrain job: Redis -> CLV, recommendations, RFM thresholds -> Redis and the registry.
+
+One run (:func:`retrain_once`):
+
+1. reads every profile from Redis (``models.population``), as of an event-time ``cutoff`` (the
+   stream's watermark unless given);
+2. fits BG/NBD + Gamma-Gamma on the RFM summary built from the per-day purchases
+   (``models.clv``) and scores every customer: expected purchases, P(alive), CLV;
+3. republishes the R and M thresholds and the BG/NBD parameters when one of them moved
+   (``models.thresholds``): workers then re-score everyone once, and compute P(alive) online
+   for every later event (a churn reason below ``SEGSTREAM_CHURN_P_ALIVE_BELOW``);
+4. fits ALS on the customer x product matrix (``models.als``) and writes each customer's top-N
+   products not bought, with the seeds: new customers get the products most bought in the 30
+   event-days before the cutoff; big spenders (top monetary decile, or Champions) get the
+   best-rated products of their own categories (customer x category matrix), filled up by ALS;
+5. writes scores and lists into hashes of this run, then switches readers to them with one
+   ``SET`` of the models document; hashes no longer referenced are removed afterwards.
+
+Readers (``streams.readmodel.customer_models``) read the document and the customer's entries in one
+Lua call, so they see the old version or the new one, never a mix. A fit that fails keeps the
+model in force: the document keeps pointing at the previous run's scores or lists, the log and
+the registry say why, and nothing (no NaN) is written for it. The stream is never paused: the job
+only reads profiles and writes keys the workers do not touch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import redis
+
+from models.als import AlsRecommender, interaction_matrix
+from models.clv import ClvFitError, ClvModel, rfm_summary
+from models.population import Population, read_population
+from models.registry import Registry
+from models.thresholds import refresh_thresholds
+from segstream.keys import Keys
+from segstream.settings import Settings
+from streams.scoring import DAY
+
+__all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "watermark"]
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 5_000
+MONTH_DAYS = 30
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain run holds the lock."""
+
+
+@dataclass
+class RetrainReport:
+    """What one run did (also its registry ``meta.json``)."""
+
+    run: int
+    cutoff: str
+    customers: int = 0
+    scored_customers: int = 0
+    products: int = 0
+    categories: int = 0
+    clv: str = "not run"  # "fitted", or "kept run N: reason"
+    recommendations: str = "not run"
+    thresholds: str = "not run"
+    clv_diagnostics: dict[str, Any] = field(default_factory=dict)
+    strategies: dict[str, int] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # the models document after the run
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+
+
+def watermark(client: redis.Redis, keys: Keys) -> float | None:
+    """The stream's event-time watermark: the lowest of its partitions' (None before any tick)."""
+    values = client.hvals(keys.watermarks)
+    return min(float(v) for v in values) if values else None
+
+
+def current_models(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    raw = client.get(keys.models)
+    return json.loads(raw) if raw else {}
+
+
+class _Stopwatch:
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    def __call__(self, name: str) -> _Stopwatch:
+        self.name, self.started = name, time.perf_counter()
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self.name] = round(time.perf_counter() - self.started, 3)
+
+
+def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.Redis | None = None) -> RetrainReport:
+    """Run the job once at ``cutoff`` (epoch seconds, event time; default: the stream's watermark)."""
+    client = client or redis.Redis.from_url(settings.redis_address)
+    keys = Keys(settings.redis_prefix)
+    if cutoff is None:
+        cutoff = watermark(client, keys)
+        if cutoff is None:
+            raise ValueError("no event-time watermark in Redis yet: replay something, or pass a cutoff")
+    if not client.set(keys.retrain_lock, "1", nx=True, ex=3_600):
+        raise RetrainBusy(f"another retrain run holds {keys.retrain_lock}; try again when it ends")
+    run = int(client.incr(keys.model_runs))
+    try:
+        return _run(settings, client, keys, cutoff, run)
+    except BaseException:
+        if run not in current_models(client, keys).values():  # never switched to: nobody reads them
+            client.unlink(keys.scores(run), keys.recommendations(run))
+        raise
+    finally:
+        client.delete(keys.retrain_lock)
+
+
+def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run: int) -> RetrainReport:
+    started = time.perf_counter()
+    report = RetrainReport(run=run, cutoff=datetime.fromtimestamp(cutoff, tz=UTC).isoformat())
+    watch = _Stopwatch(report.seconds)
+    before = current_models(client, keys)
+    log.info("retrain run %d at event time %s", run, report.cutoff)
+
+    with watch("read"):
+        population = read_population(client, keys)
+    report.customers, report.scored_customers = len(population), int(population.scored.sum())
+
+    models = {key: before[key] for key in ("clv", "recommendations", "bgnbd") if key in before}
+    clv_artifact: dict[str, Any] | None = None
+    with watch("clv"):
+        try:
+            scores, clv_artifact = _clv(settings, population, cutoff, report)
+        except ClvFitError as exc:
+            report.clv = f"kept run {before.get('clv', 'none')}: {exc}"
+            log.warning("CLV not refitted, run %s stays in force: %s", before.get("clv", "none"), exc)
+        else:
+            _write_hash(client, keys.scores(run), scores)
+            models["clv"], models["bgnbd"] = run, clv_artifact["bgnbd"]
+            report.clv = "fitted"
+
+    with watch("thresholds"):  # with the new BG/NBD parameters, if any: workers re-score once
+        fitted_bgnbd = models["bgnbd"] if report.clv == "fitted" else None
+        scorer = refresh_thresholds(settings, population, cutoff, settings.thresholds_tolerance, fitted_bgnbd)
+        report.thresholds = f"published version {scorer.version}" if scorer else "unchanged"
+
+    als_artifact: dict[str, np.ndarray] | None = None
+    with watch("recommendations"):
+        try:
+            lists, als_artifact = _recommendations(settings, population, cutoff, run, report)
+        except ValueError as exc:  # an empty matrix
+            report.recommendations = f"kept run {before.get('recommendations', 'none')}: {exc}"
+            log.warning("ALS not refitted, run %s stays in force: %s", before.get("recommendations", "none"), exc)
+        else:
+            _write_hash(client, keys.recommendations(run), lists)
+            models["recommendations"] = run
+            report.recommendations = "fitted"
+
+    with watch("publish"):
+        models.update(run=run, cutoff=report.cutoff, thresholds_version=_thresholds_version(client, keys))
+        client.set(keys.models, json.dumps(models))  # the switch: readers see the new runs from here
+        _drop_unreferenced(client, keys, before, models)
+    report.models = models
+    report.seconds["total"] = round(time.perf_counter() - started, 3)
+    report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Registry(settings.models_path).save(run, asdict(report), clv=clv_artifact, als=als_artifact)
+    log.info(
+        "retrain run %d done in %.1f s: %d customers, CLV %s, recommendations %s, thresholds %s",
+        run,
+        report.seconds["total"],
+        report.customers,
+        report.clv,
+        report.recommendations,
+        report.thresholds,
+    )
+    return report
+
+
+def _thresholds_version(client: redis.Redis, keys: Keys) -> int:
+    raw = client.get(keys.thresholds)
+    return int(json.loads(raw)["version"]) if raw else 0
+
+
+# ---- CLV -----------------------------------------------------------------------------------------
+
+
+def _clv(
+    settings: Settings, population: Population, cutoff: float, report: RetrainReport
+) -> tuple[Iterator[tuple[str, str]], dict[str, Any]]:
+    summary = rfm_summary(zip(population.customers, population.purchases, strict=True), cutoff)
+    if summary.empty:
+        raise ClvFitError("no customer has a purchase before the cutoff")
+    model = ClvModel(
+        penalizer=settings.clv_penalizer,
+        horizon_days=settings.clv_horizon_days,
+        monthly_discount=settings.clv_monthly_discount,
+        min_repeat_buyers=settings.clv_min_repeat_buyers,
+    ).fit(summary)
+    scores = model.score(summary)
+    finite = np.isfinite(scores.to_numpy()).all(axis=1)
+    if not finite.all():
+        raise ClvFitError(f"scores not finite for {int((~finite).sum())} of {len(scores)} customers")
+    report.clv_diagnostics = {
+        "customers": len(summary),
+        "repeat_buyers": model.repeat_buyers_,
+        "frequency_monetary_corr": round(model.frequency_monetary_corr_, 4),
+        "mean_p_alive": round(float(scores["p_alive"].mean()), 4),
+        "mean_clv": round(float(scores["clv"].mean()), 2),
+    }
+    if abs(model.frequency_monetary_corr_) > 0.3:
+        log.warning(
+            "frequency and monetary value correlate (%.2f) among repeat buyers; Gamma-Gamma assumes they do not",
+            model.frequency_monetary_corr_,
+        )
+    artifact = {
+        "bgnbd": model.bgnbd_params_,
+        "gamma_gamma": model.gamma_gamma_params_,
+        "penalizer": model.penalizer,
+        "horizon_days": model.horizon_days,
+        "monthly_discount": model.monthly_discount,
+    }
+    rows = scores.round(4).itertuples(name=None)
+    return ((customer, f'{{"expected_purchases":{e},"p_alive":{p},"clv":{c}}}') for customer, e, p, c in rows), artifact
+
+
+# ---- recommendations -----------------------------------------------------------------------------
+
+
+def _recommendations(
+    settings: Settings, population: Population, cutoff: float, run: int, report: RetrainReport
+) -> tuple[Iterator[tuple[str, str]], dict[str, np.ndarray]]:
+    top_n = settings.recs_top_n
+    matrix, customers, products = interaction_matrix(dict(population.baskets(1)))
+    report.products = len(products)
+    als = AlsRecommender(factors=settings.als_factors, iterations=settings.als_iterations).fit(matrix)  # may raise
+    buyers = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    lists: dict[str, tuple[list[str], str]] = {}
+    for start in range(0, len(buyers), 10_000):
+        rows = buyers[start : start + 10_000]
+        for row, columns in zip(rows, als.recommend(rows, top_n), strict=True):
+            lists[customers[row]] = ([products[c] for c in columns], "als")
+
+    # big spenders: the best-rated products of their own categories, then ALS
+    category_matrix, _, categories = interaction_matrix(dict(population.baskets(2)))
+    report.categories = len(categories)
+    best = top_rated_by_category(population, settings.recs_min_reviews)
+    bought = {customer: set(basket) for customer, basket in population.baskets(1) if basket}
+    for row in np.flatnonzero(_big_spenders(population)):
+        customer = population.customers[row]
+        start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
+        own = [categories[c] for c in category_matrix.indices[start:end][np.argsort(-category_matrix.data[start:end])]]
+        picks = [p for category in own for p in best.get(category, []) if p not in bought.get(customer, ())]
+        picks = list(dict.fromkeys(picks))[:top_n]
+        if not picks:
+            continue
+        filler = [p for p in lists.get(customer, ([], ""))[0] if p not in picks]
+        strategy = "top_rated" if len(picks) == top_n or not filler else "top_rated+als"
+        lists[customer] = ((picks + filler)[:top_n], strategy)
+
+    default, default_strategy = popular_this_month(population, cutoff, top_n)
+    report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
+    report.strategies[default_strategy + " (default)"] = 1
+
+    def entries() -> Iterator[tuple[str, str]]:
+        yield "*", json.dumps({"items": default, "strategy": default_strategy, "run": run})
+        for customer, (items, strategy) in lists.items():
+            yield customer, json.dumps({"items": items, "strategy": strategy, "run": run})
+
+    artifact = {
+        "item_factors": np.asarray(_to_numpy(als.model_.item_factors), dtype=np.float32),
+        "products": np.asarray(products, dtype=str),
+    }
+    return entries(), artifact
+
+
+def _to_numpy(factors: Any) -> np.ndarray:
+    return factors.to_numpy() if hasattr(factors, "to_numpy") else np.asarray(factors)
+
+
+def _big_spenders(population: Population) -> np.ndarray:
+    """Top monetary decile of the scored customers, or Champions."""
+    scored = population.scored
+    if not scored.any():
+        return scored
+    decile = np.quantile(population.monetary[scored], 0.9)
+    champions = np.asarray([segment == "Champions" for segment in population.segments], dtype=bool)
+    return scored & ((population.monetary >= decile) | champions)
+
+
+def top_rated_by_category(population: Population, min_reviews: int) -> dict[str, list[str]]:
+    """Per category, its products by buyer rating, best first, among products with at least
+    ``min_reviews`` reviewing buyers. A product's buyer rating is the mean, over its distinct
+    buyers who reviewed, of each buyer's mean review score (a profile keeps review sums per
+    customer, not per order: for the ~97% of Olist customers with one order they coincide)."""
+    total: defaultdict[str, float] = defaultdict(float)
+    count: Counter[str] = Counter()
+    category_of: dict[str, str] = {}
+    for days, mean in zip(population.purchases, population.review_means, strict=True):
+        products = {p: c for _, ps, cs in days.values() for p, c in zip(ps, cs, strict=True)}
+        category_of.update(products)
+        if np.isnan(mean):
+            continue
+        for product in products:
+            total[product] += mean
+            count[product] += 1
+    ranked: defaultdict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    for product, n in count.items():
+        if n >= min_reviews:
+            ranked[category_of[product]].append((-total[product] / n, -n, product))
+    return {category: [p for *_, p in sorted(rows)] for category, rows in ranked.items()}
+
+
+def popular_this_month(population: Population, cutoff: float, n: int) -> tuple[list[str], str]:
+    """The ``n`` products with the most buyers in the 30 event-days up to the cutoff (strategy
+    ``popular_month``); over all history (``popular``) if nobody bought in that window."""
+    end = datetime.fromtimestamp(cutoff, tz=UTC).date()
+    first = (end - timedelta(days=MONTH_DAYS - 1)).isoformat()
+    last = end.isoformat()
+    recent: Counter[str] = Counter()
+    ever: Counter[str] = Counter()
+    for days in population.purchases:
+        recent.update({p for day, (_, ps, _) in days.items() if first <= day <= last for p in ps})
+        ever.update({p for _, ps, _ in days.values() for p in ps})
+    if recent:
+        return [p for p, _ in sorted(recent.items(), key=lambda kv: (-kv[1], kv[0]))[:n]], "popular_month"
+    return [p for p, _ in sorted(ever.items(), key=lambda kv: (-kv[1], kv[0]))[:n]], "popular"
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str]]) -> int:
+    """Write a run's hash in pipelined chunks (readers do not see it until the switch)."""
+    client.unlink(key)  # a crashed run with the same number left nothing behind that counts
+    written, chunk = 0, {}
+    pipe = client.pipeline(transaction=False)
+    for field_name, value in entries:
+        chunk[field_name] = value
+        if len(chunk) >= WRITE_CHUNK:
+            pipe.hset(key, mapping=chunk)
+            written += len(chunk)
+            chunk = {}
+            if len(pipe) >= 8:
+                pipe.execute()
+    if chunk:
+        pipe.hset(key, mapping=chunk)
+        written += len(chunk)
+    pipe.execute()
+    return written
+
+
+def _drop_unreferenced(client: redis.Redis, keys: Keys, before: dict[str, Any], after: dict[str, Any]) -> None:
+    old = {keys.scores(before["clv"]) if "clv" in before else None}
+    old |= {keys.recommendations(before["recommendations"]) if "recommendations" in before else None}
+    new = {keys.scores(after.get("clv")), keys.recommendations(after.get("recommendations"))}
+    stale = [key for key in old - new if key]
+    if stale:
+        client.unlink(*stale)
+
+
+def parse_every(text: str) -> float:
+    """A cadence such as ``30d``, ``12h``, ``10m`` or ``45s``, in seconds.
+
+    >>> parse_every("30d") / DAY, parse_every("90s")
+    (30.0, 90.0)
+    """
+    units = {"d": DAY, "h": 3_600.0, "m": 60.0, "s": 1.0}
+    try:
+        value, unit = float(text[:-1]), units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise ValueError(f"{text!r} is not a duration such as 30d, 12h, 10m or 45s") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: the cadence must be positive")
+    return value * unit
+
+
+def retrain_every(
+    settings: Settings,
+    every_s: float,
+    clock: str = "event",
+    poll_s: float = 1.0,
+    runs: int | None = None,
+    on_report: Any = None,
+) -> int:
+    """Run the job on a cadence until interrupted (or ``runs`` runs); returns the runs made.
+
+    ``clock="event"``: a run falls due when the stream's watermark passes the next multiple of
+    ``every_s`` since the epoch, and uses that boundary as its cutoff, so a backtest retrains at
+    the same event times whatever the replay speed (boundaries the watermark jumped over are
+    skipped, and logged). ``clock="wall"``: every ``every_s`` wall seconds, at the watermark.
+    """
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    made, next_wall = 0, time.monotonic()
+    last = current_models(client, keys).get("cutoff")
+    next_boundary = None
+    if last:
+        next_boundary = (datetime.fromisoformat(last).timestamp() // every_s + 1) * every_s
+    while runs is None or made < runs:
+        if clock == "wall":
+            if time.monotonic() < next_wall:
+                time.sleep(min(poll_s, next_wall - time.monotonic()))
+                continue
+            next_wall += every_s
+            if watermark(client, keys) is None:
+                log.info("no watermark yet: nothing to retrain on")
+                continue
+            report = retrain_once(settings, client=client)
+        else:
+            mark = watermark(client, keys)
+            if mark is None:
+                time.sleep(poll_s)
+                continue
+            if next_boundary is None:
+                next_boundary = (mark // every_s + 1) * every_s  # the first boundary after the start
+            if mark < next_boundary:
+                time.sleep(poll_s)
+                continue
+            boundary = mark // every_s * every_s
+            if boundary > next_boundary:
+                log.warning(
+                    "the watermark passed %d boundaries at once; retraining at the latest",
+                    int((boundary - next_boundary) // every_s) + 1,
+                )
+            report = retrain_once(settings, cutoff=boundary, client=client)
+            next_boundary = boundary + every_s
+        made += 1
+        if on_report is not None:
+            on_report(report)
+    return made
