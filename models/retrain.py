@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from models.als import AlsRecommender, interaction_matrix
+from models.als import AlsRecommender, dense_factors, interaction_matrix
 from models.clv import ClvFitError, ClvModel, rfm_summary
 from models.population import Population, read_population
 from models.registry import Registry
@@ -260,7 +260,8 @@ def _recommendations(
         customer = population.customers[row]
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
         own = [categories[c] for c in category_matrix.indices[start:end][np.argsort(-category_matrix.data[start:end])]]
-        picks = [p for category in own for p in best.get(category, []) if p not in bought.get(customer, ())]
+        mine = bought.get(customer, set())
+        picks = [p for category in own for p in best.get(category, [])[: top_n + len(mine)] if p not in mine]
         picks = list(dict.fromkeys(picks))[:top_n]
         if not picks:
             continue
@@ -278,14 +279,10 @@ def _recommendations(
             yield customer, json.dumps({"items": items, "strategy": strategy, "run": run})
 
     artifact = {
-        "item_factors": np.asarray(_to_numpy(als.model_.item_factors), dtype=np.float32),
+        "item_factors": np.asarray(dense_factors(als.model_.item_factors), dtype=np.float32),
         "products": np.asarray(products, dtype=str),
     }
     return entries(), artifact
-
-
-def _to_numpy(factors: Any) -> np.ndarray:
-    return factors.to_numpy() if hasattr(factors, "to_numpy") else np.asarray(factors)
 
 
 def _big_spenders(population: Population) -> np.ndarray:

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     recs_min_reviews: int = Field(
         3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."
     )
-    als_factors: int = Field(64, ge=1, description="ALS latent factors.")
+    als_factors: int = Field(32, ge=1, description="ALS latent factors.")
     als_iterations: int = Field(15, ge=1, description="ALS sweeps.")
     thresholds_tolerance: float = Field(
         0.05, ge=0, description="Republish R/M thresholds only when one moves by more than this share."

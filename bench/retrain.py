@@ -1,0 +1,167 @@
+"""Retrain time and peak memory at full Olist size and 10x, and the stream's rate while it runs.
+
+    python bench/retrain.py --orders 100000 --scale 10
+
+On the embedded redis-server (and broker, for the stream phase), fresh and on free ports:
+
+1. state: a synthetic history of --orders orders is generated, folded into profiles exactly as
+   the stream folds them (``Profile.apply``, then evaluated at the last event), and written to
+   Redis with the watermarks, as a worker would have left them. Not timed as part of the job.
+2. retrain: ``segstream retrain --once`` in a process of its own (so its peak RSS is the job's):
+   read every profile, fit CLV and ALS, refresh thresholds, write scores and lists, switch.
+   Reported: the job's own phase timings, its wall time including interpreter start and imports,
+   and its peak RSS. Then the same at --scale times the orders.
+3. stream during a retrain (base size only): a worker consumes a paced replay (--stream-rate
+   events/s) of the same history into a Redis prefix of its own; the applied events/s are
+   measured over the retrain's duration and over the same time just before it.
+
+Target (issue 5): under 20 s at full size (~100k orders, ~96k customers, ~33k products).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from replay.olist import load_olist
+from replay.producer import ensure_topics, replay_history
+from replay.synth import SynthConfig, synthesize
+from segstream.demo import start_worker, stop_worker
+from segstream.keys import Keys
+from segstream.services import free_port, services_down, services_up
+from segstream.settings import Settings, settings_env
+from streams.profile import Profile
+from streams.scoring import ChurnRules, RfmScorer
+
+
+def build_state(settings: Settings, data: Path) -> dict:
+    """Fold the history into profiles and store them (and the watermarks) in Redis."""
+    started = time.monotonic()
+    history = load_olist(data)
+    profiles: dict[str, Profile] = {}
+    last = 0.0
+    for event in history.events():
+        customer = event.customer_unique_id
+        profile = profiles.get(customer)
+        if profile is None:
+            profile = profiles[customer] = Profile(customer)
+        profile.apply(event)
+        last = max(last, event.event_time.timestamp())
+    scorer, rules = RfmScorer(), ChurnRules()
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    pipe = client.pipeline(transaction=False)
+    for n, profile in enumerate(profiles.values(), 1):
+        profile.evaluate(last, scorer, rules)
+        pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
+        if n % 5_000 == 0:
+            pipe.execute()
+    pipe.hset(keys.watermarks, mapping={str(p): last for p in range(settings.topic_partitions)})
+    pipe.execute()
+    products = {p for profile in profiles.values() for p in profile.products}
+    return {
+        "customers": len(profiles),
+        "products": len(products),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def run_retrain(settings: Settings) -> dict:
+    """``segstream retrain --once`` in its own process; its report, wall time and peak RSS."""
+    code = (
+        "import json, sys; from models.retrain import retrain_once; from segstream.settings import Settings\n"
+        "report = retrain_once(Settings())\n"
+        "print(json.dumps({k: v for k, v in vars(report).items() if k != 'models'}))"
+    )
+    env = {**os.environ, **settings_env(settings), "OPENBLAS_NUM_THREADS": "1"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["process_seconds"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def stream_during_retrain(settings: Settings, data: Path, job: Settings, rate: float, workdir: Path) -> dict:
+    stream = settings.model_copy(
+        update={"redis_prefix": "bench-stream", "app_id": "bench-stream", "topic_orders": "b.orders",
+                "topic_reviews": "b.reviews", "run_dir": workdir / "stream-run"}
+    )  # fmt: skip
+    asyncio.run(ensure_topics(stream.kafka_bootstrap_servers, [stream.topic_orders, stream.topic_reviews], 4, 1))
+    worker = start_worker(stream, workdir / "worker.log")
+    client, keys = redis.Redis.from_url(stream.redis_address), Keys(stream.redis_prefix)
+
+    def applied() -> int:
+        return int(client.hget(keys.counters, "applied") or 0)
+
+    history = load_olist(data)
+    thread = threading.Thread(target=lambda: asyncio.run(replay_history(history, stream, rate=rate)), daemon=True)
+    try:
+        time.sleep(8)  # the worker joins its group
+        thread.start()
+        while applied() < rate * 10:  # steady state
+            time.sleep(0.5)
+        first = applied()
+        started = time.monotonic()
+        report = run_retrain(job)
+        during = (applied() - first) / (time.monotonic() - started)
+        window = time.monotonic() - started
+        first, started = applied(), time.monotonic()
+        time.sleep(window)
+        after = (applied() - first) / (time.monotonic() - started)
+    finally:
+        stop_worker(worker, timeout_s=15)
+    return {
+        "replay_rate": rate,
+        "applied_per_s_during_retrain": round(during),
+        "applied_per_s_after_retrain": round(after),
+        "retrain_seconds_beside_stream": report["process_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=100_000)
+    parser.add_argument("--scale", type=int, default=10, help="also run at this many times the orders (1: skip)")
+    parser.add_argument("--stream-rate", type=float, default=1_000.0, help="paced replay events/s (0: skip)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-bench-retrain-"))
+    base = Settings(run_dir=workdir / "run", kafka_port=free_port(), redis_port=free_port(), log_level="warning")
+    services_up(base)
+    figures: dict = {}
+    try:
+        sizes = [args.orders] + ([args.orders * args.scale] if args.scale > 1 else [])
+        for orders in sizes:
+            data = workdir / f"data-{orders}"
+            synthesize(SynthConfig(orders=orders, seed=7), data)
+            update = {"redis_prefix": f"bench-{orders}", "models_dir": workdir / f"models-{orders}"}
+            job = base.model_copy(update=update)
+            state = build_state(job, data)
+            print(f"{orders:,} orders: state {state}", flush=True)
+            report = run_retrain(job)
+            figures[orders] = {**state, "retrain": report}
+            print(json.dumps(figures[orders], indent=2), flush=True)
+            if orders == args.orders and args.stream_rate > 0:
+                figures["stream"] = stream_during_retrain(base, data, job, args.stream_rate, workdir)
+                print(json.dumps(figures["stream"], indent=2), flush=True)
+            redis.Redis.from_url(base.redis_address).flushdb()
+            shutil.rmtree(data, ignore_errors=True)
+    finally:
+        services_down(base)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
