@@ -1,16 +1,14 @@
 """Product recommendations: implicit-feedback ALS over what each customer bought, and the
 popularity baseline it must beat.
 
-The input is what the stream keeps per customer (``Profile.products``: the product ids of every
-purchase, repeats included). :func:`interaction_matrix` turns it into a customer x product count
+The input is what the stream keeps per customer (``Profile.purchases``: the product ids of every
+purchase day, repeats included). :func:`interaction_matrix` turns it into a customer x product count
 matrix; :class:`AlsRecommender` fits ``implicit``'s alternating least squares on it, with
 confidence ``alpha * count`` (Hu, Koren and Volinsky, 2008), and recommends the products a
 customer has not bought. :func:`popular_items` is the baseline: the most bought products, minus
 the customer's own.
 
-Not finished (issue 5): the retrain job that reads profiles from Redis, writes recommendation
-lists back with their strategy and model version, the seed strategies (new customers, big
-spenders) and the customer x category matrix.
+The retrain job (``models/retrain.py``) adds the seed strategies and writes the lists back.
 """
 
 from __future__ import annotations

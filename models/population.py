@@ -45,10 +45,11 @@ class Population:
         """Which customers have a purchase (and so R/F/M scores)."""
         return ~np.isnan(self.last_purchase)
 
-    def baskets(self, what: int = 1) -> Iterator[tuple[str, list[str]]]:
-        """``(customer, products)`` of every customer (``what=2``: categories), days in order."""
+    def baskets(self, what: int = 1, until: str = "9999-12-31") -> Iterator[tuple[str, list[str]]]:
+        """``(customer, products)`` of every customer (``what=2``: categories), days in order, up to
+        the day ``until`` (``YYYY-MM-DD``) included."""
         for customer, days in zip(self.customers, self.purchases, strict=True):
-            yield customer, [entry for day in sorted(days) for entry in days[day][what]]
+            yield customer, [entry for day in sorted(days) if day <= until for entry in days[day][what]]
 
     @classmethod
     def from_rows(cls, rows: list[list[bytes | None]]) -> Population:

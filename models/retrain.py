@@ -241,7 +241,8 @@ def _recommendations(
     settings: Settings, population: Population, cutoff: float, run: int, report: RetrainReport
 ) -> tuple[Iterator[tuple[str, str]], dict[str, np.ndarray]]:
     top_n = settings.recs_top_n
-    matrix, customers, products = interaction_matrix(dict(population.baskets(1)))
+    until = datetime.fromtimestamp(cutoff, tz=UTC).date().isoformat()  # purchase days up to the cutoff's
+    matrix, customers, products = interaction_matrix(dict(population.baskets(1, until)))
     report.products = len(products)
     als = AlsRecommender(factors=settings.als_factors, iterations=settings.als_iterations).fit(matrix)  # may raise
     buyers = np.flatnonzero(np.diff(matrix.indptr) > 0)
@@ -252,10 +253,10 @@ def _recommendations(
             lists[customers[row]] = ([products[c] for c in columns], "als")
 
     # big spenders: the best-rated products of their own categories, then ALS
-    category_matrix, _, categories = interaction_matrix(dict(population.baskets(2)))
+    category_matrix, _, categories = interaction_matrix(dict(population.baskets(2, until)))
     report.categories = len(categories)
     best = top_rated_by_category(population, settings.recs_min_reviews)
-    bought = {customer: set(basket) for customer, basket in population.baskets(1) if basket}
+    bought = {customer: set(basket) for customer, basket in population.baskets(1) if basket}  # all, to exclude
     for row in np.flatnonzero(_big_spenders(population)):
         customer = population.customers[row]
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]

@@ -107,6 +107,8 @@ def run_demo(
         echo("segments after the replay:" if caught_up else "segments so far (the worker did not catch up in time):")
         for line in overview_lines(overview(settings, latest=10)):
             echo("  " + line)
+        if caught_up:
+            _demo_retrain(settings, echo)
         echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
     finally:
         stop_worker(worker)
@@ -116,3 +118,27 @@ def run_demo(
     if keep_services:
         echo("services keep running: `segstream services status`, `segstream services down`")
     return caught_up
+
+
+def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
+    """One retrain run on what the worker built, and what it says about the biggest spender."""
+    import redis
+
+    from models.population import read_population
+    from models.retrain import retrain_once
+    from segstream.keys import Keys
+    from streams.readmodel import customer_models, models_lines
+
+    echo("retraining the models on the profiles in Redis (`segstream retrain --once`):")
+    report = retrain_once(settings)
+    echo(
+        f"  run {report.run}: {report.customers:,} customers, {report.products:,} products in "
+        f"{report.seconds['total']:.1f} s; CLV {report.clv}; recommendations {report.recommendations}; "
+        f"thresholds {report.thresholds}"
+    )
+    population = read_population(redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix))
+    best = population.customers[int(population.monetary.argmax())] if len(population) else None
+    if best is not None:
+        echo(f"  the biggest spender, {best}:")
+        for line in models_lines(customer_models(settings, best)):
+            echo("    " + line)

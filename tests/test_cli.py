@@ -104,4 +104,6 @@ def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None
         assert re.search(rf"^  {re.escape(segment)} +{count:,} ", table, re.MULTILINE), (segment, count, table)
     assert f"total {expected.sum():,} ".replace(" ", "") in table.replace(" ", "")
     assert "consumed 8,903, applied 8,903" in done.stdout
+    assert re.search(r"run 1: [\d,]+ customers, [\d,]+ products .*recommendations fitted", done.stdout), done.stdout
+    assert "recommendations      " in done.stdout  # the biggest spender's list
     assert "kafka: stopped pid" in done.stdout and "redis: stopped pid" in done.stdout

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -24,15 +25,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from click.testing import CliRunner
 from lifetimes.utils import summary_data_from_transaction_data
 
 from models.clv import rfm_summary
 from models.population import read_population
 from models.registry import Registry
-from models.retrain import current_models, retrain_once
+from models.retrain import current_models, retrain_every, retrain_once
 from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize
+from segstream.cli import cli
 from segstream.keys import Keys
 from segstream.settings import Settings
 from streams.profile import Profile
@@ -204,6 +207,55 @@ def test_failed_fits_keep_the_model_in_force(store: Settings, caplog: pytest.Log
     assert runs == [first.run, second.run, third.run, fourth.run]
 
 
+def test_command_line_and_registry(store: Settings) -> None:
+    _save(store, _population(300, repeat_share=0.3))
+    env = {
+        "SEGSTREAM_REDIS_URL": store.redis_address,
+        "SEGSTREAM_REDIS_PREFIX": store.redis_prefix,
+        "SEGSTREAM_MODELS_DIR": str(store.models_path),
+    }
+    runner = CliRunner()
+    done = runner.invoke(cli, ["retrain", "--once", "--cutoff", "2018-06-30T18:00"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "run 1 at 2018-06-30T18:00:00+00:00: 300 customers, 48 products" in done.output
+    listed = runner.invoke(cli, ["models", "list"], env=env).output
+    assert re.search(r"^ +1  2018-06-30T18:00:00\+00:00 +300 +48 ", listed, re.MULTILINE), listed
+    shown = json.loads(runner.invoke(cli, ["models", "show", "1"], env=env).output)
+    assert shown["clv"] == "fitted" and shown["clv_params"]["bgnbd"]["r"] > 0
+    assert runner.invoke(cli, ["models", "show", "9"], env=env).exit_code == 1
+    profile = runner.invoke(cli, ["profile", "c00002"], env=env).output
+    assert "clv " in profile and "p_alive " in profile and "recommendations " in profile
+    both = runner.invoke(cli, ["retrain", "--once", "--every", "30d"], env=env)
+    assert both.exit_code == 2 and "exactly one of --once or --every" in both.output
+    assert "30d, 12h" in runner.invoke(cli, ["retrain", "--every", "soon"], env=env).output
+
+
+def test_event_time_cadence_runs_at_the_boundaries(store: Settings) -> None:
+    """--every 30d: a run when the watermark passes each multiple of 30 days, at that boundary."""
+    _save(store, _population(300, repeat_share=0.3))
+    client, keys = _client(store), Keys(store.redis_prefix)
+    every = 30 * DAY
+    start = (CUTOFF // every) * every + 5 * DAY  # 5 days after a boundary
+    client.hset(keys.watermarks, mapping={"0": start, "1": start + 40 * DAY})  # the lowest counts
+    cutoffs: list[str] = []
+    thread = threading.Thread(
+        target=retrain_every,
+        args=(store, every),
+        kwargs={"poll_s": 0.05, "runs": 2, "on_report": lambda r: cutoffs.append(r.cutoff)},
+    )
+    thread.start()
+    time.sleep(1.0)
+    assert cutoffs == []  # no boundary passed yet
+    client.hset(keys.watermarks, "0", start + 26 * DAY)  # past the next boundary (+25 days)
+    deadline = time.monotonic() + 30
+    while len(cutoffs) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.hset(keys.watermarks, mapping={"0": start + 90 * DAY, "1": start + 90 * DAY})  # over two: one run
+    thread.join(timeout=60)
+    first, latest = start - 5 * DAY + every, start - 5 * DAY + 3 * every
+    assert cutoffs == [pd.Timestamp(t, unit="s", tz="UTC").isoformat() for t in (first, latest)]
+
+
 # ---- with the stream -----------------------------------------------------------------------------
 
 
@@ -285,3 +337,15 @@ def test_retrain_while_a_replay_runs(workers: Workers, repeat_history: Path) -> 
     assert all(recs_run == run for run, recs_run in seen if recs_run is not None)  # never a mix
     counters = workers.counters()
     assert counters["applied"] == result["summary"].events_total
+
+
+def test_wall_clock_cadence_runs_at_the_watermark(store: Settings) -> None:
+    _save(store, _population(200, repeat_share=0.3))
+    client, keys = _client(store), Keys(store.redis_prefix)
+    client.hset(keys.watermarks, mapping={"0": CUTOFF, "1": CUTOFF + DAY})
+    reports: list = []
+    started = time.monotonic()
+    made = retrain_every(store, 0.5, clock="wall", poll_s=0.05, runs=2, on_report=reports.append)
+    assert made == 2 and time.monotonic() - started >= 0.5  # the second run waited for its turn
+    assert [r.cutoff for r in reports] == [pd.Timestamp(CUTOFF, unit="s", tz="UTC").isoformat()] * 2
+    assert current_models(client, keys)["run"] == reports[-1].run
