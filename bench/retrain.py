@@ -155,7 +155,7 @@ def main() -> None:
             if orders == args.orders and args.stream_rate > 0:
                 figures["stream"] = stream_during_retrain(base, data, job, args.stream_rate, workdir)
                 print(json.dumps(figures["stream"], indent=2), flush=True)
-            redis.Redis.from_url(base.redis_address).flushdb()
+            redis.Redis.from_url(base.redis_address).flushdb(asynchronous=True)
             shutil.rmtree(data, ignore_errors=True)
     finally:
         services_down(base)

@@ -81,6 +81,8 @@ class AlsRecommender:
         ALS sweeps.
     random_state
         Seed of the factors' initialisation (fits are deterministic on one thread).
+    threads
+        implicit's own threads for fitting and ranking (0: every core). BLAS stays on one thread.
 
     Attributes
     ----------
@@ -97,12 +99,14 @@ class AlsRecommender:
         alpha: float = 20.0,
         iterations: int = 15,
         random_state: int = 0,
+        threads: int = 0,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
         self.iterations = iterations
         self.random_state = random_state
+        self.threads = threads
 
     def fit(self, matrix: sparse.csr_matrix) -> AlsRecommender:
         if matrix.nnz == 0:
@@ -117,7 +121,7 @@ class AlsRecommender:
                 alpha=self.alpha,
                 iterations=self.iterations,
                 random_state=self.random_state,
-                num_threads=1,
+                num_threads=self.threads,
             )
             model.fit(matrix.tocsr().astype(np.float32), show_progress=False)
         self.model_, self.matrix_ = model, matrix.tocsr()
@@ -153,14 +157,16 @@ class AlsRecommender:
         found: list[list[int]] = [[] for _ in range(len(distinct))]
         with threadpool_limits(1, "blas"):
             for start in range(0, len(distinct), chunk):
-                ids, _scores = topk(items, users[start : start + chunk], min(n + extra, items.shape[0]))
+                ids, _scores = topk(
+                    items, users[start : start + chunk], min(n + extra, items.shape[0]), num_threads=self.threads
+                )
                 for offset, row in enumerate(ids.tolist()):
                     i = start + offset
                     own = set(bought.indices[bought.indptr[i] : bought.indptr[i + 1]].tolist())
                     found[i] = [column for column in row if column >= 0 and column not in own][:n]
             heavy = np.flatnonzero(counts > _MAX_FILTERED)  # bought more than the margin: filter exactly
             if len(heavy):
-                ids, _scores = topk(items, users[heavy], n, filter_query_items=bought[heavy])
+                ids, _scores = topk(items, users[heavy], n, filter_query_items=bought[heavy], num_threads=self.threads)
                 for i, row in zip(heavy.tolist(), ids.tolist(), strict=True):
                     found[i] = [column for column in row if column >= 0]
         return [found[s] for s in slot]

@@ -244,7 +244,9 @@ def _recommendations(
     until = datetime.fromtimestamp(cutoff, tz=UTC).date().isoformat()  # purchase days up to the cutoff's
     matrix, customers, products = interaction_matrix(dict(population.baskets(1, until)))
     report.products = len(products)
-    als = AlsRecommender(factors=settings.als_factors, iterations=settings.als_iterations).fit(matrix)  # may raise
+    als = AlsRecommender(
+        factors=settings.als_factors, iterations=settings.als_iterations, threads=settings.als_threads
+    ).fit(matrix)  # an empty matrix raises ValueError
     buyers = np.flatnonzero(np.diff(matrix.indptr) > 0)
     lists: dict[str, tuple[list[str], str]] = {}
     for start in range(0, len(buyers), 10_000):
