@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -52,6 +54,7 @@ __all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "wa
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 5_000
+LOCK_SECONDS = 3_600  # a run killed without cleaning up blocks others this long at most
 MONTH_DAYS = 30
 
 
@@ -113,8 +116,13 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
         cutoff = watermark(client, keys)
         if cutoff is None:
             raise ValueError("no event-time watermark in Redis yet: replay something, or pass a cutoff")
-    if not client.set(keys.retrain_lock, "1", nx=True, ex=3_600):
-        raise RetrainBusy(f"another retrain run holds {keys.retrain_lock}; try again when it ends")
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    if not client.set(keys.retrain_lock, holder, nx=True, ex=LOCK_SECONDS):
+        other, ttl = client.get(keys.retrain_lock), client.ttl(keys.retrain_lock)
+        raise RetrainBusy(
+            f"another retrain run ({(other or b'?').decode()}) holds {keys.retrain_lock} for {ttl} s more; "
+            f"if that process is gone (killed), delete the key and run again"
+        )
     run = int(client.incr(keys.model_runs))
     try:
         return _run(settings, client, keys, cutoff, run)

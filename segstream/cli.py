@@ -454,7 +454,10 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--every") from None
             click.echo(f"retraining every {every} of {clock} time; Ctrl-C stops")
-            retrain_every(settings, seconds, clock=clock, on_report=show)
+            try:
+                retrain_every(settings, seconds, clock=clock, on_report=show)
+            except KeyboardInterrupt:  # a run in progress left nothing readers see, and its lock
+                click.echo("stopped", err=True)
     except (RetrainBusy, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 

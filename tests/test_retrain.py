@@ -31,7 +31,7 @@ from lifetimes.utils import summary_data_from_transaction_data
 from models.clv import rfm_summary
 from models.population import read_population
 from models.registry import Registry
-from models.retrain import current_models, retrain_every, retrain_once
+from models.retrain import RetrainBusy, current_models, retrain_every, retrain_once
 from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize
@@ -349,3 +349,14 @@ def test_wall_clock_cadence_runs_at_the_watermark(store: Settings) -> None:
     assert made == 2 and time.monotonic() - started >= 0.5  # the second run waited for its turn
     assert [r.cutoff for r in reports] == [pd.Timestamp(CUTOFF, unit="s", tz="UTC").isoformat()] * 2
     assert current_models(client, keys)["run"] == reports[-1].run
+
+
+def test_a_second_run_at_once_is_refused(store: Settings) -> None:
+    _save(store, _population(50, repeat_share=0.3))
+    client, keys = _client(store), Keys(store.redis_prefix)
+    client.set(keys.retrain_lock, "elsewhere:123", ex=60)
+    with pytest.raises(RetrainBusy, match="elsewhere:123"):
+        retrain_once(store, cutoff=CUTOFF)
+    assert current_models(client, keys) == {}  # nothing switched
+    client.delete(keys.retrain_lock)
+    assert retrain_once(store, cutoff=CUTOFF).run == 1  # the refused one took no run number
