@@ -76,8 +76,8 @@ def models_lines(found: CustomerModels | None) -> list[str]:
     lines = [f"{'models':<20} run {found.models.get('run')} at event time {found.models.get('cutoff')}"]
     if found.scores:
         lines.append(f"{'clv':<20} {found.scores['clv']:.2f} over the horizon (CLV run {found.models.get('clv')})")
-        lines.append(f"{'p_alive':<20} {found.scores['p_alive']:.3f}")
-        lines.append(f"{'expected_purchases':<20} {found.scores['expected_purchases']:.3f}")
+        lines.append(f"{'p_alive_at_cutoff':<20} {found.scores['p_alive']:.3f} at the model's cutoff")
+        lines.append(f"{'expected_purchases':<20} {found.scores['expected_purchases']:.3f} over the horizon")
     else:
         lines.append(f"{'clv':<20} n/a (no CLV model, or no purchase before its cutoff)")
     if found.recommendations:

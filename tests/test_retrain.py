@@ -224,7 +224,7 @@ def test_command_line_and_registry(store: Settings) -> None:
     assert shown["clv"] == "fitted" and shown["clv_params"]["bgnbd"]["r"] > 0
     assert runner.invoke(cli, ["models", "show", "9"], env=env).exit_code == 1
     profile = runner.invoke(cli, ["profile", "c00002"], env=env).output
-    assert "clv " in profile and "p_alive " in profile and "recommendations " in profile
+    assert "clv " in profile and "p_alive_at_cutoff " in profile and "recommendations " in profile
     both = runner.invoke(cli, ["retrain", "--once", "--every", "30d"], env=env)
     assert both.exit_code == 2 and "exactly one of --once or --every" in both.output
     assert "30d, 12h" in runner.invoke(cli, ["retrain", "--every", "soon"], env=env).output
