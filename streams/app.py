@@ -20,10 +20,13 @@ import gc
 import logging
 
 import faust
+import redis.asyncio as aioredis
 
 from segstream.settings import Settings
 from streams.agents import StreamHandler
 from streams.consumer import RawSchema, WorkerApp, take_available
+
+REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)
 
 __all__ = ["create_app"]
 
@@ -104,14 +107,22 @@ def create_app(settings: Settings) -> faust.App:
             if published == 0:
                 await asyncio.sleep(0.1)
 
+    # Timers skip a beat while Redis is away (restarting, failing over): an exception would crash
+    # the worker. What they do is idempotent, so the next beat catches up.
     @app.timer(interval=1.0, name="refresh_thresholds")
     async def refresh_thresholds() -> None:
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_orders)
-        await handler.refresh_thresholds(owned)
+        try:
+            await handler.refresh_thresholds(owned)
+        except REDIS_AWAY as exc:
+            logging.getLogger(__name__).warning("Redis unavailable (%s); thresholds checked again in 1 s", exc)
 
     @app.timer(interval=5.0, name="checkpoint_clusters")
     async def checkpoint_clusters() -> None:
-        await handler.checkpoint_clusters()
+        try:
+            await handler.checkpoint_clusters()
+        except REDIS_AWAY as exc:
+            logging.getLogger(__name__).warning("Redis unavailable (%s); cluster checkpoint in 5 s", exc)
 
     app.segstream_handler = handler  # for tests and tooling
     return app
