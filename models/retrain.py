@@ -415,33 +415,40 @@ def retrain_every(
     if last:
         next_boundary = (datetime.fromisoformat(last).timestamp() // every_s + 1) * every_s
     while runs is None or made < runs:
-        if clock == "wall":
-            if time.monotonic() < next_wall:
-                time.sleep(min(poll_s, next_wall - time.monotonic()))
-                continue
-            next_wall += every_s
-            if watermark(client, keys) is None:
-                log.info("no watermark yet: nothing to retrain on")
-                continue
-            report = retrain_once(settings, client=client)
-        else:
-            mark = watermark(client, keys)
-            if mark is None:
-                time.sleep(poll_s)
-                continue
-            if next_boundary is None:
-                next_boundary = (mark // every_s + 1) * every_s  # the first boundary after the start
-            if mark < next_boundary:
-                time.sleep(poll_s)
-                continue
-            boundary = mark // every_s * every_s
-            if boundary > next_boundary:
-                log.warning(
-                    "the watermark passed %d boundaries at once; retraining at the latest",
-                    int((boundary - next_boundary) // every_s) + 1,
-                )
-            report = retrain_once(settings, cutoff=boundary, client=client)
-            next_boundary = boundary + every_s
+        try:
+            if clock == "wall":
+                if time.monotonic() < next_wall:
+                    time.sleep(min(poll_s, next_wall - time.monotonic()))
+                    continue
+                next_wall += every_s
+                if watermark(client, keys) is None:
+                    log.info("no watermark yet: nothing to retrain on")
+                    continue
+                report = retrain_once(settings, client=client)
+            else:
+                mark = watermark(client, keys)
+                if mark is None:
+                    time.sleep(poll_s)
+                    continue
+                if next_boundary is None:
+                    next_boundary = (mark // every_s + 1) * every_s  # the first boundary after the start
+                if mark < next_boundary:
+                    time.sleep(poll_s)
+                    continue
+                boundary = mark // every_s * every_s
+                if boundary > next_boundary:
+                    log.warning(
+                        "the watermark passed %d boundaries at once; retraining at the latest",
+                        int((boundary - next_boundary) // every_s) + 1,
+                    )
+                report = retrain_once(settings, cutoff=boundary, client=client)
+                next_boundary = boundary + every_s
+        except (redis.ConnectionError, redis.TimeoutError, RetrainBusy) as exc:
+            # Redis away or another run in progress: the models in force stay; try again (the
+            # event clock retries the same boundary, the wall clock waits for its next turn)
+            log.warning("retrain skipped: %s", exc)
+            time.sleep(poll_s)
+            continue
         made += 1
         if on_report is not None:
             on_report(report)

@@ -429,6 +429,8 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
 
     Runs beside the stream without pausing it. A fit that fails keeps the model in force.
     """
+    import redis
+
     from models.retrain import RetrainBusy, parse_every, retrain_every, retrain_once
 
     if once == (every is not None):
@@ -460,6 +462,8 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
                 click.echo("stopped", err=True)
     except (RetrainBusy, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except redis.ConnectionError as exc:
+        raise click.ClickException(f"Redis at {settings.redis_address} is not reachable ({exc})") from None
 
 
 @cli.group()

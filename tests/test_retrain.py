@@ -41,7 +41,7 @@ from segstream.settings import Settings
 from streams.profile import Profile
 from streams.readmodel import customer_models
 from tests import oracle
-from tests.conftest import Workers
+from tests.conftest import Workers, free_port
 
 CUTOFF = pd.Timestamp("2018-06-30 18:00", tz="UTC").timestamp()
 DAY = 86_400.0
@@ -360,3 +360,9 @@ def test_a_second_run_at_once_is_refused(store: Settings) -> None:
     assert current_models(client, keys) == {}  # nothing switched
     client.delete(keys.retrain_lock)
     assert retrain_once(store, cutoff=CUTOFF).run == 1  # the refused one took no run number
+
+
+def test_retrain_without_redis_is_one_line(tmp_path: Path) -> None:
+    env = {"SEGSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SEGSTREAM_MODELS_DIR": str(tmp_path)}
+    done = CliRunner().invoke(cli, ["retrain", "--once", "--cutoff", "2018-06-30"], env=env)
+    assert done.exit_code == 1 and "is not reachable" in done.output and "Traceback" not in done.output
