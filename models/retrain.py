@@ -127,11 +127,15 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
     try:
         return _run(settings, client, keys, cutoff, run)
     except BaseException:
-        if run not in current_models(client, keys).values():  # never switched to: nobody reads them
+        in_force = current_models(client, keys)
+        if run not in (in_force.get("clv"), in_force.get("recommendations")):  # never switched to
             client.unlink(keys.scores(run), keys.recommendations(run))
         raise
     finally:
-        client.delete(keys.retrain_lock)
+        client.eval(_RELEASE, 1, keys.retrain_lock, holder)  # only our own lock, if it has not expired
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run: int) -> RetrainReport:
