@@ -83,7 +83,11 @@ def read_population(client: redis.Redis, keys: Keys, chunk: int = 2_000) -> Popu
         rows.extend(pipe.execute())
         pending.clear()
 
+    seen: set[bytes] = set()
     for key in client.scan_iter(match=keys.profiles_pattern, count=chunk):
+        if key in seen:  # SCAN may return a key twice (while Redis resizes its table)
+            continue
+        seen.add(key)
         pending.append(key)
         if len(pending) >= chunk:
             flush()
