@@ -97,7 +97,7 @@ class AlsRecommender:
         factors: int = 32,
         regularization: float = 0.05,
         alpha: float = 20.0,
-        iterations: int = 15,
+        iterations: int = 10,
         random_state: int = 0,
         threads: int = 0,
     ) -> None:
@@ -127,8 +127,11 @@ class AlsRecommender:
         self.model_, self.matrix_ = model, matrix.tocsr()
         return self
 
-    def recommend(self, rows: Sequence[int], n: int = 10, chunk: int = 10_000) -> list[list[int]]:
-        """Per row, the ``n`` best columns it has not bought, best first.
+    def recommend(
+        self, rows: Sequence[int], n: int = 10, chunk: int = 10_000, labels: Sequence | None = None
+    ) -> list[list]:
+        """Per row, the ``n`` best columns it has not bought, best first (as ``labels[column]`` if
+        labels are given).
 
         Rows with the same purchases are the same data to the model, so each distinct row is scored
         once and its list goes to all of them (most Olist customers bought one product, so many
@@ -169,6 +172,8 @@ class AlsRecommender:
                 ids, _scores = topk(items, users[heavy], n, filter_query_items=bought[heavy], num_threads=self.threads)
                 for i, row in zip(heavy.tolist(), ids.tolist(), strict=True):
                     found[i] = [column for column in row if column >= 0]
+        if labels is not None:
+            found = [[labels[column] for column in columns] for columns in found]
         return [found[s] for s in slot]
 
 

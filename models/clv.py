@@ -140,7 +140,10 @@ class ClvModel:
 
     def score(self, summary: pd.DataFrame) -> pd.DataFrame:
         """Per customer: expected purchases over the horizon, P(alive), CLV over the horizon."""
-        frequency, recency, age = summary["frequency"], summary["recency"], summary["T"]
+        # a RangeIndex, not the customer ids: lifetimes combines the columns many times, and pandas
+        # would compare the (object) customer indexes each time
+        plain = summary.reset_index(drop=True)
+        frequency, recency, age = plain["frequency"], plain["recency"], plain["T"]
         expected = self.bgnbd_.conditional_expected_number_of_purchases_up_to_time(
             self.horizon_days, frequency, recency, age
         )
@@ -150,11 +153,10 @@ class ClvModel:
             frequency,
             recency,
             age,
-            summary["monetary_value"],
+            plain["monetary_value"],
             time=self.horizon_days / 30.0,
             discount_rate=self.monthly_discount,
             freq="D",
         )
-        return pd.DataFrame({"expected_purchases": expected, "p_alive": alive, "clv": clv}, index=summary.index).astype(
-            float
-        )
+        expected, alive, clv = (np.asarray(values, dtype=float) for values in (expected, alive, clv))
+        return pd.DataFrame({"expected_purchases": expected, "p_alive": alive, "clv": clv}, index=summary.index)

@@ -254,28 +254,32 @@ def _recommendations(
 ) -> tuple[Iterator[tuple[str, str]], dict[str, np.ndarray]]:
     top_n = settings.recs_top_n
     until = datetime.fromtimestamp(cutoff, tz=UTC).date().isoformat()  # purchase days up to the cutoff's
-    matrix, customers, products = interaction_matrix(dict(population.baskets(1, until)))
+    product_baskets, category_baskets = population.baskets(until)
+    matrix, customers, products = interaction_matrix(product_baskets)
     report.products = len(products)
+    clock = time.perf_counter()
     als = AlsRecommender(
         factors=settings.als_factors, iterations=settings.als_iterations, threads=settings.als_threads
     ).fit(matrix)  # an empty matrix raises ValueError
+    report.seconds["als_fit"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
     buyers = np.flatnonzero(np.diff(matrix.indptr) > 0)
     lists: dict[str, tuple[list[str], str]] = {}
     for start in range(0, len(buyers), 10_000):
         rows = buyers[start : start + 10_000]
-        for row, columns in zip(rows, als.recommend(rows, top_n), strict=True):
-            lists[customers[row]] = ([products[c] for c in columns], "als")
+        for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
+            lists[customers[row]] = (items, "als")
+    report.seconds["als_rank"] = round(time.perf_counter() - clock, 3)
 
     # big spenders: the best-rated products of their own categories, then ALS
-    category_matrix, _, categories = interaction_matrix(dict(population.baskets(2, until)))
+    category_matrix, _, categories = interaction_matrix(category_baskets)
     report.categories = len(categories)
     best = top_rated_by_category(population, settings.recs_min_reviews)
-    bought = {customer: set(basket) for customer, basket in population.baskets(1) if basket}  # all, to exclude
     for row in np.flatnonzero(_big_spenders(population)):
         customer = population.customers[row]
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
         own = [categories[c] for c in category_matrix.indices[start:end][np.argsort(-category_matrix.data[start:end])]]
-        mine = bought.get(customer, set())
+        mine = {p for _, products, _ in population.purchases[row].values() for p in products}  # all, even later
         picks = [p for category in own for p in best.get(category, [])[: top_n + len(mine)] if p not in mine]
         picks = list(dict.fromkeys(picks))[:top_n]
         if not picks:
@@ -335,18 +339,19 @@ def top_rated_by_category(population: Population, min_reviews: int) -> dict[str,
 
 def popular_this_month(population: Population, cutoff: float, n: int) -> tuple[list[str], str]:
     """The ``n`` products with the most buyers in the 30 event-days up to the cutoff (strategy
-    ``popular_month``); over all history (``popular``) if nobody bought in that window."""
+    ``popular_month``); up to the cutoff over all history (``popular``) if nobody bought in that
+    window. Ties go to the product id, so the list is deterministic."""
     end = datetime.fromtimestamp(cutoff, tz=UTC).date()
-    first = (end - timedelta(days=MONTH_DAYS - 1)).isoformat()
-    last = end.isoformat()
-    recent: Counter[str] = Counter()
-    ever: Counter[str] = Counter()
-    for days in population.purchases:
-        recent.update({p for day, (_, ps, _) in days.items() if first <= day <= last for p in ps})
-        ever.update({p for _, ps, _ in days.values() for p in ps})
-    if recent:
-        return [p for p, _ in sorted(recent.items(), key=lambda kv: (-kv[1], kv[0]))[:n]], "popular_month"
-    return [p for p, _ in sorted(ever.items(), key=lambda kv: (-kv[1], kv[0]))[:n]], "popular"
+    first, last = (end - timedelta(days=MONTH_DAYS - 1)).isoformat(), end.isoformat()
+    for since, strategy in ((first, "popular_month"), ("", "popular")):
+        buyers: Counter[str] = Counter()
+        for days in population.purchases:
+            window = [products for day, (_, products, _) in days.items() if since <= day <= last]
+            if window:
+                buyers.update(set().union(*window))
+        if buyers:
+            return [p for p, _ in sorted(buyers.items(), key=lambda kv: (-kv[1], kv[0]))[:n]], strategy
+    return [], "popular"
 
 
 # ---- writing -------------------------------------------------------------------------------------

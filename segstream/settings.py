@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."
     )
     als_factors: int = Field(32, ge=1, description="ALS latent factors.")
-    als_iterations: int = Field(15, ge=1, description="ALS sweeps.")
+    als_iterations: int = Field(10, ge=1, description="ALS sweeps.")
     als_threads: int = Field(
         0, ge=0, description="Threads of the ALS fit and ranking (0: every core; 1 leaves cores to a worker beside it)."
     )
