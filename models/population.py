@@ -9,11 +9,11 @@ change, never half-written (each profile write is one atomic script call).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import redis
 
 from segstream.keys import Keys
@@ -76,7 +76,7 @@ class Population:
             if customer is None:  # deleted between SCAN and HMGET
                 continue
             population.customers.append(customer.decode())
-            population.purchases.append(json.loads(purchases) if purchases else {})
+            population.purchases.append(orjson.loads(purchases) if purchases else {})
             last.append(float(last_purchase) if last_purchase else np.nan)
             monetary.append(float(spent) if spent else 0.0)
             population.segments.append(segment.decode() if segment else "")

@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 
 from models.als import AlsRecommender, dense_factors, interaction_matrix
@@ -251,7 +252,7 @@ def _clv(
 
 def _recommendations(
     settings: Settings, population: Population, cutoff: float, run: int, report: RetrainReport
-) -> tuple[Iterator[tuple[str, str]], dict[str, np.ndarray]]:
+) -> tuple[Iterator[tuple[str, bytes]], dict[str, np.ndarray]]:
     top_n = settings.recs_top_n
     until = datetime.fromtimestamp(cutoff, tz=UTC).date().isoformat()  # purchase days up to the cutoff's
     product_baskets, category_baskets = population.baskets(until)
@@ -262,40 +263,44 @@ def _recommendations(
         factors=settings.als_factors, iterations=settings.als_iterations, threads=settings.als_threads
     ).fit(matrix)  # an empty matrix raises ValueError
     report.seconds["als_fit"] = round(time.perf_counter() - clock, 3)
-    clock = time.perf_counter()
-    buyers = np.flatnonzero(np.diff(matrix.indptr) > 0)
-    lists: dict[str, tuple[list[str], str]] = {}
-    for start in range(0, len(buyers), 10_000):
-        rows = buyers[start : start + 10_000]
-        for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
-            lists[customers[row]] = (items, "als")
-    report.seconds["als_rank"] = round(time.perf_counter() - clock, 3)
-
     # big spenders: the best-rated products of their own categories, then ALS
     category_matrix, _, categories = interaction_matrix(category_baskets)
     report.categories = len(categories)
     best = top_rated_by_category(population, settings.recs_min_reviews)
+    seeded: dict[str, list[str]] = {}
     for row in np.flatnonzero(_big_spenders(population)):
-        customer = population.customers[row]
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
         own = [categories[c] for c in category_matrix.indices[start:end][np.argsort(-category_matrix.data[start:end])]]
-        mine = {p for _, products, _ in population.purchases[row].values() for p in products}  # all, even later
+        mine = {p for _, bought, _ in population.purchases[row].values() for p in bought}  # all, even later
         picks = [p for category in own for p in best.get(category, [])[: top_n + len(mine)] if p not in mine]
-        picks = list(dict.fromkeys(picks))[:top_n]
-        if not picks:
-            continue
-        filler = [p for p in lists.get(customer, ([], ""))[0] if p not in picks]
-        strategy = "top_rated" if len(picks) == top_n or not filler else "top_rated+als"
-        lists[customer] = ((picks + filler)[:top_n], strategy)
+        if picks:
+            seeded[population.customers[row]] = list(dict.fromkeys(picks))[:top_n]
+
+    # ALS for every buyer whose list the seed did not fill (rows follow the population)
+    clock = time.perf_counter()
+    full = np.asarray([len(seeded.get(customer, ())) == top_n for customer in customers], dtype=bool)
+    buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full)
+    lists: dict[str, tuple[list[str], str]] = {customer: (picks, "top_rated") for customer, picks in seeded.items()}
+    for start in range(0, len(buyers), 10_000):
+        rows = buyers[start : start + 10_000]
+        for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
+            customer = customers[row]
+            picks = seeded.get(customer)
+            if picks is None:
+                lists[customer] = (items, "als")
+            else:  # a big spender with fewer top-rated products than wanted: ALS fills up
+                filler = [p for p in items if p not in picks]
+                lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
+    report.seconds["als_rank"] = round(time.perf_counter() - clock, 3)
 
     default, default_strategy = popular_this_month(population, cutoff, top_n)
     report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
     report.strategies[default_strategy + " (default)"] = 1
 
-    def entries() -> Iterator[tuple[str, str]]:
-        yield "*", json.dumps({"items": default, "strategy": default_strategy, "run": run})
+    def entries() -> Iterator[tuple[str, bytes]]:
+        yield "*", orjson.dumps({"items": default, "strategy": default_strategy, "run": run})
         for customer, (items, strategy) in lists.items():
-            yield customer, json.dumps({"items": items, "strategy": strategy, "run": run})
+            yield customer, orjson.dumps({"items": items, "strategy": strategy, "run": run})
 
     artifact = {
         "item_factors": np.asarray(dense_factors(als.model_.item_factors), dtype=np.float32),
@@ -357,7 +362,7 @@ def popular_this_month(population: Population, cutoff: float, n: int) -> tuple[l
 # ---- writing -------------------------------------------------------------------------------------
 
 
-def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str]]) -> int:
+def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str | bytes]]) -> int:
     """Write a run's hash in pipelined chunks (readers do not see it until the switch)."""
     client.unlink(key)  # a crashed run with the same number left nothing behind that counts
     written, chunk = 0, {}
