@@ -270,7 +270,8 @@ def _recommendations(
     seeded: dict[str, list[str]] = {}
     for row in np.flatnonzero(_big_spenders(population)):
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
-        own = [categories[c] for c in category_matrix.indices[start:end][np.argsort(-category_matrix.data[start:end])]]
+        counts = zip(category_matrix.data[start:end].tolist(), category_matrix.indices[start:end].tolist(), strict=True)
+        own = [name for _, name in sorted((-count, categories[c]) for count, c in counts)]  # most bought first
         mine = {p for _, bought, _ in population.purchases[row].values() for p in bought}  # all, even later
         picks = [p for category in own for p in best.get(category, [])[: top_n + len(mine)] if p not in mine]
         if picks:
