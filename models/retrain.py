@@ -49,6 +49,7 @@ from models.thresholds import refresh_thresholds
 from segstream.keys import Keys
 from segstream.settings import Settings
 from streams.scoring import DAY
+from streams.thresholds import current_thresholds
 
 __all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "watermark"]
 
@@ -81,6 +82,15 @@ class RetrainReport:
     models: dict[str, Any] = field(default_factory=dict)  # the models document after the run
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+
+    def line(self, cutoff: bool = True) -> str:
+        """One line of what the run did (``segstream retrain``; the demo leaves out the cutoff)."""
+        when = f" at {self.cutoff}" if cutoff else ""
+        return (
+            f"run {self.run}{when}: {self.customers:,} customers, {self.products:,} products in "
+            f"{self.seconds.get('total', 0.0):.1f} s; CLV {self.clv}; recommendations {self.recommendations}; "
+            f"thresholds {self.thresholds}"
+        )
 
 
 def watermark(client: redis.Redis, keys: Keys) -> float | None:
@@ -181,7 +191,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             report.recommendations = "fitted"
 
     with watch("publish"):
-        models.update(run=run, cutoff=report.cutoff, thresholds_version=_thresholds_version(client, keys))
+        models.update(run=run, cutoff=report.cutoff, thresholds_version=current_thresholds(settings).version)
         client.set(keys.models, json.dumps(models))  # the switch: readers see the new runs from here
         _drop_unreferenced(client, keys, before, models)
     report.models = models
@@ -198,11 +208,6 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         report.thresholds,
     )
     return report
-
-
-def _thresholds_version(client: redis.Redis, keys: Keys) -> int:
-    raw = client.get(keys.thresholds)
-    return int(json.loads(raw)["version"]) if raw else 0
 
 
 # ---- CLV -----------------------------------------------------------------------------------------
@@ -258,11 +263,12 @@ def _recommendations(
     product_baskets, category_baskets = population.baskets(until)
     matrix, customers, products = interaction_matrix(product_baskets)
     report.products = len(products)
-    clock = time.perf_counter()
-    als = AlsRecommender(
-        factors=settings.als_factors, iterations=settings.als_iterations, threads=settings.als_threads
-    ).fit(matrix)  # an empty matrix raises ValueError
-    report.seconds["als_fit"] = round(time.perf_counter() - clock, 3)
+    watch = _Stopwatch(report.seconds)
+    with watch("als_fit"):
+        als = AlsRecommender(
+            factors=settings.als_factors, iterations=settings.als_iterations, threads=settings.als_threads
+        ).fit(matrix)  # an empty matrix raises ValueError
+
     # big spenders: the best-rated products of their own categories, then ALS
     category_matrix, _, categories = interaction_matrix(category_baskets)
     report.categories = len(categories)
@@ -278,21 +284,20 @@ def _recommendations(
             seeded[population.customers[row]] = list(dict.fromkeys(picks))[:top_n]
 
     # ALS for every buyer whose list the seed did not fill (rows follow the population)
-    clock = time.perf_counter()
-    full = np.asarray([len(seeded.get(customer, ())) == top_n for customer in customers], dtype=bool)
-    buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full)
-    lists: dict[str, tuple[list[str], str]] = {customer: (picks, "top_rated") for customer, picks in seeded.items()}
-    for start in range(0, len(buyers), 10_000):
-        rows = buyers[start : start + 10_000]
-        for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
-            customer = customers[row]
-            picks = seeded.get(customer)
-            if picks is None:
-                lists[customer] = (items, "als")
-            else:  # a big spender with fewer top-rated products than wanted: ALS fills up
-                filler = [p for p in items if p not in picks]
-                lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
-    report.seconds["als_rank"] = round(time.perf_counter() - clock, 3)
+    with watch("als_rank"):
+        full = np.asarray([len(seeded.get(customer, ())) == top_n for customer in customers], dtype=bool)
+        buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full)
+        lists: dict[str, tuple[list[str], str]] = {customer: (picks, "top_rated") for customer, picks in seeded.items()}
+        for start in range(0, len(buyers), 10_000):
+            rows = buyers[start : start + 10_000]
+            for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
+                customer = customers[row]
+                picks = seeded.get(customer)
+                if picks is None:
+                    lists[customer] = (items, "als")
+                else:  # a big spender with fewer top-rated products than wanted: ALS fills up
+                    filler = [p for p in items if p not in picks]
+                    lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
 
     default, default_strategy = popular_this_month(population, cutoff, top_n)
     report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
@@ -363,24 +368,21 @@ def popular_this_month(population: Population, cutoff: float, n: int) -> tuple[l
 # ---- writing -------------------------------------------------------------------------------------
 
 
-def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str | bytes]]) -> int:
+def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str | bytes]]) -> None:
     """Write a run's hash in pipelined chunks (readers do not see it until the switch)."""
     client.unlink(key)  # a crashed run with the same number left nothing behind that counts
-    written, chunk = 0, {}
+    chunk: dict[str, str | bytes] = {}
     pipe = client.pipeline(transaction=False)
     for field_name, value in entries:
         chunk[field_name] = value
         if len(chunk) >= WRITE_CHUNK:
             pipe.hset(key, mapping=chunk)
-            written += len(chunk)
             chunk = {}
             if len(pipe) >= 8:
                 pipe.execute()
     if chunk:
         pipe.hset(key, mapping=chunk)
-        written += len(chunk)
     pipe.execute()
-    return written
 
 
 def _drop_unreferenced(client: redis.Redis, keys: Keys, before: dict[str, Any], after: dict[str, Any]) -> None:

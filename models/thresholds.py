@@ -14,13 +14,11 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-import redis
 
 from models.population import Population
-from segstream.keys import Keys
 from segstream.settings import Settings
-from streams.scoring import DAY, RfmScorer, bgnbd_of
-from streams.thresholds import current_thresholds, publish_thresholds
+from streams.scoring import DAY, RfmScorer, bgnbd_tuple
+from streams.thresholds import current_scoring, publish_thresholds
 
 __all__ = ["quintile_thresholds", "refresh_thresholds", "thresholds_moved"]
 
@@ -67,10 +65,9 @@ def refresh_thresholds(
         return None
     recency = np.maximum(0.0, (cutoff - population.last_purchase[scored]) / DAY)
     monetary = population.monetary[scored]
-    current = current_thresholds(settings)
+    current, old_bgnbd = current_scoring(settings)
     new_recency, new_monetary = quintile_thresholds(recency), quintile_thresholds(monetary)
-    old_bgnbd = bgnbd_of(redis.Redis.from_url(settings.redis_address).get(Keys(settings.redis_prefix).thresholds))
-    new_bgnbd = None if bgnbd is None else tuple(bgnbd[name] for name in ("r", "alpha", "a", "b"))
+    new_bgnbd = bgnbd_tuple(bgnbd)
     if not (
         thresholds_moved(current.recency_days, new_recency, tolerance)
         or thresholds_moved(current.monetary, new_monetary, tolerance)

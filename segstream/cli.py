@@ -438,11 +438,7 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
     settings = _settings(ctx, **flags)
 
     def show(report) -> None:
-        click.echo(
-            f"run {report.run} at {report.cutoff}: {report.customers:,} customers, {report.products:,} products "
-            f"in {report.seconds['total']:.1f} s; CLV {report.clv}; recommendations {report.recommendations}; "
-            f"thresholds {report.thresholds}"
-        )
+        click.echo(report.line())
 
     try:
         if once:

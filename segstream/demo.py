@@ -131,11 +131,7 @@ def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
 
     echo("retraining the models on the profiles in Redis (`segstream retrain --once`):")
     report = retrain_once(settings)
-    echo(
-        f"  run {report.run}: {report.customers:,} customers, {report.products:,} products in "
-        f"{report.seconds['total']:.1f} s; CLV {report.clv}; recommendations {report.recommendations}; "
-        f"thresholds {report.thresholds}"
-    )
+    echo("  " + report.line(cutoff=False))
     population = read_population(redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix))
     best = population.customers[int(population.monetary.argmax())] if len(population) else None
     if best is not None:

@@ -33,7 +33,9 @@ from streams.clusters import OnlineClusters
 from streams.scoring import ChurnRules, RfmScorer, bgnbd_of
 from streams.state import ProfileStore
 
-__all__ = ["StreamHandler"]
+__all__ = ["REDIS_AWAY", "StreamHandler"]
+
+REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)  # worth waiting out, not dead-lettering
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ class StreamHandler:
             try:
                 await self._handle(topic, records, send)
                 return
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            except REDIS_AWAY as exc:
                 log.warning("Redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

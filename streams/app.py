@@ -20,13 +20,10 @@ import gc
 import logging
 
 import faust
-import redis.asyncio as aioredis
 
 from segstream.settings import Settings
-from streams.agents import StreamHandler
+from streams.agents import REDIS_AWAY, StreamHandler
 from streams.consumer import RawSchema, WorkerApp, take_available
-
-REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)
 
 __all__ = ["create_app"]
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "bgnbd_of", "segment_for"]
+__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "bgnbd_of", "bgnbd_tuple", "segment_for"]
 
 DAY = 86_400.0
 
@@ -222,7 +222,13 @@ def bgnbd_of(document: str | bytes | None) -> tuple[float, float, float, float] 
     >>> bgnbd_of('{"version": 3, "bgnbd": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.5}}')
     (0.2, 4.0, 0.8, 2.5)
     """
-    if not document:
-        return None
-    params = json.loads(document).get("bgnbd")
+    return bgnbd_tuple(json.loads(document).get("bgnbd")) if document else None
+
+
+def bgnbd_tuple(params: dict[str, float] | None) -> tuple[float, float, float, float] | None:
+    """BG/NBD parameters as a dict (``r``, ``alpha``, ``a``, ``b``) in :class:`ChurnRules`' order.
+
+    >>> bgnbd_tuple({"a": 0.8, "alpha": 4.0, "b": 2.5, "r": 0.2})
+    (0.2, 4.0, 0.8, 2.5)
+    """
     return None if params is None else tuple(float(params[name]) for name in ("r", "alpha", "a", "b"))

@@ -16,14 +16,19 @@ import redis
 
 from segstream.keys import Keys
 from segstream.settings import Settings
-from streams.scoring import RfmScorer
+from streams.scoring import RfmScorer, bgnbd_of
 
-__all__ = ["current_thresholds", "publish_thresholds"]
+__all__ = ["current_scoring", "current_thresholds", "publish_thresholds"]
 
 
 def current_thresholds(settings: Settings) -> RfmScorer:
+    return current_scoring(settings)[0]
+
+
+def current_scoring(settings: Settings) -> tuple[RfmScorer, tuple[float, float, float, float] | None]:
+    """The thresholds in force and the BG/NBD parameters published with them (None before any)."""
     raw = redis.Redis.from_url(settings.redis_address).get(Keys(settings.redis_prefix).thresholds)
-    return RfmScorer.from_json(raw.decode()) if raw else RfmScorer()
+    return (RfmScorer.from_json(raw.decode()) if raw else RfmScorer()), bgnbd_of(raw)
 
 
 def publish_thresholds(
