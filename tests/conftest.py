@@ -29,7 +29,7 @@ from segstream.settings import Settings
 from streams.profile import Profile
 from streams.readmodel import replay_consumed
 
-__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port"]
+__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "save_profiles"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SAMPLE = FIXTURES / "olist-real-1000"
@@ -44,6 +44,15 @@ def _docker_engine() -> bool:
         return True
     except Exception:  # no client, no socket, no engine: all mean "use the embedded binaries"
         return False
+
+
+def save_profiles(client: redis.Redis, keys: Keys, profiles: list[Profile]) -> None:
+    """Store profiles as a worker's first write of each would (any old hash replaced)."""
+    pipe = client.pipeline(transaction=False)
+    for profile in profiles:
+        pipe.delete(keys.profile(profile.customer_unique_id))
+        pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
+    pipe.execute()
 
 
 @pytest.fixture(scope="session")

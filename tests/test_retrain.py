@@ -41,7 +41,7 @@ from segstream.settings import Settings
 from streams.profile import Profile
 from streams.readmodel import customer_models
 from tests import oracle
-from tests.conftest import Workers, free_port
+from tests.conftest import Workers, free_port, save_profiles
 
 CUTOFF = pd.Timestamp("2018-06-30 18:00", tz="UTC").timestamp()
 DAY = 86_400.0
@@ -58,11 +58,7 @@ def _client(settings: Settings) -> redis.Redis:
 
 
 def _save(settings: Settings, profiles: list[Profile]) -> None:
-    pipe, keys = _client(settings).pipeline(transaction=False), Keys(settings.redis_prefix)
-    for profile in profiles:
-        pipe.delete(keys.profile(profile.customer_unique_id))
-        pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
-    pipe.execute()
+    save_profiles(_client(settings), Keys(settings.redis_prefix), profiles)
 
 
 def _population(n: int, repeat_share: float, seed: int = 4, with_products: bool = True) -> list[Profile]:

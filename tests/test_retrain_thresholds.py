@@ -14,14 +14,10 @@ from segstream.keys import Keys
 from segstream.settings import Settings
 from streams.profile import Profile
 from streams.thresholds import current_thresholds
+from tests.conftest import save_profiles
 
 WATERMARK = pd.Timestamp("2018-06-01", tz="UTC").timestamp()
 DAY = 86_400.0
-
-
-def _store(client: redis.Redis, keys: Keys, profiles: list[Profile]) -> None:
-    for profile in profiles:
-        client.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
 
 
 def _population(rng: np.random.Generator, n: int, spend_scale: float) -> list[Profile]:
@@ -51,7 +47,7 @@ def test_thresholds_follow_the_population_within_a_tolerance(services: Settings)
     client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
     rng = np.random.default_rng(11)
     population = _population(rng, 500, spend_scale=60.0)
-    _store(client, keys, [*population, Profile("reviews-only", reviews=1)])  # not scored: left out
+    save_profiles(client, keys, [*population, Profile("reviews-only", reviews=1)])  # not scored: left out
 
     first = _refresh(settings)
     recency, monetary = _expected(population)
@@ -61,13 +57,13 @@ def test_thresholds_follow_the_population_within_a_tolerance(services: Settings)
     assert current_thresholds(settings) == first
 
     # a few more customers like the others: the quintiles barely move, nothing is republished
-    _store(client, keys, _population(rng, 20, spend_scale=60.0))
+    save_profiles(client, keys, _population(rng, 20, spend_scale=60.0))
     assert _refresh(settings, tolerance=0.05) is None
     assert current_thresholds(settings).version == 1
 
     # big spenders arrive: the monetary quintiles move, a new version is published
     spenders = _population(rng, 500, spend_scale=300.0)
-    _store(client, keys, spenders)
+    save_profiles(client, keys, spenders)
     second = _refresh(settings, tolerance=0.05)
     assert second is not None and second.version == 2
     assert second.monetary[-1] > first.monetary[-1] * 1.5
