@@ -84,6 +84,7 @@ def main() -> None:
     if base.embedded_kafka:
         services_up(base)
     rates: dict[str, list[float]] = {"online-retail": [], "olist": []}
+    prepares: dict[str, list[float]] = {"online-retail": [], "olist": []}
     try:
         for round_ in range(args.rounds):
             for name, history in (("online-retail", retail), ("olist", olist)):
@@ -93,8 +94,10 @@ def main() -> None:
                 )
                 summary = asyncio.run(replay_history(history, settings, restart=True))
                 rates[name].append(summary.events_per_s)
+                prepares[name].append(summary.prepare_s)
                 print(
-                    f"round {round_ + 1} {name}: {summary.events_sent:,} events at {summary.events_per_s:,.0f}/s",
+                    f"round {round_ + 1} {name}: {summary.events_sent:,} events at {summary.events_per_s:,.0f}/s "
+                    f"(prepared in {summary.prepare_s:.2f} s: timeline, topics, encoder)",
                     file=sys.stderr,
                 )
     finally:
@@ -113,6 +116,7 @@ def main() -> None:
         "ratio_online_retail_to_olist": [
             round(a / b, 3) for a, b in zip(rates["online-retail"], rates["olist"], strict=True)
         ],
+        "prepare_seconds": {k: [round(p, 2) for p in v] for k, v in prepares.items()},
         "bytes_per_s_mb": {k: [round(r * sizes[k] / 1e6, 1) for r in v] for k, v in rates.items()},
     }
     print(json.dumps(figures, indent=2))

@@ -11,7 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from replay.history import PLACED, History
 from replay.olist import load_olist
+from replay.sources import load_source
+from replay.synth import SynthConfig, synthesize_online_retail
 from segstream.schemas import (
     ChurnChanged,
     ClockTick,
@@ -25,7 +28,7 @@ from segstream.schemas import (
     flat_encoder,
     wire_time,
 )
-from tests.conftest import EDGE
+from tests.conftest import EDGE, REAL_SAMPLE
 
 DOCS = Path(__file__).parents[1] / "docs"
 
@@ -37,6 +40,71 @@ def test_every_loaded_event_survives_the_wire() -> None:
         wire = encode_event(event)
         assert json.loads(wire)["event_type"] == event.event_type
         assert decode_event(wire) == event
+
+
+def _wire_of(history: History) -> tuple[list[bytes], list[bytes]]:
+    """What the replay sends (History.encoder) and what pydantic makes of the built events."""
+    timeline = history.timeline(tick_seconds=None)
+    entries = list(zip(timeline.kind.tolist(), timeline.row.tolist(), strict=True))
+    encode, build = history.encoder(), history.builder()
+    return [encode(k, r) for k, r in entries], [encode_event(build(k, r)) for k, r in entries]
+
+
+TRANSACTIONS = Path(__file__).parent / "fixtures" / "transactions"
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda _: load_olist(EDGE),
+        lambda _: load_olist(REAL_SAMPLE),
+        lambda _: load_source("online-retail", TRANSACTIONS / "online_retail.csv"),
+        lambda _: load_source("online-retail", TRANSACTIONS / "online_retail_ii.csv"),
+        lambda _: load_source("transactions", TRANSACTIONS / "cdnow.txt", TRANSACTIONS / "cdnow.toml"),
+        lambda tmp: (
+            synthesize_online_retail(SynthConfig(orders=300, seed=3), tmp)
+            and load_source("online-retail", tmp / "online_retail.csv")
+        ),
+    ],
+    ids=["olist-edge", "olist-real-1000", "online-retail", "online-retail-ii", "cdnow", "synth-online-retail"],
+)
+def test_the_replay_sends_exactly_what_pydantic_encodes(load, tmp_path: Path) -> None:
+    sent, expected = _wire_of(load(tmp_path))
+    assert len(sent) > 3 and sent == expected
+    assert any(json.loads(payload).get("items") for payload in sent)
+
+
+def test_the_encoder_with_strings_that_look_like_json_and_signed_zeros() -> None:
+    history = load_olist(EDGE)
+    placed, items = history.placed.copy(), history.items.copy()
+    # the spliced key spelled inside values, quotes, backslashes, control characters, non-ASCII
+    placed.loc[0, "city"] = '"items":[]'
+    placed.loc[1, "city"] = 'x"items":[]'
+    items.loc[0, "product_id"] = 'p"items":[]\\\n\u00e9\x01'
+    items["category"] = items["category"].astype(object)
+    items.loc[1, "category"] = "cama_mesa_banho \u2603"
+    # the same item twice, but for the sign of a zero freight: distinct on the wire
+    items.loc[3] = items.loc[2]
+    items.loc[2, "freight"], items.loc[3, "freight"] = 0.0, -0.0
+    tricky = History("olist", placed, items, history.delivered, history.canceled, history.reviews, history.report)
+    sent, expected = _wire_of(tricky)
+    assert sent == expected
+    cities = {decode_event(payload).city for payload in sent if b'"order_placed"' in payload}
+    assert {'"items":[]', 'x"items":[]'} <= cities
+    assert any(item.product_id.startswith('p"items"') for p in sent for item in getattr(decode_event(p), "items", []))
+    assert any(b'"freight":-0.0' in payload for payload in sent)
+
+
+def test_the_encoder_refuses_a_bad_item_as_the_events_do() -> None:
+    history = load_olist(EDGE)
+    items = history.items.copy()
+    items.loc[0, "price"] = -1.0
+    bad = History("olist", history.placed, items, history.delivered, history.canceled, history.reviews, history.report)
+    row = int(bad.placed.index[(bad.placed["item_start"] == 0) & (bad.placed["item_end"] > 0)][0])
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        bad.builder()(PLACED, row)
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        bad.encoder()(PLACED, row)
 
 
 def test_tick_round_trip() -> None:
