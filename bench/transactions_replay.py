@@ -5,7 +5,8 @@
 1. Writes an Online Retail log (``segstream synth --layout online-retail``: ~20 lines per invoice,
    so 50,000 invoices make about a million lines) and a synthetic Olist history.
 2. Loads the log in a child process, in chunks (``replay.transactions``), and reports its peak RSS
-   next to the file's size and the child's RSS after only importing the loader.
+   next to the file's size and the child's RSS after only importing the loader; then the peak after
+   building the timeline and encoding every event, as a replay does.
 3. Replays both histories onto the embedded broker (fresh topics each round, alternating):
    events/s of each and their ratio. An Online Retail event carries every line of its invoice (~20
    items), an Olist order event one or two: bytes/s are reported too.
@@ -42,7 +43,10 @@ def peak():
 base = peak()
 started = time.monotonic()
 history = load_online_retail(sys.argv[1])
-print(base, peak(), time.monotonic() - started, len(history.placed))
+loaded, load_s = peak(), time.monotonic() - started
+timeline, encode = history.timeline(), history.encoder()  # what a replay holds beside the history
+sent = sum(len(encode(k, r)) for k, r in zip(timeline.kind.tolist(), timeline.row.tolist()) if k)
+print(base, loaded, load_s, len(history.placed), peak(), sent)
 """
 
 
@@ -71,10 +75,11 @@ def main() -> None:
     )
 
     child = subprocess.run([sys.executable, "-c", PEAK, str(log)], capture_output=True, text=True, check=True)
-    base_kb, peak_kb, load_s, invoices = child.stdout.split()
+    base_kb, peak_kb, load_s, invoices, encoded_peak_kb, _ = child.stdout.split()
     print(
         f"loaded {log.stat().st_size / 1e6:.0f} MB in {float(load_s):.1f} s: peak RSS {int(peak_kb) / 1024:.0f} MB "
-        f"(after imports {int(base_kb) / 1024:.0f} MB)",
+        f"(after imports {int(base_kb) / 1024:.0f} MB); {int(encoded_peak_kb) / 1024:.0f} MB after encoding "
+        "every event as a replay does",
         file=sys.stderr,
     )
 
@@ -109,6 +114,7 @@ def main() -> None:
         "invoices_loaded": int(invoices),
         "load_seconds": round(float(load_s), 1),
         "load_peak_rss_mb": round(int(peak_kb) / 1024),
+        "encode_all_peak_rss_mb": round(int(encoded_peak_kb) / 1024),
         "rss_after_imports_mb": round(int(base_kb) / 1024),
         "events": {"online-retail": sum(retail.event_counts().values()), "olist": sum(olist.event_counts().values())},
         "mean_event_bytes": {k: round(v) for k, v in sizes.items()},

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from segstream.schemas import (
     CustomerEvent,
@@ -285,38 +286,39 @@ class History:
         What the replay sends. An order's items are most of its bytes (an invoice has ~20 lines), and
         validating and serialising them per event cost five times the rest of the event. Here every
         distinct item (product, category, price, freight, seller) is validated and serialised by
-        pydantic once, on first use; an event is validated and serialised with no items, and the
-        items' JSON is put in its empty ``"items":[]``. That text occurs nowhere else in the
-        payload: inside a JSON string every quote is escaped, so ``"items":`` can only be the key.
+        pydantic once, up front: an invalid one raises :class:`LoaderError` before anything is sent.
+        An event is validated and serialised with no items, and its items' JSON is put in its empty
+        ``"items":[]``. That text occurs nowhere else in the payload: inside a JSON string every
+        quote is escaped, so ``"items":`` can only be the key.
         """
         build = self._factory(lambda start, end: [])
         columns = list(ITEM_FIELDS)
         codes, first = _distinct_rows(self.items[columns])
-        distinct = _columns(self.items.iloc[first][columns].reset_index(drop=True))
-        fragments = np.full(len(first), None, dtype=object)  # an item's JSON, made on first use
+        distinct = self.items.iloc[first][columns]
         validate, serialize = Item.__pydantic_validator__.validate_python, Item.__pydantic_serializer__.to_json
-
-        def items_json(start: int, end: int) -> bytes:
-            parts = fragments[codes[start:end]].tolist()
-            if None in parts:
-                for k, code in enumerate(codes[start:end].tolist()):
-                    if parts[k] is None:
-                        row = {name: distinct[name][code] for name in columns}
-                        fragments[code] = parts[k] = serialize(validate(row))
-            return b",".join(parts)
+        fragments = np.empty(len(first), dtype=object)
+        for code, values in enumerate(zip(*(distinct[name].tolist() for name in columns), strict=True)):
+            try:
+                fragments[code] = serialize(validate(dict(zip(columns, values, strict=True))))
+            except ValidationError as exc:
+                raise LoaderError(
+                    f"{self.source}: order line {int(first[code])} ({dict(zip(columns, values, strict=True))}) "
+                    f"is not a valid item: {exc}"
+                ) from exc
+        bounds = {
+            kind: (frame["item_start"].tolist(), frame["item_end"].tolist())
+            for kind, frame in ((PLACED, self.placed), (RETURNED, self.returned))
+        }
 
         def encode(kind: int, i: int) -> bytes:
             payload = encode_event(build(kind, i))
             if kind in bounds:
                 start, end = bounds[kind][0][i], bounds[kind][1][i]
                 if end > start:
-                    payload = payload.replace(b'"items":[]', b'"items":[' + items_json(start, end) + b"]", 1)
+                    items = b",".join(fragments[codes[start:end]].tolist())
+                    payload = payload.replace(b'"items":[]', b'"items":[' + items + b"]", 1)
             return payload
 
-        bounds = {
-            kind: (frame["item_start"].tolist(), frame["item_end"].tolist())
-            for kind, frame in ((PLACED, self.placed), (RETURNED, self.returned))
-        }
         return encode
 
     def _factory(self, lines: Callable[[int, int], list]) -> Callable[[int, int], CustomerEvent]:
@@ -414,15 +416,17 @@ def _distinct_rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     >>> _distinct_rows(pd.DataFrame({"a": ["x", "y", "x"], "b": [1.0, 2.0, 1.0]}))[0].tolist()
     [0, 1, 0]
     """
-    key = np.zeros(len(frame), dtype="int64")
+    key, size = np.zeros(len(frame), dtype="int64"), 1  # key < size
     for name in frame.columns:
         column = frame[name]
         values = column.to_numpy("float64").view("int64") if pd.api.types.is_float_dtype(column) else column
         codes, distinct = pd.factorize(values, use_na_sentinel=False)
-        # re-numbered after each column, so the combined key stays below len(frame) * (distinct + 1)
-        key = pd.factorize(key * (len(distinct) + 1) + codes)[0]
-    first = np.unique(key, return_index=True)[1]  # factorize numbers in order of first appearance
-    return key, first
+        if size * len(distinct) >= 1 << 62:  # renumber the key before the product could overflow
+            key, size = pd.factorize(key)[0], len(frame)
+        key, size = key * len(distinct) + codes, size * len(distinct)
+    key = pd.factorize(key)[0]  # numbered in order of first appearance, so a row is its number's
+    running = np.maximum.accumulate(key)  # first when its number exceeds every number before it
+    return key, np.flatnonzero(np.diff(running, prepend=-1) > 0)
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, list]:

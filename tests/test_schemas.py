@@ -6,12 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from replay.history import PLACED, History
+from replay.history import PLACED, History, LoaderError, _distinct_rows
 from replay.olist import load_olist
 from replay.sources import load_source
 from replay.synth import SynthConfig, synthesize_online_retail
@@ -95,7 +97,7 @@ def test_the_encoder_with_strings_that_look_like_json_and_signed_zeros() -> None
     assert any(b'"freight":-0.0' in payload for payload in sent)
 
 
-def test_the_encoder_refuses_a_bad_item_as_the_events_do() -> None:
+def test_the_encoder_refuses_a_bad_item_before_sending_anything() -> None:
     history = load_olist(EDGE)
     items = history.items.copy()
     items.loc[0, "price"] = -1.0
@@ -103,8 +105,20 @@ def test_the_encoder_refuses_a_bad_item_as_the_events_do() -> None:
     row = int(bad.placed.index[(bad.placed["item_start"] == 0) & (bad.placed["item_end"] > 0)][0])
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         bad.builder()(PLACED, row)
-    with pytest.raises(ValidationError, match="greater than or equal to 0"):
-        bad.encoder()(PLACED, row)
+    with pytest.raises(LoaderError, match=r"(?s)olist: order line 0 .* not a valid item.*greater than or equal to 0"):
+        bad.encoder()
+
+
+def test_distinct_rows_number_like_groupby_also_past_int64() -> None:
+    rng = np.random.default_rng(7)
+    half = pd.DataFrame({name: rng.integers(0, 50_000, 20_000).astype(str) for name in "abcde"})  # 50k^5 > 2^63
+    half["f"] = rng.choice([0.5, 1.25, np.nan], 20_000)
+    frame = pd.concat([half, half.sample(frac=1.0, random_state=1)], ignore_index=True)
+    codes, first = _distinct_rows(frame)
+    expected = frame.groupby(list(frame.columns), sort=False, dropna=False).ngroup().to_numpy()
+    assert codes.tolist() == expected.tolist()
+    assert first.tolist() == np.unique(expected, return_index=True)[1].tolist()
+    assert len(first) == 20_000
 
 
 def test_tick_round_trip() -> None:
