@@ -283,8 +283,9 @@ class History:
     def encoder(self) -> Callable[[int, int], bytes]:
         """A function ``(kind, row) -> wire bytes``, equal to ``encode_event(builder()(kind, row))``.
 
-        What the replay sends. An order's items are most of its bytes (an invoice has ~20 lines), and
-        validating and serialising them per event cost five times the rest of the event. Here every
+        What the replay sends. An order's items are most of its bytes (an invoice has ~20 lines);
+        validated and serialised inside each event, they made an Online Retail event five times as
+        costly to build and encode as an Olist one (58 against 11 us). Here every
         distinct item (product, category, price, freight, seller) is validated and serialised by
         pydantic once, up front: an invalid one raises :class:`LoaderError` before anything is sent.
         An event is validated and serialised with no items, and its items' JSON is put in its empty

@@ -443,6 +443,7 @@ def summary_lines(history: History, summary: ReplaySummary) -> list[str]:
     lines += [
         f"  clock ticks      {summary.ticks_sent:>10,}",
         f"  rejected rows    {history.report.rejected:>10,}  ({partial:,} partial)",
-        f"  sent {summary.events_sent:,} events in {summary.duration_s:.1f} s = {summary.events_per_s:,.0f} events/s",
+        f"  sent {summary.events_sent:,} events in {summary.duration_s:.1f} s = {summary.events_per_s:,.0f} events/s "
+        f"(prepared in {summary.prepare_s:.1f} s)",
     ]
     return lines

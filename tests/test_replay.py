@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from replay.olist import load_olist
-from replay.producer import partition_for, replay_history
+from replay.producer import partition_for, replay_history, summary_lines
 from replay.readback import ReadBack, read_back
 from segstream.schemas import ClockTick, CustomerEvent, ReviewPosted, kafka_timestamp_ms
 from segstream.settings import Settings
@@ -38,6 +38,7 @@ def test_replay_lands_every_event_in_order_keyed_and_timestamped(kafka: Settings
     history = load_olist(synth_small)
     summary = _replay(history, kafka)
     assert not summary.stopped_early and summary.events_sent == summary.events_total
+    assert summary.prepare_s > 0 and f"(prepared in {summary.prepare_s:.1f} s)" in summary_lines(history, summary)[-1]
     back = read_back(kafka, summary.replay_id, timeout_s=60, keep_records=True)
     assert back.complete and back.matches
 
