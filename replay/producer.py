@@ -10,10 +10,11 @@
 - ``speed`` is event seconds per wall second (``None``: as fast as possible); ``rate`` instead sends
   a constant number of customer events per wall second whatever their event times (load tests:
   a history's event volume is far from uniform over its event time).
-- Resume: after every ``Settings.replay_batch`` timeline entries, once the broker has acknowledged
-  all of them, the position is written to a checkpoint file. An interrupted replay restarts from
-  there, so nothing is skipped; entries sent after the last checkpoint are sent again (at most one
-  batch), and consumers drop them by ``event_id``. The checkpoint is keyed by the data, the window,
+- Resume: every ``Settings.replay_batch`` timeline entries mark a checkpoint; once the broker has
+  acknowledged all entries up to it, the position is written to a checkpoint file (the next batch
+  is sent meanwhile, so the replay does not stop for acknowledgements). An interrupted replay
+  restarts from there, so nothing is skipped; entries sent after the last checkpoint are sent again
+  (at most two batches), and consumers drop them by ``event_id``. The checkpoint is keyed by the data, the window,
   the topics and the broker's cluster id: a new embedded broker (memory storage) starts afresh.
 """
 
@@ -259,6 +260,8 @@ async def replay_history(
     event_zero = times[position] if position < len(times) else 0
     since_checkpoint = 0
     buffered_since: float | None = None  # when the oldest record not yet flushed was appended
+    # the last checkpoint not yet written: its position, the sends it waits for, events sent by then
+    in_flight: tuple[int, list[asyncio.Future], int] | None = None
     try:
         while position < stop_at:
             kind, time_ns = kinds[position], times[position]
@@ -304,13 +307,18 @@ async def replay_history(
             position += 1
             since_checkpoint += 1
             if since_checkpoint >= settings.replay_batch:
-                await batches.flush()
+                sent = await batches.send()
                 buffered_since = None
-                checkpoint.save(position)
+                if in_flight is not None:  # the previous batch: acknowledged while this one was built
+                    await asyncio.gather(*in_flight[1])
+                    checkpoint.save(in_flight[0])
+                    if on_progress:
+                        on_progress(in_flight[0], len(timeline), in_flight[2])
+                in_flight = (position, sent, summary.events_sent)
                 since_checkpoint = 0
-                if on_progress:
-                    on_progress(position, len(timeline), summary.events_sent)
         await batches.flush()
+        if in_flight is not None:
+            await asyncio.gather(*in_flight[1])
         if position >= len(timeline):
             last = _datetime(max(times)) if times else datetime.now(UTC)
             for topic in topics:

@@ -63,12 +63,17 @@ class RecordBatches:
     async def _send(self, topic: str, partition: int, batch) -> None:
         self.pending.append(await self.producer.send_batch(batch, topic, partition=partition))
 
-    async def flush(self) -> None:
-        """Send every open batch and wait until the broker acknowledged all that was sent."""
+    async def send(self) -> list[asyncio.Future]:
+        """Send every open batch without waiting: the futures of all sent since the last ``send``/``flush``."""
         for (topic, partition), batch in self.open.items():
             if batch.record_count():
                 await self._send(topic, partition, batch)
         self.open.clear()
-        if self.pending:
-            await asyncio.gather(*self.pending)
-            self.pending.clear()
+        sent, self.pending = self.pending, []
+        return sent
+
+    async def flush(self) -> None:
+        """Send every open batch and wait until the broker acknowledged all sent since the last ``send``."""
+        sent = await self.send()
+        if sent:
+            await asyncio.gather(*sent)

@@ -98,7 +98,7 @@ def test_interrupted_replay_resumes_without_gap(kafka: Settings, synth_small: Pa
 
 
 def test_killed_replay_resumes_without_gap(kafka: Settings, synth_small: Path) -> None:
-    """kill -9 mid-replay, run the same command again: every event arrives; overlap <= one batch."""
+    """kill -9 mid-replay, run the same command again: every event arrives; overlap <= two batches."""
     env = {
         **os.environ,
         "SEGSTREAM_RUN_DIR": str(kafka.run_dir),
@@ -134,7 +134,7 @@ def test_killed_replay_resumes_without_gap(kafka: Settings, synth_small: Path) -
     history = load_olist(synth_small)
     ids = Counter(r[5].event_id for r in _customer_records(back))
     assert set(ids) == {e.event_id for e in history.events()}  # no gap
-    assert sum(ids.values()) - len(ids) <= 50  # overlap: at most one batch of timeline entries
+    assert sum(ids.values()) - len(ids) <= 100  # overlap: at most two batches of timeline entries
 
 
 def test_speed_paces_by_event_time(kafka: Settings) -> None:
