@@ -60,21 +60,25 @@ def wire(history) -> list[tuple[bytes, bytes]]:
 
 async def send_only(records: list[tuple[bytes, bytes]], settings: Settings, batch: int) -> float:
     """Events/s of the replay's sending alone: payloads made beforehand, the replay's producer and
-    batching (one topic, key partitioning, acknowledged every ``batch`` records). The floor of the
-    replay's cost per event, which encoding cannot go below: it grows with the bytes."""
+    batching (one topic, key partitioning; every ``batch`` records, the previous ``batch`` must be
+    acknowledged, as the replay's checkpoints do). The floor of the replay's cost per event, which
+    encoding cannot go below: it grows with the bytes."""
     topic = settings.topic_orders
     partitions = (await ensure_topics(settings.kafka_bootstrap_servers, [topic], settings.topic_partitions, 1))[topic]
     producer = batch_producer(settings.kafka_bootstrap_servers, "bench-send-only")
     await producer.start()
     batches = RecordBatches(producer)
     try:
-        started = time.monotonic()
+        started, in_flight = time.monotonic(), []
         for n, (key, payload) in enumerate(records, 1):
             partition = partition_for(key.decode(), partitions)
             await batches.append(topic, partition, key, payload, 0, ((SENT_AT_HEADER, b"0"),))
             if n % batch == 0:
-                await batches.flush()
+                sent = await batches.send()
+                await asyncio.gather(*in_flight)
+                in_flight = sent
         await batches.flush()
+        await asyncio.gather(*in_flight)
         return len(records) / (time.monotonic() - started)
     finally:
         await producer.stop()
