@@ -13,9 +13,10 @@
 - Resume: every ``Settings.replay_batch`` timeline entries mark a checkpoint; once the broker has
   acknowledged all entries up to it, the position is written to a checkpoint file (the next batch
   is sent meanwhile, so the replay does not stop for acknowledgements). An interrupted replay
-  restarts from there, so nothing is skipped; entries sent after the last checkpoint are sent again
-  (at most two batches), and consumers drop them by ``event_id``. The checkpoint is keyed by the data, the window,
-  the topics and the broker's cluster id: a new embedded broker (memory storage) starts afresh.
+  restarts from there, so nothing is skipped; entries sent after the last checkpoint are sent
+  again (at most two batches), and consumers drop them by ``event_id``. The checkpoint is keyed by
+  the data, the window, the topics and the broker's cluster id: a new embedded broker (memory
+  storage) starts afresh.
 """
 
 from __future__ import annotations
