@@ -142,14 +142,18 @@ class AlsRecommender:
 
         rows = np.asarray(rows, dtype=np.int64)
         matrix = self.matrix_[rows]
-        first_of: dict[tuple[bytes, bytes], int] = {}
+        slot_of: dict[tuple[bytes, bytes], int] = {}
         slot = np.empty(len(rows), dtype=np.int64)
+        firsts: list[int] = []  # the first row of each distinct purchase set, in slot order
         indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
         for i in range(len(rows)):
             start, end = indptr[i], indptr[i + 1]
-            slot[i] = first_of.setdefault((indices[start:end].tobytes(), data[start:end].tobytes()), len(first_of))
-        distinct = np.empty(len(first_of), dtype=np.int64)
-        distinct[slot[::-1]] = np.arange(len(rows))[::-1]  # the first row of each distinct purchase set
+            key = (indices[start:end].tobytes(), data[start:end].tobytes())
+            if key not in slot_of:
+                slot_of[key] = len(firsts)
+                firsts.append(i)
+            slot[i] = slot_of[key]
+        distinct = np.asarray(firsts, dtype=np.int64)
         users = dense_factors(self.model_.user_factors)[rows[distinct]]
         items = dense_factors(self.model_.item_factors)
         bought = matrix[distinct]
