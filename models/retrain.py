@@ -175,8 +175,20 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
 
     with watch("thresholds"):  # with the new BG/NBD parameters, if any: workers re-score once
         fitted_bgnbd = models["bgnbd"] if report.clv == "fitted" else None
-        scorer = refresh_thresholds(settings, population, cutoff, settings.thresholds_tolerance, fitted_bgnbd)
-        report.thresholds = f"published version {scorer.version}" if scorer else "unchanged"
+        # The profiles hold the state at the watermark, not at a past cutoff: recency from the last
+        # purchase, monetary, both as of now. Quantiles of those "as of" an earlier cutoff are
+        # neither (recency of later purchases clipped to 0 made R = 5 unreachable), and the stream
+        # would score the present with them: such a run publishes no thresholds.
+        stream_at = watermark(client, keys)
+        if stream_at is not None and cutoff < stream_at - settings.replay_tick_seconds:
+            report.thresholds = (
+                f"not published: the cutoff is behind the stream's watermark "
+                f"{datetime.fromtimestamp(stream_at, tz=UTC).isoformat()}"
+            )
+            log.info("RFM thresholds %s", report.thresholds)
+        else:
+            scorer = refresh_thresholds(settings, population, cutoff, settings.thresholds_tolerance, fitted_bgnbd)
+            report.thresholds = f"published version {scorer.version}" if scorer else "unchanged"
 
     als_artifact: dict[str, np.ndarray] | None = None
     with watch("recommendations"):
@@ -221,6 +233,7 @@ def _clv(
         raise ClvFitError("no customer has a purchase before the cutoff")
     model = ClvModel(
         penalizer=settings.clv_penalizer,
+        fallback_penalizer=settings.clv_fallback_penalizer,
         horizon_days=settings.clv_horizon_days,
         monthly_discount=settings.clv_monthly_discount,
         min_repeat_buyers=settings.clv_min_repeat_buyers,
@@ -229,6 +242,9 @@ def _clv(
     finite = np.isfinite(scores.to_numpy()).all(axis=1)
     if not finite.all():
         raise ClvFitError(f"scores not finite for {int((~finite).sum())} of {len(scores)} customers")
+    negative = (scores.to_numpy() < 0).any(axis=1)
+    if negative.any():
+        raise ClvFitError(f"scores negative for {int(negative.sum())} of {len(scores)} customers")
     report.clv_diagnostics = {
         "customers": len(summary),
         "repeat_buyers": model.repeat_buyers_,
@@ -244,7 +260,8 @@ def _clv(
     artifact = {
         "bgnbd": model.bgnbd_params_,
         "gamma_gamma": model.gamma_gamma_params_,
-        "penalizer": model.penalizer,
+        "penalizer": model.penalizer_,
+        "penalized_fallback": model.penalizer_ != model.penalizer,
         "horizon_days": model.horizon_days,
         "monthly_discount": model.monthly_discount,
     }

@@ -99,6 +99,12 @@ class Reject:
     key: str
     reason: str
     kind: str = "rejected"
+    value: str = ""  # the offending value, where one column is at fault
+
+
+# Rejects that say the input is wrong rather than messy (LoadReport.check).
+BOUNDED_REASONS = ("bad time", "unknown_order")
+MIN_BAD_ROWS = 3
 
 
 @dataclass
@@ -107,9 +113,24 @@ class LoadReport:
 
     rows_read: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
+    # (file, reason) -> what is at fault, for the error when too many rows fail: "column 'date' with format '%Y%m%d'"
+    culprits: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def add(self, file: str, keys: pd.Series | list[str], reason: str, kind: str = "rejected") -> None:
-        self.rejects.extend(Reject(file, str(key), reason, kind) for key in keys)
+    def add(
+        self,
+        file: str,
+        keys: pd.Series | list[str],
+        reason: str,
+        kind: str = "rejected",
+        values: pd.Series | list[str] | None = None,
+    ) -> None:
+        if values is None:
+            self.rejects.extend(Reject(file, str(key), reason, kind) for key in keys)
+        else:
+            self.rejects.extend(
+                Reject(file, str(key), reason, kind, "" if value is None else str(value))
+                for key, value in zip(keys, values, strict=True)
+            )
 
     def counts(self, kind: str = "rejected") -> Counter:
         """``Counter`` of ``(file, reason)`` for rejects of one kind."""
@@ -120,13 +141,34 @@ class LoadReport:
         return sum(1 for r in self.rejects if r.kind == "rejected")
 
     def write_rejects(self, path: Path) -> int:
-        """Write every reject as CSV (file, key, reason, kind); returns the number written."""
+        """Write every reject as CSV (file, key, reason, kind, value); returns the number written."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as out:
             writer = csv.writer(out)
-            writer.writerow(["file", "key", "reason", "kind"])
-            writer.writerows((r.file, r.key, r.reason, r.kind) for r in self.rejects)
+            writer.writerow(["file", "key", "reason", "kind", "value"])
+            writer.writerows((r.file, r.key, r.reason, r.kind, r.value) for r in self.rejects)
         return len(self.rejects)
+
+    def check(self, max_share: float, min_rows: int = MIN_BAD_ROWS) -> None:
+        """Refuse a load whose input looks wrong rather than messy: a reason that says the mapping
+        or a file is at fault (a time that does not parse, rows naming orders the orders file lacks)
+        rejecting more than ``max_share`` of a file's rows, and more than ``min_rows`` of them (a
+        stray row or two in a small file is messy data, not a broken mapping)."""
+        for (file, reason), count in sorted(self.counts().items()):
+            read = self.rows_read.get(file, 0)
+            if reason not in BOUNDED_REASONS or not read or count / read <= max_share or count <= min_rows:
+                continue
+            if reason == "bad time":
+                samples = [r.value for r in self.rejects if r.file == file and r.reason == reason]
+                shown = ", ".join(map(repr, list(dict.fromkeys(samples))[:3]))
+                culprit = self.culprits.get((file, reason), "the time column")
+                detail = f"{culprit} gives no time for {shown}; fix the mapping"
+            else:
+                detail = "is olist_orders_dataset.csv truncated, or from another export than this file?"
+            raise LoaderError(
+                f"{file}: {count:,} of {read:,} rows ({count / read:.1%}) rejected as {reason!r}, more than the "
+                f"{max_share:.1%} allowed (--max-rejects): {detail}"
+            )
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,28 @@ class _Files:
         missing = [c for c in USED_COLUMNS[name] if c not in frame.columns]
         if missing:
             raise LoaderError(f"{filename} lacks column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}")
+        if name in ("orders", "customers") and frame.empty:
+            raise LoaderError(f"{filename} in {self.location} has a header but no rows")
+        # A download cut short ends without a line break, in the middle of its last row: pandas
+        # pads that row with empty fields and nothing else would notice.
+        if len(frame) and not self._ends_with_newline(filename) and frame.iloc[-1].isna().any():
+            raise LoaderError(
+                f"{filename} in {self.location} looks truncated: it ends in the middle of a row "
+                f"(row {len(frame):,}, no line break, fields missing); download or extract it again"
+            )
         return frame[USED_COLUMNS[name]]
+
+    def _ends_with_newline(self, filename: str) -> bool:
+        if self.zip:
+            with self.zip.open(self.members[filename]) as member:
+                data = member.read()  # zip members do not seek cheaply; the files are small
+            return data.endswith(b"\n")
+        with (self.location / filename).open("rb") as handle:
+            handle.seek(0, io.SEEK_END)
+            if handle.tell() == 0:
+                return True
+            handle.seek(-1, io.SEEK_END)
+            return handle.read(1) == b"\n"
 
 
 def _timestamps(values: pd.Series) -> pd.Series:

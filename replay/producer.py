@@ -383,7 +383,7 @@ def run_replay(
     """Load ``location`` as ``source`` (replay.sources) and replay it, with a progress bar on stderr."""
     from tqdm import tqdm
 
-    from replay.sources import load_source, source_files
+    from replay.sources import check_history, load_source, source_files
 
     started = time.monotonic()
     history = load_source(source, location, mapping)
@@ -397,6 +397,7 @@ def run_replay(
     if rejects_path is not None:
         written = history.report.write_rejects(rejects_path)
         log.info("wrote %d rejected/partial rows to %s", written, rejects_path)
+    check_history(history, location, settings.replay_max_reject_share)
     files = source_files(source, location) + ([mapping] if mapping is not None else [])
     bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     last = {"sent": 0, "at": time.monotonic(), "logged": time.monotonic()}

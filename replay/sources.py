@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the CLI imports SOURCES at start-up: no pandas here
     from replay.history import History
 
-__all__ = ["SOURCES", "load_source", "source_files"]
+__all__ = ["SOURCES", "check_history", "load_source", "source_files"]
 
 SOURCES = ("olist", "transactions", "online-retail")
 
@@ -36,6 +36,18 @@ def load_source(source: str, data: Path, mapping: Path | None = None) -> History
             raise LoaderError("--source transactions needs --mapping FILE (see docs/mapping.toml)")
         return load_transactions(data, load_mapping(mapping))
     raise LoaderError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
+
+
+def check_history(history: History, data: Path, max_reject_share: float) -> None:
+    """Refuse a load that gave nothing, or whose rejects say the input is wrong (a
+    :class:`~replay.history.LoaderError` naming what): never a silent success on nothing."""
+    from replay.history import LoaderError
+
+    history.report.check(max_reject_share)
+    if sum(history.event_counts().values()) == 0:
+        read = ", ".join(f"{rows:,} rows of {name}" for name, rows in history.report.rows_read.items()) or "no rows"
+        reasons = ", ".join(f"{reason} {count:,}" for (_, reason), count in history.report.counts().items())
+        raise LoaderError(f"{data} gives no events ({read}{'; rejected: ' + reasons if reasons else ''})")
 
 
 def source_files(source: str, data: Path) -> list[Path]:

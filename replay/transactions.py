@@ -190,11 +190,13 @@ def _lines(chunk: pd.DataFrame, mapping: ColumnMapping, report: LoadReport, file
         (frame["quantity"].isna() | (frame["quantity"] == 0), "bad or zero quantity"),
         ((frame["quantity"] < 0) & ~canceling, "negative quantity outside a cancellation"),
     ]
+    report.culprits[(file, "bad time")] = f"column {mapping.time!r} with format {mapping.time_format or 'ISO'!r}"
     keep = pd.Series(True, index=frame.index)
     for bad, reason in checks:
         bad = bad & keep
         if bad.any():
-            report.add(file, frame.loc[bad, "row"], reason)
+            values = chunk.loc[bad, mapping.time] if reason == "bad time" else None
+            report.add(file, frame.loc[bad, "row"], reason, values=values)
         keep &= ~bad
     kept = frame[keep]
     # repeated strings as categories: the kept lines of a large log are most of a load's memory

@@ -22,6 +22,27 @@ from segstream.settings import Settings, load_settings
 log = logging.getLogger("segstream")
 
 
+class _OnceFilter(logging.Filter):
+    """aiokafka logs every reconnection attempt to a broker that went away (about 40 s of ERROR
+    lines before its request timeout): let the first through, as one warning, and drop the rest;
+    the command then says in one line what happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"Kafka: {record.getMessage()}; retrying until the request times out (further errors not shown)"
+        record.args = ()
+        return True
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -29,7 +50,12 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    kafka = logging.getLogger("aiokafka")
+    kafka.setLevel(max(logging.WARNING, logging.getLogger().level))
+    if level != "debug":
+        once = _OnceFilter()
+        for name in ("aiokafka", "aiokafka.producer.sender", "aiokafka.conn", "aiokafka.cluster"):
+            logging.getLogger(name).addFilter(once)
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
@@ -42,16 +68,35 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return settings
 
 
-def _event_time(value: str | None) -> datetime | None:
+class _BadValue(click.BadParameter):
+    """A bad option value, said in one line (no usage block: the message names the option)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _event_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO date or datetime such as 2017-06-01 or 2017-06-01T12:00"
+        raise _BadValue(
+            f"{value!r} is not an ISO date or datetime such as 2017-06-01 or 2017-06-01T12:00", param_hint=option
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _where(address: str) -> str:
+    """A service address without credentials (never print a password)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    return f"{parts.hostname}:{parts.port}" if parts.hostname else address
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _Errors(click.Group):
@@ -65,9 +110,41 @@ class _Errors(click.Group):
             return super().invoke(ctx)
         except (ServiceError, LoaderError) as exc:
             raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            message = _service_error(ctx, exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume from its checkpoint", err=True)
             sys.exit(130)
+
+
+def _service_error(ctx: click.Context, exc: Exception) -> str | None:
+    """One line for a service that is down or went away (Redis, Kafka), or None for anything else."""
+    module = type(exc).__module__
+    settings = load_settings(**{k: v for k, v in (ctx.obj or {}).items() if v is not None})
+    command = ctx.invoked_subcommand or ""
+    if module.startswith("redis"):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            return (
+                f"cannot reach Redis at {_where(settings.redis_address)} ({_one_line(exc)}); start the embedded "
+                f"services with `segstream services up`, or point SEGSTREAM_REDIS_URL at yours"
+            )
+    if module.startswith("aiokafka") or isinstance(exc, ConnectionError | TimeoutError):
+        where = settings.kafka_bootstrap_servers
+        if command == "replay":
+            return (
+                f"lost the Kafka broker at {where} during the replay ({_one_line(exc)}); every acknowledged "
+                f"batch is checkpointed: run the same command again to resume where it stopped"
+            )
+        return f"cannot reach the Kafka broker at {where} ({_one_line(exc)}); is it running? `segstream services up`"
+    return None
 
 
 @click.group(
@@ -194,6 +271,13 @@ def synth(orders: int, seed: int, out: Path, layout: str, repeat_share: float, l
 
 def _source_options(func):
     func = click.option(
+        "--max-rejects",
+        "replay_max_reject_share",
+        type=click.FloatRange(0, 1),
+        help="Refuse the input when a time that does not parse, or an order the orders file lacks, rejects more "
+        "than this share of a file's rows [env SEGSTREAM_REPLAY_MAX_REJECT_SHARE; default 0.01].",
+    )(func)
+    func = click.option(
         "--mapping",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
         help="Column mapping (TOML) of a --source transactions log; see docs/mapping.toml.",
@@ -221,15 +305,18 @@ def _source_options(func):
     help="Write every rejected or partial row (file, key, reason) to this CSV.",
 )
 @click.pass_context
-def inspect(ctx: click.Context, data: Path, source: str, mapping: Path | None, rejects: Path | None) -> None:
+def inspect(
+    ctx: click.Context, data: Path, source: str, mapping: Path | None, rejects: Path | None, **flags: Any
+) -> None:
     """Load a history without sending it: events by type, and rejected rows by reason."""
-    from replay.sources import load_source
+    from replay.sources import check_history, load_source
 
-    _settings(ctx)
+    settings = _settings(ctx, **flags)
     history = load_source(source, data, mapping)
     _print_load(history)
     if rejects:
         click.echo(f"wrote {history.report.write_rejects(rejects):,} rows to {rejects}")
+    check_history(history, data, settings.replay_max_reject_share)
 
 
 def _print_load(history) -> None:
@@ -307,12 +394,18 @@ def replay(
 
     if speed is not None and rate is not None:
         raise click.UsageError("give --speed or --rate, not both")
+    start, end = _event_time(since, "--from"), _event_time(until, "--until")
+    if start is not None and end is not None and start >= end:
+        raise _BadValue(
+            f"--from {start.isoformat()} is not before --until {end.isoformat()} (--until is exclusive)",
+            param_hint="--from/--until",
+        )
     settings = _settings(ctx, **flags)
     history, summary = run_replay(
         data,
         settings,
-        since=_event_time(since),
-        until=_event_time(until),
+        since=start,
+        until=end,
         speed=speed,
         rate=rate,
         restart=restart,
@@ -388,10 +481,17 @@ def _four(value: str | None) -> tuple[float, ...] | None:
 @cli.command()
 @click.option("--recency", help="Four ascending R thresholds in days, e.g. 30,90,180,365.")
 @click.option("--monetary", help="Four ascending M thresholds, e.g. 55,90,140,220.")
+@click.option(
+    "--wait",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="After publishing, wait this many seconds for the workers to finish re-scoring (0: do not wait).",
+)
 @click.pass_context
-def thresholds(ctx: click.Context, recency: str | None, monetary: str | None) -> None:
+def thresholds(ctx: click.Context, recency: str | None, monetary: str | None, wait: float) -> None:
     """Show the RFM thresholds in force, or publish new ones (workers then re-score everyone)."""
-    from streams.thresholds import current_thresholds, publish_thresholds
+    from streams.thresholds import current_thresholds, publish_thresholds, wait_for_rescore
 
     settings = _settings(ctx)
     if recency is None and monetary is None:
@@ -402,6 +502,14 @@ def thresholds(ctx: click.Context, recency: str | None, monetary: str | None) ->
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"published thresholds version {scorer.version}: {scorer.to_json()}")
+    if wait:
+        click.echo(f"waiting up to {wait:.0f} s for the workers to re-score every partition ...")
+        left = wait_for_rescore(settings, scorer.version, wait)
+        if left:
+            raise click.ClickException(
+                f"partitions {left} not re-scored in {wait:.0f} s (is a worker running?); they will be when one runs"
+            )
+        click.echo(f"re-scoring complete: all {settings.topic_partitions} partitions carry version {scorer.version}")
 
 
 @cli.command()
@@ -442,7 +550,7 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
 
     try:
         if once:
-            moment = _event_time(cutoff)
+            moment = _event_time(cutoff, "--cutoff")
             show(retrain_once(settings, cutoff=moment.timestamp() if moment else None))
         else:
             if cutoff is not None:
@@ -539,22 +647,57 @@ def schemas() -> None:
 )
 @click.pass_context
 def demo(
-    ctx: click.Context, data: Path | None, source: str, mapping: Path | None, speed: float | None, keep_services: bool
+    ctx: click.Context,
+    data: Path | None,
+    source: str,
+    mapping: Path | None,
+    speed: float | None,
+    keep_services: bool,
+    **flags: Any,
 ) -> None:
     """Start services and a stream worker, replay the bundled sample, show segments live."""
     from segstream.demo import run_demo
 
     if data is None and source != "olist":
         raise click.UsageError("--source needs --data (the bundled sample is Olist)")
-    settings = _settings(ctx)
+    settings = _settings(ctx, **flags)
     if not run_demo(
         settings, data=data, source=source, mapping=mapping, speed=speed, keep_services=keep_services, echo=click.echo
     ):
         sys.exit(1)
 
 
+# The group's options, each taking a value: accepted after the subcommand too
+# (`segstream segments --redis-port 6380`), as users of other CLIs expect.
+_GLOBAL_OPTIONS = ("--run-dir", "--log-level", "--kafka-bootstrap", "--kafka-port", "--redis-url", "--redis-port")
+
+
+def _global_options_first(args: list[str]) -> list[str]:
+    """Move the group's options found after the subcommand in front of it.
+
+    >>> _global_options_first(["segments", "--latest", "3", "--redis-port", "6380"])
+    ['--redis-port', '6380', 'segments', '--latest', '3']
+    >>> _global_options_first(["--kafka-port=1", "replay", "--data", "d", "--run-dir=x"])
+    ['--kafka-port=1', '--run-dir=x', 'replay', '--data', 'd']
+    """
+    front, rest, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        taken = 1
+        if arg.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            taken = 1 if "=" in arg else 2
+            front += args[index : index + taken]
+        else:
+            rest.append(arg)
+        index += taken
+    return front + rest
+
+
 def main() -> None:
-    cli(prog_name="segstream")
+    cli(args=_global_options_first(sys.argv[1:]), prog_name="segstream")
 
 
 if __name__ == "__main__":

@@ -128,10 +128,21 @@ def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
     from models.retrain import retrain_once
     from segstream.keys import Keys
     from streams.readmodel import customer_models, models_lines
+    from streams.thresholds import wait_for_rescore
 
     echo("retraining the models on the profiles in Redis (`segstream retrain --once`):")
     report = retrain_once(settings)
     echo("  " + report.line(cutoff=False))
+    if report.thresholds.startswith("published version"):
+        version = int(report.thresholds.rsplit(" ", 1)[1])
+        echo(f"  waiting for the worker to re-score every customer with thresholds version {version} ...")
+        left = wait_for_rescore(settings, version)
+        if left:
+            echo(f"  re-scoring not finished on partitions {left} after 120 s; the worker goes on when restarted")
+        else:
+            echo(
+                f"  re-scoring complete: all {settings.topic_partitions} partitions carry thresholds version {version}"
+            )
     population = read_population(redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix))
     best = population.customers[int(population.monetary.argmax())] if len(population) else None
     if best is not None:

@@ -90,8 +90,13 @@ class Keys:
 
     @property
     def watermarks(self) -> str:
-        """Hash: partition -> event-time watermark (epoch seconds) from the clock ticks."""
+        """Hash: partition -> event-time watermark (epoch seconds) from the orders topic's clock ticks."""
         return f"{self.prefix}:watermarks"
+
+    @property
+    def review_watermarks(self) -> str:
+        """Hash: partition -> the reviews topic's watermark: every review up to it is in its profile."""
+        return f"{self.prefix}:watermarks:reviews"
 
     @property
     def replay_ends(self) -> str:

@@ -347,15 +347,28 @@ def services_status(settings: Settings) -> list[ServiceStatus]:
     statuses = []
     if settings.embedded_kafka:
         pid = _recorded_pid(state, KAFKA, "tansu", settings.kafka_port)
-        statuses.append(_probe_kafka(settings, "embedded", pid))
+        statuses.append(_died(state, KAFKA, pid) or _probe_kafka(settings, "embedded", pid))
     else:
         statuses.append(_probe_kafka(settings, "external", None))
     if settings.embedded_redis:
         pid = _recorded_pid(state, REDIS, "redis-server", settings.redis_port)
-        statuses.append(_probe_redis(settings, "embedded", pid))
+        statuses.append(_died(state, REDIS, pid) or _probe_redis(settings, "embedded", pid))
     else:
         statuses.append(_probe_redis(settings, "external", None))
     return statuses
+
+
+def _died(state: dict[str, dict], name: str, pid: int | None) -> ServiceStatus | None:
+    """The status of an embedded service this run directory started that is no longer running."""
+    recorded = state.get(name)
+    if pid is not None or not recorded:
+        return None
+    address = f"{recorded.get('host')}:{recorded.get('port')}"
+    detail = (
+        f"started (pid {recorded.get('pid')}) but no longer running; its log: {recorded.get('log')}; "
+        "`segstream services up` starts it again"
+    )
+    return ServiceStatus(name, "embedded", address, False, None, detail)
 
 
 def _recorded_pid(state: dict[str, dict], name: str, binary: str, port: int) -> int | None:
@@ -398,6 +411,7 @@ def _probe_redis(settings: Settings, mode: str, pid: int | None) -> ServiceStatu
 def services_up(settings: Settings) -> list[ServiceStatus]:
     """Start the embedded services that are not running; check the external ones. Idempotent."""
     state = _read_state(settings)
+    started: list[str] = []  # by this call: stopped again if a later one fails (no half-started services)
     for name, binary, start in ((KAFKA, "tansu", _start_kafka), (REDIS, "redis-server", _start_redis)):
         embedded = settings.embedded_kafka if name == KAFKA else settings.embedded_redis
         if not embedded:
@@ -407,7 +421,14 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
         if pid is not None:
             log.info("embedded %s already running (pid %s)", name, pid)
             continue
-        spawned = start(settings)
+        try:
+            spawned = start(settings)
+        except ServiceError:
+            if started:
+                _stop(settings, started)
+                log.info("stopped the embedded %s this command had started", ", ".join(started))
+            raise
+        started.append(name)
         state[name] = asdict(spawned)
         _write_state(settings, state)
         log.info(
@@ -422,9 +443,15 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
 
 def services_down(settings: Settings, timeout_s: float = 10.0) -> list[str]:
     """Stop the embedded services this run directory started; external ones are left alone."""
+    return _stop(settings, [KAFKA, REDIS], timeout_s)
+
+
+def _stop(settings: Settings, names: list[str], timeout_s: float = 10.0) -> list[str]:
     state = _read_state(settings)
     messages = []
     for name, binary in ((KAFKA, "tansu"), (REDIS, "redis-server")):
+        if name not in names:
+            continue
         recorded = state.pop(name, None)
         if not recorded:
             messages.append(f"{name}: no embedded service recorded in {_state_path(settings)}")

@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     worker_buffer: int = Field(
         20_000, ge=1, description="Records a worker buffers per stream before fetching pauses (Faust stream buffer)."
     )
+    replay_max_reject_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Largest share of a file's rows a load may reject for a time that does not parse or an order "
+        "the orders file lacks, before it refuses the input.",
+    )
+    worker_web_host: str = Field(
+        "127.0.0.1", description="Address a worker's Faust web server binds (this machine only unless changed)."
+    )
+    worker_reviews_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest the orders clock of a partition waits for the reviews topic's watermark to catch up (s); "
+        "then it goes on, and reviews behind it take effect when they arrive.",
+    )
     worker_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of a worker: uvloop (faster) or the standard asyncio loop."
     )
@@ -108,7 +124,12 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Model registry: one directory per retrain run [default <run_dir>/models]."
     )
-    clv_penalizer: float = Field(0.001, ge=0, description="L2 penalty of the BG/NBD and Gamma-Gamma fits.")
+    clv_penalizer: float = Field(
+        0.0, ge=0, description="L2 penalty of the BG/NBD and Gamma-Gamma fits (0: the papers' maximum likelihood)."
+    )
+    clv_fallback_penalizer: float = Field(
+        0.001, ge=0, description="L2 penalty of a second fit when the first does not converge (0: none)."
+    )
     clv_horizon_days: float = Field(90.0, gt=0, description="Horizon of expected purchases and CLV (days).")
     clv_monthly_discount: float = Field(0.01, ge=0, description="Monthly discount rate of the CLV.")
     clv_min_repeat_buyers: int = Field(20, ge=1, description="Fewest repeat buyers to fit the CLV models at all.")

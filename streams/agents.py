@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,6 +57,8 @@ class StreamHandler:
         self.token = uuid.uuid4().hex
         self._kafka: AIOKafkaProducer | None = None  # publishes the outbox
         self._partitions: dict[str, int] = {}
+        self._redis_away_since: float | None = None  # monotonic time of the outage's first failure
+        self._gave_up: set[int] = set()  # partitions whose orders stopped waiting for the reviews' watermark
 
     async def _ready(self) -> ProfileStore:
         if self.store is None:
@@ -101,11 +105,32 @@ class StreamHandler:
         while True:
             try:
                 await self._handle(topic, records, send)
+                self.redis_back()
                 return
             except REDIS_AWAY as exc:
-                log.warning("Redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+                self.redis_away(exc, f"a batch of {topic} retried in {delay:.1f} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def redis_away(self, exc: Exception, retry: str | None = None) -> None:
+        """Say once that Redis went away, then a short line per ``retry`` (None: nothing more)."""
+        if self._redis_away_since is None:
+            self._redis_away_since = time.monotonic()
+            where = self.client.connection_pool.connection_kwargs
+            log.warning(
+                "Redis at %s:%s is unavailable (%s); the worker waits and retries with backoff (events stay in "
+                "Kafka, change events in the outbox)",
+                where.get("host", where.get("path", "?")),
+                where.get("port", ""),
+                " ".join(str(exc).split()),
+            )
+        elif retry is not None:
+            log.warning("Redis still unavailable: %s", retry)
+
+    def redis_back(self) -> None:
+        if self._redis_away_since is not None:
+            log.warning("Redis answers again, after %.1f s", time.monotonic() - self._redis_away_since)
+            self._redis_away_since = None
 
     async def _handle(self, topic: str, records: list[Record], send: Send) -> None:
         store = await self._ready()
@@ -128,11 +153,62 @@ class StreamHandler:
                     finals.append((partition, event))
             elif headers:
                 sent_at.extend(int(v) for k, v in headers if k == SENT_AT_HEADER)
+        if clock:
+            await self._await_reviews(by_partition)
         _, ends = await store.process(by_partition, watermarks, clock, ticks=ticks, sent_at_ms=sent_at)
+        if not clock:  # the reviews' watermark moves again: the orders wait for it again
+            self._gave_up.difference_update(p for p, end in ends.items() if end > watermarks.get(p, -math.inf))
         watermarks.update(ends)
         for partition, tick in finals:
             await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
             log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
+
+    async def _await_reviews(self, by_partition: dict[int, list]) -> None:
+        """Wait until the reviews topic's watermark of each partition reaches the batch's last event time.
+
+        A customer's clock moves with the orders topic, and a review takes effect at its own event
+        time (docs/definitions.md): the clock may only pass a moment once every review up to it is
+        in the profiles, whichever topic the worker happens to read first. The reviews agent
+        writes its watermark with its reviews (one script call), so a watermark in Redis means
+        those reviews are stored, by this worker or another. The wait is bounded
+        (``worker_reviews_wait_s``) so that a reviews topic without clock ticks cannot stop the
+        stream; reviews behind the clock then take effect when they arrive.
+        """
+        needed = {}
+        for partition, items in by_partition.items():
+            if items and partition not in self._gave_up:
+                needed[partition] = max(item.event_time.timestamp() for item in items)
+        if not needed:
+            return
+        reviews = self.watermarks.setdefault(self.settings.topic_reviews, {})
+        started, delay, said = time.monotonic(), 0.002, False
+        while True:
+            behind = [p for p, until in needed.items() if reviews.get(p, -math.inf) < until]
+            if behind:
+                stored = await self.client.hmget(self.keys.review_watermarks, [str(p) for p in behind])
+                behind = [p for p, w in zip(behind, stored, strict=True) if w is None or float(w) < needed[p]]
+            if not behind:
+                return
+            waited = time.monotonic() - started
+            if waited >= self.settings.worker_reviews_wait_s:
+                log.warning(
+                    "the reviews topic's watermark of partitions %s did not reach the orders' in %.0f s; "
+                    "going on without waiting (reviews behind the clock take effect when they arrive)",
+                    behind,
+                    waited,
+                )
+                self._gave_up.update(behind)
+                return
+            if waited > 1.0 and not said:
+                until = max(needed[p] for p in behind)
+                log.info(
+                    "orders of partitions %s wait for the reviews topic's watermark to reach %s",
+                    behind,
+                    datetime.fromtimestamp(until, UTC).isoformat(),
+                )
+                said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _dead_letter(
         self, send: Send, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, reason: str

@@ -49,8 +49,14 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=0.5,
         web_enabled=settings.worker_web_port is not None,
         web_port=settings.worker_web_port or 6066,
+        web_bind=settings.worker_web_host,  # Faust's default is every interface
         producer_acks=-1,
         stream_buffer_maxsize=settings.worker_buffer,
+        # The orders agent may wait for the reviews' watermark (streams/agents.py) while the reviews
+        # must keep flowing. Faust pauses fetching a partition whose buffer is 80% full, but delivers
+        # a fetch already made in full and blocks the whole delivery on a full buffer: a fetch
+        # smaller than the remaining 20% keeps the reviews moving (aiokafka's default: no limit).
+        broker_max_poll_records=max(1, settings.worker_buffer // 10),
     )
     handler = StreamHandler(settings)
 
@@ -94,13 +100,24 @@ def create_app(settings: Settings) -> faust.App:
         for topic in outputs.values():  # the publisher sends with its own producer: create the topics first
             await topic.maybe_declare()
         # A loop, not a timer: under load one pass can outlast any interval.
+        log, delay = logging.getLogger(__name__), 1.0
         while not app.should_stop:
             try:
                 published = await handler.publish()
-            except Exception:  # Redis or Kafka hiccup: the outbox keeps the events; try again
-                logging.getLogger(__name__).exception("publishing change events failed; retrying in 1 s")
-                await asyncio.sleep(1.0)
+            except REDIS_AWAY as exc:  # the outbox keeps the events: try again
+                handler.redis_away(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
                 continue
+            except Exception as exc:  # Kafka away: the outbox keeps the events
+                log.warning(
+                    "publishing change events failed (%s); retrying in %.0f s", " ".join(str(exc).split()), delay
+                )
+                log.debug("publishing failed", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 1.0
             if published == 0:
                 await asyncio.sleep(0.1)
 
@@ -112,14 +129,14 @@ def create_app(settings: Settings) -> faust.App:
         try:
             await handler.refresh_thresholds(owned)
         except REDIS_AWAY as exc:
-            logging.getLogger(__name__).warning("Redis unavailable (%s); thresholds checked again in 1 s", exc)
+            handler.redis_away(exc)
 
     @app.timer(interval=5.0, name="checkpoint_clusters")
     async def checkpoint_clusters() -> None:
         try:
             await handler.checkpoint_clusters()
         except REDIS_AWAY as exc:
-            logging.getLogger(__name__).warning("Redis unavailable (%s); cluster checkpoint in 5 s", exc)
+            handler.redis_away(exc)
 
     app.segstream_handler = handler  # for tests and tooling
     return app

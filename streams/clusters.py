@@ -32,6 +32,9 @@ from streams.scoring import DAY
 __all__ = ["OnlineClusters", "features"]
 
 FEATURES = ("recency_days", "orders", "monetary", "review", "late_share")
+# Features with a bounded range: a center mapped back through the exponentially weighted scaler can
+# land a little outside it (a late share of -0.001 was seen), which means nothing to a reader.
+_RANGES = {"review": (1.0, 5.0), "late_share": (0.0, 1.0)}
 
 
 def features(profile: Profile, now: float) -> dict[str, float]:
@@ -110,17 +113,16 @@ class OnlineClusters:
         return int(self.kmeans.predict_one(self.scaler.transform_one(x)))
 
     def profiles(self) -> dict[int, dict[str, float]]:
-        """Each center in original units (inverse of the online standardisation)."""
+        """Each center in original units (inverse of the online standardisation), bounded features
+        kept in their range."""
         out = {}
         for index, center in self.kmeans.centers.items():
-            out[int(index)] = {
-                name: round(
-                    center.get(name, 0.0) * math.sqrt(self.scaler.vars.get(name, 0.0))
-                    + self.scaler.means.get(name, 0.0),
-                    3,
-                )
-                for name in FEATURES
-            }
+            values = {}
+            for name in FEATURES:
+                value = center.get(name, 0.0) * math.sqrt(self.scaler.vars.get(name, 0.0))
+                low, high = _RANGES.get(name, (-math.inf, math.inf))
+                values[name] = round(min(max(value + self.scaler.means.get(name, 0.0), low), high), 3)
+            out[int(index)] = values
         return out
 
     def to_json(self) -> str:

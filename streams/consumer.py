@@ -188,7 +188,10 @@ async def take_available(stream: faust.StreamT, max_: int) -> AsyncIterator[list
         while not stream.should_stop:
             if errors:
                 raise errors.popleft()
-            items = [await queue.get()]
+            try:
+                items = [await queue.get()]
+            except StopAsyncIteration:  # Faust stopping the stream: inside a generator it would be a RuntimeError
+                return
             while len(items) < max_ and not queue.empty():
                 items.append(queue.get_nowait())
             events, generation = [], app.consumer_generation_id

@@ -61,6 +61,9 @@ class Profile:
     review_sum: int = 0
     last_review: tuple[float, str] | None = None
     last_review_score: int | None = None
+    # reviews that arrived before the customer's clock reached their event time, as
+    # [event time, event id, score], in that order: applied when the clock passes them
+    held: list = field(default_factory=list)
     deliveries: int = 0
     late_deliveries: int = 0
     last_delivery: tuple[float, str] | None = None
@@ -78,6 +81,7 @@ class Profile:
     p_alive: float | None = None  # BG/NBD, once the retrain job published its parameters
     cluster: int | None = None
     evaluated_at: float | None = None
+    thresholds_version: int = 0  # of the RFM thresholds the derived part was last computed with
     segment_changes: int = 0  # how many times the segment changed: numbers the change events
     churn_changes: int = 0
     version: int = 0
@@ -112,15 +116,42 @@ class Profile:
             self.canceled += 1
             self.monetary = round(self.monetary - event.amount, 2)
         elif isinstance(event, ReviewPosted):
-            self.reviews += 1
-            self.review_sum += event.score
-            if self.last_review is None or latest > tuple(self.last_review):
-                self.last_review, self.last_review_score = latest, event.score
+            self.apply_review(moment, event.event_id, event.score)
         elif isinstance(event, OrderDelivered):
             self.deliveries += 1
             self.late_deliveries += bool(event.late)
             if self.last_delivery is None or latest > tuple(self.last_delivery):
                 self.last_delivery, self.last_delivery_late = latest, event.late
+
+    def apply_review(self, moment: float, event_id: str, score: int) -> None:
+        """Fold one review into the aggregates (also a held one, once the clock passed it)."""
+        self.reviews += 1
+        self.review_sum += score
+        latest: _LATEST = (moment, event_id)
+        if self.last_review is None or latest > tuple(self.last_review):
+            self.last_review, self.last_review_score = latest, score
+
+    def hold(self, event: ReviewPosted) -> None:
+        """Keep a review that arrived before the customer's clock reached its event time."""
+        entry = [event.event_time.timestamp(), event.event_id, event.score]
+        self.held = sorted([*self.held, entry])  # never in place: see copy
+
+    def release(self, before: float) -> list[list]:
+        """Take the held reviews with an event time before ``before``, earliest first."""
+        held = self.held
+        cut = 0
+        while cut < len(held) and held[cut][0] < before:
+            cut += 1
+        if not cut:
+            return []
+        self.held = held[cut:]
+        return held[:cut]
+
+    @property
+    def held_due(self) -> float | None:
+        """When the earliest held review takes effect: the clock must pass its event time (a tick or
+        an order at that very instant does not: at one instant, reviews come after the orders topic)."""
+        return math.nextafter(self.held[0][0], math.inf) if self.held else None
 
     @property
     def products(self) -> list[str]:
@@ -129,9 +160,12 @@ class Profile:
 
     @property
     def mean_gap_days(self) -> float | None:
-        if self.orders < 2 or self.first_purchase is None or self.last_purchase is None:
+        """Mean days between purchase days (UTC), once the customer bought on two days: a checkout
+        split into several orders seconds apart is one purchase day, not a gap of seconds."""
+        days = self.purchases
+        if len(days) < 2:
             return None
-        return (self.last_purchase - self.first_purchase) / DAY / (self.orders - 1)
+        return (_epoch_day(max(days)) - _epoch_day(min(days))) / (len(days) - 1)
 
     @property
     def review_mean(self) -> float | None:
@@ -252,7 +286,10 @@ def _text(value) -> str:
         return repr(value)
     if value is None:
         return ""
-    if kind is list:  # lists of str (churn reasons): joined, the bytes json.dumps would give
+    if kind is list:
+        if value and type(value[0]) is not str:  # held reviews: [time, id, score] each
+            return _compact(value)
+        # lists of str (churn reasons): joined, the bytes json.dumps would give
         return "[" + ",".join(map(_json_ascii, value)) + "]"
     if kind is tuple or kind is dict:
         return _compact(value)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import heapq
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -151,8 +152,10 @@ if consumed > 0 then redis.call('HINCRBY', counters, 'consumed', consumed) end
 if applied > 0 then redis.call('HINCRBY', counters, 'applied', applied) end
 if duplicates > 0 then redis.call('HINCRBY', counters, 'duplicates', duplicates) end
 if ticks > 0 then redis.call('HINCRBY', counters, 'ticks', ticks) end
-if nwatermarks > 0 then
-  redis.call('HSET', watermarks, unpack(ARGV, watermarks_at, watermarks_at + 2 * nwatermarks - 1))
+-- a watermark never goes back (a worker catching up again from the start of a topic reads old ticks)
+for k = watermarks_at, watermarks_at + 2 * nwatermarks - 1, 2 do
+  local stored = tonumber(redis.call('HGET', watermarks, ARGV[k]) or '-inf')
+  if tonumber(ARGV[k + 1]) > stored then redis.call('HSET', watermarks, ARGV[k], ARGV[k + 1]) end
 end
 -- latency from each event's send time to this update (the server's clock, once all is written)
 if nsent > 0 then
@@ -184,6 +187,11 @@ for k = 4 + 2 * queries, #ARGV do
 end
 return out
 """
+
+
+def _after(moment: float) -> float:
+    """The next representable time after ``moment``: "due by T, inclusive of what is held at T"."""
+    return math.nextafter(moment, math.inf)
 
 
 class ScriptLost(aioredis.ConnectionError):
@@ -441,35 +449,41 @@ class ProfileStore:
         """
         customers: dict[int, dict[str, None]] = {}  # per partition, in order of first appearance
         last_tick: dict[int, float] = {}
+        finals: set[int] = set()  # partitions whose replay ends in this batch
         for partition, items in batches.items():
             seen = customers[partition] = {}
             for item in items:
                 if isinstance(item, ClockTick):
                     moment = item.event_time.timestamp()
                     last_tick[partition] = max(last_tick.get(partition, moment), moment)
+                    if item.final:
+                        finals.add(partition)
                 else:
                     seen[item.customer_unique_id] = None
         result = BatchResult()
         only: dict[int, set[str]] | None = None
         ends = {partition: watermarks.get(partition, 0.0) for partition in batches}
         extras = (ticks, sent_at_ms or [])  # written once, with the first attempt's last call
+        # each topic's watermarks apart: the orders clock waits for the reviews' (streams/agents.py)
+        marks_key = self.keys.watermarks if clock else self.keys.review_watermarks
         for _attempt in range(max_retries):
             wanted = {
                 p: [c for c in seen if only is None or c in only[p]]
                 for p, seen in customers.items()
                 if only is None or p in only
             }
-            loaded = await self._load(wanted, last_tick if clock else {}, only)
+            due_until = {p: _after(t) if p in finals else t for p, t in last_tick.items()} if clock else {}
+            loaded = await self._load(wanted, due_until, only)
 
             def folded(loaded=loaded, only=only, extras=extras):
                 for n, (partition, (part, due)) in enumerate(loaded.items(), start=1):
                     keep = None if only is None else only[partition]
                     start = watermarks.get(partition, 0.0)
                     ends[partition] = self._fold(batches[partition], start, clock, part, due, keep)
-                    moved = ends[partition] if clock and partition in last_tick else None
+                    moved = ends[partition] if partition in last_tick else None
                     yield partition, part, moved, *(extras if n == len(loaded) else (0, []))
 
-            lost = await self._write(folded(), result)
+            lost = await self._write(folded(), result, marks_key)
             extras = (0, [])
             if not lost:
                 return result, ends
@@ -493,20 +507,27 @@ class ProfileStore:
         while index < len(items):
             item = items[index]
             if isinstance(item, ClockTick):
-                times = []
+                times, final = [], False
                 while index < len(items) and isinstance(items[index], ClockTick):
                     times.append(items[index].event_time.timestamp())
+                    final = final or items[index].final
                     index += 1
                 times.sort()
                 watermark = max(watermark, times[-1])
-                while clock and heap and heap[0][0] <= times[-1]:
+                # The end of a replay: nothing follows on this partition, so reviews held at its
+                # very last instant take effect too (after the orders topic's, as at any instant).
+                limit = _after(times[-1]) if final else times[-1]
+                while clock and heap and heap[0][0] <= limit:
                     score, customer = heapq.heappop(heap)
                     state = work[customer]
                     if state.due != score:
                         continue  # moved by a later event or re-derivation
-                    at = times[bisect.bisect_left(times, score)]
-                    profile = state.profile
-                    self._step(state, max(at, profile.evaluated_at or 0.0), "time", None)
+                    tick = times[min(bisect.bisect_left(times, score), len(times) - 1)]
+                    at = max(tick, state.profile.evaluated_at or 0.0)
+                    self._release(state, at)
+                    self._step(state, at, "time", None)
+                    if final:
+                        self._release(state, limit)
                     self._reschedule(state, heap, customer)
                 continue
             index += 1
@@ -519,29 +540,49 @@ class ProfileStore:
                 continue
             state.fresh.append(item.event_id)
             profile = state.profile
-            profile.apply(item)
+            moment = item.event_time.timestamp()
             if clock:
-                now = max(watermark, item.event_time.timestamp(), profile.evaluated_at or 0.0)
-            elif profile.evaluated_at is not None:
-                now = profile.evaluated_at
+                now = max(watermark, moment, profile.evaluated_at or 0.0)
+                self._release(state, now)  # held reviews older than this event come first
+            elif profile.evaluated_at is None or moment >= profile.evaluated_at:
+                # A review takes effect at its own event time: the customer's clock (the orders
+                # topic) has not reached it yet, so it waits in the profile for the clock to pass.
+                profile.hold(item)
+                self._reschedule(state, heap, customer)
+                continue
             else:
-                continue  # nothing to derive before the customer's first purchase
-            if self.clusters is not None and profile.last_purchase is not None:
-                profile.cluster = self.clusters.learn_predict_one(features(profile, now))
+                now = profile.evaluated_at  # late (behind the clock): takes effect now
+            profile.apply(item)
+            self._learn(profile, now)
             self._step(state, now, cause_of(item), item.event_id)
             self._reschedule(state, heap, customer)
         return watermark
+
+    def _learn(self, profile: Profile, now: float) -> None:
+        if self.clusters is not None and profile.last_purchase is not None:
+            profile.cluster = self.clusters.learn_predict_one(features(profile, now))
+
+    def _release(self, state: _Working, before: float) -> None:
+        """Apply the customer's held reviews with an event time before ``before``, each at its own time."""
+        profile = state.profile
+        for moment, event_id, score in profile.release(before):
+            profile.apply_review(moment, event_id, score)
+            self._step(state, max(moment, profile.evaluated_at or 0.0), "review", event_id)
 
     def _reschedule(self, state: _Working, heap: list, customer: str) -> None:
         profile = state.profile
         state.dirty = True
         now = profile.evaluated_at if profile.evaluated_at is not None else 0.0
-        state.due = profile.next_due(now, self.scorer, self.rules)
+        moments = [m for m in (profile.next_due(now, self.scorer, self.rules), profile.held_due) if m is not None]
+        state.due = min(moments) if moments else None
         if state.due is not None:
             heapq.heappush(heap, (state.due, customer))
 
     async def _write(
-        self, parts: Iterable[tuple[int, dict[str, _Working], float | None, int, list[int]]], result: BatchResult
+        self,
+        parts: Iterable[tuple[int, dict[str, _Working], float | None, int, list[int]]],
+        result: BatchResult,
+        marks_key: str | None = None,
     ) -> dict[int, set[str]]:
         """Write each ``(partition, work, watermark, ticks, sent_at_ms)`` of ``parts`` with one
         atomic script call, pipelined (see :meth:`_run_scripts`; ``parts`` may be lazy).
@@ -553,7 +594,9 @@ class ProfileStore:
 
         def calls():
             for partition, work, watermark, ticks, sent_at_ms in parts:
-                args, planned, only_duplicates = self._write_args(partition, work, watermark, ticks, sent_at_ms)
+                args, planned, only_duplicates = self._write_args(
+                    partition, work, watermark, ticks, sent_at_ms, marks_key or self.keys.watermarks
+                )
                 if args is not None:
                     plans.append((partition, planned, only_duplicates))
                     yield args
@@ -576,7 +619,13 @@ class ProfileStore:
         return lost
 
     def _write_args(
-        self, partition: int, work: dict[str, _Working], watermark: float | None, ticks: int, sent_at_ms: list[int]
+        self,
+        partition: int,
+        work: dict[str, _Working],
+        watermark: float | None,
+        ticks: int,
+        sent_at_ms: list[int],
+        marks_key: str,
     ) -> tuple[list | None, list[tuple[str, _Working]], int]:
         """The write script's arguments for one partition (None: nothing to write), the
         customers it writes in order, and the duplicates of customers with nothing to write."""
@@ -609,7 +658,7 @@ class ProfileStore:
             self.keys.changes,
             self.keys.outbox,
             self.keys.counters,
-            self.keys.watermarks,
+            marks_key,
             self.keys.latencies,
             self.recent_changes,
             self.recent_latencies,
@@ -629,6 +678,7 @@ class ProfileStore:
         profile = state.profile
         previous_segment, previous_churn = profile.segment, profile.churn
         profile.evaluate(now, self.scorer, self.rules)
+        profile.thresholds_version = self.scorer.version
         if profile.segment == previous_segment and profile.churn == previous_churn:
             return
         moment = _wire_time(now)
@@ -665,33 +715,47 @@ class ProfileStore:
                 )
             )
 
-    async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20) -> int:
-        """Re-derive every scored customer of the partition with the current thresholds, at the
-        partition's watermark; changes carry the cause ``rescore``. Returns how many changed.
+    async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20, max_passes: int = 10) -> int:
+        """Re-derive every scored customer of the partition who does not carry the current
+        thresholds' version yet, at the partition's watermark; changes carry the cause ``rescore``.
+        Returns how many changed.
+
+        Resumable and exact: each profile records the thresholds version it was last derived with
+        (``thresholds_version``), so a worker that restarts, or takes the partition over, redoes
+        only who is left; passes repeat until one finds nobody left (a batch folded with the old
+        thresholds while the first pass ran writes the old version, and the next pass redoes it).
         """
-        customers = [c.decode() for c in await self.client.zrange(self.keys.due(partition), 0, -1)]
-        # At the partition's watermark: a customer's own last evaluation may be long past, since
-        # under the old thresholds time alone had nothing to change for them.
-        watermark = await self.client.hget(self.keys.watermarks, str(partition))
-        now = float(watermark) if watermark is not None else 0.0
+        version = self.scorer.version
         result = BatchResult()
-        for start in range(0, len(customers), chunk):
-            pending = customers[start : start + chunk]
-            for _round in range(max_rounds):
-                if not pending:
-                    break
-                work, _ = (await self._load({partition: pending}, {}))[partition]
-                for customer, state in work.items():
-                    profile = state.profile
-                    if profile.evaluated_at is None:
-                        continue
-                    self._step(state, max(now, profile.evaluated_at), "rescore", None)
-                    self._reschedule(state, [], customer)
-                lost = await self._write([(partition, work, None, 0, [])], result)
-                pending = list(lost.get(partition, ()))
-            else:
-                raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
-        return result.changed
+        for _pass in range(max_passes):
+            customers = [c.decode() for c in await self.client.zrange(self.keys.due(partition), 0, -1)]
+            # At the partition's watermark: a customer's own last evaluation may be long past, since
+            # under the old thresholds time alone had nothing to change for them.
+            watermark = await self.client.hget(self.keys.watermarks, str(partition))
+            now = float(watermark) if watermark is not None else 0.0
+            left = 0
+            for start in range(0, len(customers), chunk):
+                pending = customers[start : start + chunk]
+                for _round in range(max_rounds):
+                    if not pending:
+                        break
+                    work, _ = (await self._load({partition: pending}, {}))[partition]
+                    for customer, state in work.items():
+                        profile = state.profile
+                        if profile.evaluated_at is None or profile.thresholds_version == version:
+                            continue
+                        left += 1
+                        at = max(now, profile.evaluated_at)
+                        self._release(state, at)
+                        self._step(state, at, "rescore", None)
+                        self._reschedule(state, [], customer)
+                    lost = await self._write([(partition, work, None, 0, [])], result)
+                    pending = list(lost.get(partition, ()))
+                else:
+                    raise RuntimeError(f"could not rescore {len(pending)} customers of partition {partition}")
+            if left == 0:
+                return result.changed
+        raise RuntimeError(f"partition {partition}: customers still without thresholds version {version}")
 
     async def counters(self) -> Counter:
         raw = await self.client.hgetall(self.keys.counters)

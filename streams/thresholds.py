@@ -11,6 +11,7 @@ was re-scored at, so a worker that takes over a partition finishes a re-score an
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
@@ -18,7 +19,7 @@ from segstream.keys import Keys
 from segstream.settings import Settings
 from streams.scoring import RfmScorer, bgnbd_of
 
-__all__ = ["current_scoring", "current_thresholds", "publish_thresholds"]
+__all__ = ["current_scoring", "current_thresholds", "publish_thresholds", "rescore_progress", "wait_for_rescore"]
 
 
 def current_thresholds(settings: Settings) -> RfmScorer:
@@ -57,3 +58,21 @@ def publish_thresholds(
                 return scorer
             except redis.WatchError:
                 continue
+
+
+def rescore_progress(settings: Settings, version: int) -> list[int]:
+    """The partitions that have not finished re-scoring with thresholds ``version`` yet."""
+    done = redis.Redis.from_url(settings.redis_address).hgetall(Keys(settings.redis_prefix).rescored)
+    finished = {int(p) for p, v in done.items() if int(v) >= version}
+    return [p for p in range(settings.topic_partitions) if p not in finished]
+
+
+def wait_for_rescore(settings: Settings, version: int, timeout_s: float = 120.0) -> list[int]:
+    """Wait until every partition is re-scored with thresholds ``version`` (the workers do it);
+    returns the partitions still left when ``timeout_s`` ran out (empty: complete)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = rescore_progress(settings, version)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)

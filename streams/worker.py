@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import gc
+import socket
 
 import faust
 import mode.loop
 
+from segstream.services import ServiceError
 from segstream.settings import Settings
 from streams.app import create_app
 
 __all__ = ["run_worker"]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a taken web port in one line (Faust would fail deep in its start-up, with a traceback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServiceError(
+                f"web port {host}:{port} is taken ({exc.strerror}); give this worker another --web-port, "
+                f"or leave it out (a second worker on one machine needs no web server)"
+            ) from None
+
 
 _FAUST_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error", "critical": "crit"}
 
 
 def run_worker(settings: Settings) -> None:
     """Block running a Faust worker until SIGINT/SIGTERM."""
+    if settings.worker_web_port is not None:
+        _check_port_free(settings.worker_web_host, settings.worker_web_port)
     mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")  # before the app makes its loop
     app = create_app(settings)
     # The worker allocates many short-lived objects per record and keeps many long-lived ones (the

@@ -27,9 +27,8 @@ from segstream.keys import Keys
 from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
-from streams.readmodel import replay_consumed
 
-__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "save_profiles"]
+__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "save_profiles", "split_checkouts"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SAMPLE = FIXTURES / "olist-real-1000"
@@ -53,6 +52,40 @@ def save_profiles(client: redis.Redis, keys: Keys, profiles: list[Profile]) -> N
         pipe.delete(keys.profile(profile.customer_unique_id))
         pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
     pipe.execute()
+
+
+def split_checkouts(source: Path, out: Path, share: float, seed: int = 0) -> int:
+    """Copy an Olist file set, splitting a ``share`` of the delivered orders into two orders of one
+    checkout, as Olist does: the copy has a new order id and customer id (same person), is placed 5 s
+    after the original, and repeats its items, payments and delivery. Returns how many were split."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    shutil.copytree(source, out)
+    rng = np.random.default_rng(seed)
+    orders = pd.read_csv(out / "olist_orders_dataset.csv", dtype=str)
+    customers = pd.read_csv(out / "olist_customers_dataset.csv", dtype=str)
+    delivered = orders[orders["order_status"] == "delivered"]
+    chosen = delivered.sample(frac=share, random_state=seed)
+    new_ids = {old: f"{rng.integers(1 << 62):032x}" for old in chosen["order_id"]}
+    copies = chosen.assign(
+        order_id=chosen["order_id"].map(new_ids),
+        customer_id=[f"{rng.integers(1 << 62):032x}" for _ in range(len(chosen))],
+        order_purchase_timestamp=(pd.to_datetime(chosen["order_purchase_timestamp"]) + pd.Timedelta(seconds=5)).astype(
+            str
+        ),
+    )
+    owner = customers.set_index("customer_id")
+    extra = owner.loc[chosen["customer_id"]].reset_index(drop=True).assign(customer_id=copies["customer_id"].to_numpy())
+    pd.concat([orders, copies]).to_csv(out / "olist_orders_dataset.csv", index=False)
+    pd.concat([customers, extra[customers.columns]]).to_csv(out / "olist_customers_dataset.csv", index=False)
+    for name in ("olist_order_items_dataset.csv", "olist_order_payments_dataset.csv"):
+        rows = pd.read_csv(out / name, dtype=str)
+        twins = rows[rows["order_id"].isin(new_ids)].assign(order_id=lambda f: f["order_id"].map(new_ids))
+        pd.concat([rows, twins]).to_csv(out / name, index=False)
+    return len(chosen)
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +158,20 @@ class Workers:
     def keys(self) -> Keys:
         return Keys(self.settings.redis_prefix)
 
-    def wait_for_end(self, summary: ReplaySummary, timeout_s: float = 120) -> None:
-        """Until every partition of both topics has processed the replay run's final tick."""
-        client, wanted = self.redis, 2 * self.settings.topic_partitions
+    def wait_for_end(
+        self, summary: ReplaySummary, timeout_s: float = 120, reviews_from: ReplaySummary | None = None
+    ) -> None:
+        """Until every partition of both topics has processed the replay run's final tick (the
+        reviews topic's from the run ``reviews_from`` if given: a replay of it alone)."""
+        client, partitions = self.redis, self.settings.topic_partitions
         run = f"{summary.replay_id}/{summary.run_id}"
+        wanted = {f"{self.settings.topic_orders}:{p}": run for p in range(partitions)}
+        reviews_run = run if reviews_from is None else f"{reviews_from.replay_id}/{reviews_from.run_id}"
+        wanted |= {f"{self.settings.topic_reviews}:{p}": reviews_run for p in range(partitions)}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if replay_consumed(self.settings, summary.replay_id, summary.run_id) == wanted:
+            ends = {k.decode(): v.decode() for k, v in client.hgetall(self.keys.replay_ends).items()}
+            if all(ends.get(k) == v for k, v in wanted.items()):
                 break
             for proc in self.procs:
                 assert proc.poll() is None or proc.returncode in (0, -9), self.log_text()
@@ -141,6 +181,15 @@ class Workers:
         while client.xlen(self.keys.outbox) and time.monotonic() < deadline:  # changes published
             time.sleep(0.1)
         assert client.xlen(self.keys.outbox) == 0
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Until a worker's log holds ``text``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in p.read_text() for p in self.logs.glob("*.log")):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no worker logged {text!r} in {timeout_s} s\n{self.log_text()}")
 
     def log_text(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("*.log")))

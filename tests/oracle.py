@@ -153,6 +153,18 @@ def p_alive(purchases: pd.DataFrame, now: float, bgnbd: tuple[float, float, floa
     return pd.Series(np.asarray(alive, dtype=float), index=summary.index)
 
 
+def _gap_days(days: pd.Series) -> float:
+    """Mean days between distinct purchase days (UTC), or the default before two of them."""
+    distinct = np.unique(days.to_numpy())
+    if len(distinct) < 2 or distinct[-1] == distinct[0]:
+        return DEFAULT_GAP_DAYS
+    return float(distinct[-1] - distinct[0]) / (len(distinct) - 1)
+
+
+def _day(times: pd.Series | np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(times, dtype=float) / DAY).astype(np.int64)
+
+
 def final_state(
     data: Path,
     r_thresholds=R_THRESHOLDS,
@@ -177,8 +189,7 @@ def final_state(
     )
     per["segment"] = TABLE[per["r"] - 1, (per["f"] + per["m"] + 1) // 2 - 1]
 
-    gap = ((per["last"] - per["first"]) / DAY / (per["orders"] - 1)).where(per["orders"] > 1)
-    gap = gap.where(gap > 0, DEFAULT_GAP_DAYS)
+    gap = purchases.assign(day=_day(purchases["time"])).groupby("customer_unique_id")["day"].agg(_gap_days)
     reviews = facts["reviews"].assign(event_id=lambda f: f["review_id"] + ":" + f["order_id"])
     low_review = _latest(reviews, "event_id", "review_score").reindex(per.index) <= 2
     late = _latest(facts["deliveries"], "order_id", "late").reindex(per.index).fillna(False).astype(bool)
@@ -190,44 +201,102 @@ def final_state(
     return per
 
 
-def transitions(data: Path, tick_seconds: int = 86_400, load=load_facts) -> pd.DataFrame:
-    """Every segment change: customer, previous, segment, cause, time (epoch seconds)."""
+def all_transitions(
+    data: Path,
+    tick_seconds: int = 86_400,
+    load=load_facts,
+    r_thresholds=R_THRESHOLDS,
+    m_thresholds=M_THRESHOLDS,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every segment change and every churn-status change, as a replay in event-time order gives them.
+
+    Each customer's state is evaluated at each of their points in time: purchases, deliveries,
+    cancellations and clock ticks (the orders topic), and reviews, each at its own event time; at
+    one instant the ticks come first, then purchases, deliveries, cancellations, then reviews.
+    Returns ``(segments, churn)``: customer, previous, segment, cause, time; and customer,
+    previous, status, reasons (a tuple), cause, time (epoch seconds).
+    """
     facts = load(data)
-    times = pd.concat([frame["time"] for frame in facts.values()])
+    times = pd.concat([frame["time"] for frame in facts.values() if len(frame)])
     start, end = times.min(), times.max()
     step = float(tick_seconds)
     ticks = np.arange(np.ceil(start / step) * step, end + 1e-9, step)
     ticks = np.append(ticks, end)  # the final tick of the replay, at its last event
 
-    # The customer's clock moves with the orders topic: purchases, deliveries, cancellations, ticks.
+    columns = ["time", "rank", "order_id", "cause", "value", "late", "score"]
+    reviews = facts["reviews"]
+    reviews = reviews.assign(
+        rank=4, cause="review", value=0.0, late=np.nan, order_id=reviews["review_id"] + ":" + reviews["order_id"]
+    )
     events = pd.concat(
         [
-            facts["purchases"].assign(rank=1, cause="purchase"),
-            facts["deliveries"].assign(rank=2, cause="delivery", value=0.0),
-            facts["cancels"].assign(rank=3, cause="cancel"),  # value: what it takes off monetary
+            facts["purchases"].assign(rank=1, cause="purchase", late=np.nan, score=np.nan),
+            facts["deliveries"].assign(rank=2, cause="delivery", value=0.0, score=np.nan),
+            facts["cancels"].assign(rank=3, cause="cancel", late=np.nan, score=np.nan),  # value: taken off monetary
+            reviews.rename(columns={"review_score": "score"}),
         ]
     )
-    rows = []
+    segment_rows, churn_rows = [], []
     for customer, own in events.groupby("customer_unique_id"):
         bought = own[own["cause"] == "purchase"]
         if bought.empty:
             continue
-        own_ticks = ticks[ticks >= bought["time"].min()]
-        points = pd.concat(
-            [
-                own[["time", "rank", "order_id", "cause", "value"]],
-                pd.DataFrame({"time": own_ticks, "rank": 0, "order_id": "", "cause": "time", "value": 0.0}),
-            ]
-        ).sort_values(["time", "rank", "order_id"], kind="mergesort")
-        is_purchase = (points["cause"] == "purchase").to_numpy()
-        when = points["time"].to_numpy()
+        own_ticks = ticks[ticks >= min(own["time"].min(), bought["time"].min())]
+        tick_rows = pd.DataFrame({"time": own_ticks, "rank": 0, "order_id": "", "cause": "time", "value": 0.0})
+        points = pd.concat([own[columns], tick_rows.assign(late=np.nan, score=np.nan)])
+        points = points.sort_values(["time", "rank", "order_id"], kind="mergesort")
+        cause = points["cause"].to_numpy()
+        when = points["time"].to_numpy(dtype=float)
+        is_purchase = cause == "purchase"
         orders = np.cumsum(is_purchase)
-        monetary = np.round(np.cumsum(points["value"].to_numpy()), 2)
+        monetary = np.round(np.cumsum(points["value"].to_numpy(dtype=float)), 2)
         last = np.maximum.accumulate(np.where(is_purchase, when, -np.inf))
+        days = _day(when)
         valid = orders > 0
-        r, f, m = _scores((when - last) / DAY, orders, monetary)
+        r, f, m = _scores((when - last) / DAY, orders, monetary, r_thresholds, m_thresholds)
         segment = np.where(valid, TABLE[np.clip(r, 1, 5) - 1, (f + m + 1) // 2 - 1], "")
+        # latest review score and delivery lateness so far (points are in time order)
+        score = pd.Series(points["score"].to_numpy(dtype=float)).ffill().to_numpy()
+        # a delivery without an estimated date is not late (the profile keeps its None as not late)
+        delivered_late = np.nan_to_num(points["late"].to_numpy(dtype=float), nan=0.0)
+        late = pd.Series(np.where(cause == "delivery", delivered_late, np.nan)).ffill()
+        late = late.fillna(0.0).to_numpy() > 0
+        status, reasons = [], []
+        seen_days: set[int] = set()
+        for i in range(len(points)):
+            if is_purchase[i]:
+                seen_days.add(int(days[i]))
+            if not valid[i]:
+                status.append("")
+                reasons.append(())
+                continue
+            distinct = sorted(seen_days)
+            gap = (distinct[-1] - distinct[0]) / (len(distinct) - 1) if len(distinct) > 1 else 0.0
+            gap = gap if gap > 0 else DEFAULT_GAP_DAYS
+            recency = (when[i] - last[i]) / DAY
+            why = []
+            if recency >= gap:
+                why.append("recency")
+            if score[i] <= 2:
+                why.append("low_review")
+            if late[i]:
+                why.append("late_delivery")
+            status.append("churned" if recency >= 2 * gap else ("at_risk" if why else "active"))
+            reasons.append(tuple(why))
         previous = np.concatenate([[""], segment[:-1]])
         for i in np.flatnonzero(segment != previous):
-            rows.append((customer, previous[i], segment[i], points["cause"].iloc[i], float(when[i])))
-    return pd.DataFrame(rows, columns=["customer_unique_id", "previous", "segment", "cause", "time"])
+            segment_rows.append((customer, previous[i], segment[i], cause[i], float(when[i])))
+        before = ""
+        for i, now in enumerate(status):
+            if now != before:
+                churn_rows.append((customer, before, now, reasons[i], cause[i], float(when[i])))
+            before = now
+    return (
+        pd.DataFrame(segment_rows, columns=["customer_unique_id", "previous", "segment", "cause", "time"]),
+        pd.DataFrame(churn_rows, columns=["customer_unique_id", "previous", "status", "reasons", "cause", "time"]),
+    )
+
+
+def transitions(data: Path, tick_seconds: int = 86_400, load=load_facts) -> pd.DataFrame:
+    """Every segment change: customer, previous, segment, cause, time (epoch seconds)."""
+    return all_transitions(data, tick_seconds, load)[0]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from lifetimes.utils import summary_data_from_transaction_data
 
-from models.clv import ClvFitError, ClvModel
+from models.clv import ClvFitError, ClvModel, degenerate_reason
 
 START = pd.Timestamp("2017-01-01")
 END = pd.Timestamp("2018-06-30")
@@ -69,4 +69,33 @@ def test_a_fit_that_does_not_converge_is_refused() -> None:
         {"frequency": [30.0] * 50, "recency": [500.0] * 50, "T": [500.0] * 50, "monetary_value": [10.0] * 50}
     )
     with pytest.raises(ClvFitError, match="did not converge"):
-        ClvModel(penalizer=0.0).fit(summary)
+        ClvModel(penalizer=0.0, fallback_penalizer=0.0).fit(summary)
+
+
+def test_the_penalized_fallback_is_used_only_when_the_plain_fit_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifetimes.datasets import load_cdnow_summary_data_with_monetary_value
+
+    summary = load_cdnow_summary_data_with_monetary_value()
+    plain = ClvModel().fit(summary)  # converges without a penalty (the papers' fit)
+    assert plain.penalizer_ == 0.0
+    real_fit = ClvModel._fit
+
+    def failing_without_penalty(summary, repeat, penalizer):
+        if penalizer == 0.0:
+            raise ClvFitError("the fit did not converge: ConvergenceError: planted")
+        return real_fit(summary, repeat, penalizer)
+
+    monkeypatch.setattr(ClvModel, "_fit", staticmethod(failing_without_penalty))
+    fallback = ClvModel(fallback_penalizer=0.001).fit(summary)
+    assert fallback.penalizer_ == 0.001 and fallback.bgnbd_params_ != plain.bgnbd_params_
+    with pytest.raises(ClvFitError, match="planted"):
+        ClvModel(fallback_penalizer=0.0).fit(summary)
+
+
+def test_a_degenerate_fit_is_refused() -> None:
+    model = ClvModel().fit(_summary(2_000, repeat_share=0.3))
+    assert degenerate_reason(model.bgnbd_params_, model.gamma_gamma_params_) is None
+    assert "q = 0.5 <= 1" in degenerate_reason(model.bgnbd_params_, dict(model.gamma_gamma_params_, q=0.5))
+    assert "BG/NBD r = 0.0005 < 0.001" in degenerate_reason(
+        dict(model.bgnbd_params_, r=5e-4), model.gamma_gamma_params_
+    )

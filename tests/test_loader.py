@@ -126,7 +126,7 @@ def test_rejects_file_lists_each_row(tmp_path: Path) -> None:
     written = history.report.write_rejects(tmp_path / "rejects.csv")
     frame = pd.read_csv(tmp_path / "rejects.csv", dtype=str)
     assert written == len(frame) == 14
-    assert list(frame.columns) == ["file", "key", "reason", "kind"]
+    assert list(frame.columns) == ["file", "key", "reason", "kind", "value"]
     assert set(frame["kind"]) == {"rejected", "partial"}
 
 

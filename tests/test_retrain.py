@@ -184,7 +184,7 @@ def test_failed_fits_keep_the_model_in_force(store: Settings, caplog: pytest.Log
     _save(store, degenerate)
     client.unlink(*[keys.profile(p.customer_unique_id) for p in profiles])
     caplog.clear()
-    third = retrain_once(store.model_copy(update={"clv_penalizer": 0.0}), cutoff=CUTOFF)
+    third = retrain_once(store.model_copy(update={"clv_penalizer": 0.0, "clv_fallback_penalizer": 0.0}), cutoff=CUTOFF)
     assert "did not converge" in third.clv and "did not converge" in caplog.text
     assert current_models(client, keys)["clv"] == first.run and not client.exists(keys.scores(third.run))
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from segstream.settings import Settings
 from streams.clusters import OnlineClusters
 from streams.thresholds import publish_thresholds
 from tests import oracle
-from tests.conftest import Workers
+from tests.conftest import Workers, split_checkouts
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +55,39 @@ def _read_topic(settings: Settings, topic: str, expected: int, timeout_s: float 
     return asyncio.run(read())
 
 
+def _sequences(events: list, status: bool) -> dict[str, list[tuple]]:
+    """Per customer, the published changes in the order the profile numbered them."""
+    out: dict[str, list[tuple]] = {}
+    for e in sorted(events, key=lambda e: (e.customer_unique_id, int(e.event_id.rsplit(":", 1)[1]))):
+        if status:
+            row = (e.previous_status, e.status, tuple(e.reasons), e.cause, e.event_time.timestamp())
+        else:
+            row = (e.previous_segment, e.segment, e.cause, e.event_time.timestamp())
+        out.setdefault(e.customer_unique_id, []).append(row)
+    return out
+
+
+def _expected_sequences(frame: pd.DataFrame, status: bool) -> dict[str, list[tuple]]:
+    columns = ["previous", "status", "reasons", "cause", "time"] if status else ["previous", "segment", "cause", "time"]
+    return {c: list(own[columns].itertuples(index=False, name=None)) for c, own in frame.groupby("customer_unique_id")}
+
+
+def _assert_transitions_match_oracle(group: Workers, data: Path, load=oracle.load_facts) -> tuple[int, int]:
+    """Every segment change and every churn transition, customer by customer and in order, equals the oracle's."""
+    segments, churn = oracle.all_transitions(data, load=load)
+    settings = group.settings
+    for topic, expected, status in (
+        (settings.topic_segment_changes, segments, False),
+        (settings.topic_churn_signals, churn, True),
+    ):
+        published = _read_topic(settings, topic, len(expected))
+        assert len({e.event_id for e in published}) == len(published)  # never twice for the same change
+        got, want = _sequences(published, status), _expected_sequences(expected, status)
+        wrong = sorted(c for c in set(got) | set(want) if got.get(c) != want.get(c))
+        assert not wrong, (topic, len(wrong), [(c, got.get(c), want.get(c)) for c in wrong[:3]])
+    return len(segments), len(churn)
+
+
 def _assert_matches_oracle(group: Workers, data: Path, **options) -> pd.DataFrame:
     expected = oracle.final_state(data, **options)
     profiles = group.profiles()
@@ -67,8 +99,8 @@ def _assert_matches_oracle(group: Workers, data: Path, **options) -> pd.DataFram
         got = (p.orders, round(p.monetary, 2), p.r, p.f, p.m, p.segment, p.churn)
         want = (row.orders, round(row.monetary, 2), row.r, row.f, row.m, row.segment, row.churn)
         if got != want:
-            mismatches.append((customer, got, want))
-    assert not mismatches, mismatches[:5]
+            mismatches.append((customer, got, want, p.churn_reasons))
+    assert not mismatches, "\n".join(map(repr, mismatches[:5]))
     return expected
 
 
@@ -80,14 +112,8 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
     assert expected["orders"].gt(1).sum() > 100 and expected["churn"].nunique() == 3
     assert expected["segment"].nunique() >= 8
 
-    changes = oracle.transitions(history_dir)
-    published = [e for e in _read_topic(workers.settings, workers.settings.topic_segment_changes, len(changes))]
-    got = Counter(
-        (e.customer_unique_id, e.previous_segment, e.segment, e.cause, e.event_time.timestamp()) for e in published
-    )
-    want = Counter(changes.itertuples(index=False, name=None))
-    assert got == want
-    assert len({e.event_id for e in published}) == len(published)  # never twice for the same change
+    segment_changes, churn_changes = _assert_transitions_match_oracle(workers, history_dir)
+    assert segment_changes > 3_000 and churn_changes > 1_000
 
     # Online clusters: every scored customer has one; the checkpointed model restores; profiles in units.
     assert all(p.cluster in range(5) for p in workers.profiles().values() if p.orders)
@@ -106,6 +132,72 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
     assert counters["applied"] == summary.events_total
 
 
+@pytest.fixture(scope="module")
+def split_history(history_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The history with one delivered order in ten split into two orders of one checkout, 5 s apart."""
+    out = tmp_path_factory.mktemp("split") / "history"
+    assert split_checkouts(history_dir, out, share=0.1, seed=4) > 100
+    return out
+
+
+def test_split_checkouts_are_one_purchase_day(workers: Workers, split_history: Path) -> None:
+    """A checkout split into orders seconds apart is one purchase day: the churn gap stays the
+    default for a one-day buyer, so a split-checkout buyer is not churned by the next tick."""
+    workers.start()
+    summary = asyncio.run(replay_history(load_olist(split_history), workers.settings))
+    workers.wait_for_end(summary)
+    _assert_matches_oracle(workers, split_history)
+    _assert_transitions_match_oracle(workers, split_history)
+    profiles = workers.profiles()
+    one_day = {c: p for c, p in profiles.items() if p.orders > 1 and len(p.purchases) == 1}
+    assert len(one_day) > 50
+    assert all(p.mean_gap_days is None for p in one_day.values())
+    churned = _read_topic(workers.settings, workers.settings.topic_churn_signals, 1)
+    churned = [e for e in churned if e.customer_unique_id in one_day and e.status == "churned"]
+    assert churned  # some of them do churn, after twice the default gap
+    for e in churned:
+        assert e.event_time.timestamp() - one_day[e.customer_unique_id].last_purchase >= 2 * 180 * 86_400
+
+
+def test_paced_replay_transitions_equal_the_oracle(workers: Workers, split_history: Path) -> None:
+    """A paced replay: the agents read both topics as they arrive, reviews often a little before
+    the orders' clock reaches them, or a little after."""
+    workers.start()
+    workers.wait_for_log("Ready", 60)
+    summary = asyncio.run(replay_history(load_olist(split_history), workers.settings, speed=150 * 86_400))
+    workers.wait_for_end(summary)
+    _assert_matches_oracle(workers, split_history)
+    _assert_transitions_match_oracle(workers, split_history)
+
+
+def test_reviews_drained_first_transitions_equal_the_oracle(workers: Workers, split_history: Path) -> None:
+    """Both topics full before the worker starts: the small reviews topic is read long before the
+    orders; a review must not act before its own event time."""
+    summary = asyncio.run(replay_history(load_olist(split_history), workers.settings))
+    workers.start()
+    workers.wait_for_end(summary)
+    _assert_matches_oracle(workers, split_history)
+    _assert_transitions_match_oracle(workers, split_history)
+    held = [p for p in workers.profiles().values() if p.held]
+    assert not held  # every held review was applied once the clock passed it
+
+
+def test_orders_drained_first_transitions_equal_the_oracle(workers: Workers, split_history: Path) -> None:
+    """The orders reach the worker before any review: the reviews topic is produced only once the
+    worker has the orders, and the orders' clock waits for the reviews' watermark."""
+    history = load_olist(split_history)
+    settings = workers.settings
+    orders_only = settings.model_copy(update={"topic_reviews": f"{settings.topic_reviews}.elsewhere"})
+    orders = asyncio.run(replay_history(history, orders_only))
+    workers.start()
+    workers.wait_for_log("wait for the reviews topic's watermark", 60)
+    reviews_only = settings.model_copy(update={"topic_orders": f"{settings.topic_orders}.elsewhere"})
+    reviews = asyncio.run(replay_history(history, reviews_only))
+    workers.wait_for_end(orders, reviews_from=reviews)
+    _assert_matches_oracle(workers, split_history)
+    _assert_transitions_match_oracle(workers, split_history)
+
+
 def test_online_retail_history_equals_the_oracle(workers: Workers, tmp_path: Path) -> None:
     """A generated Online Retail log (invoice lines, C invoices, guests, duplicates) through the
     transaction-log source, the broker, a worker and Redis equals the oracle read from the raw CSV."""
@@ -119,11 +211,7 @@ def test_online_retail_history_equals_the_oracle(workers: Workers, tmp_path: Pat
 
     changes = oracle.transitions(data, load=oracle.load_online_retail_facts)
     assert (changes["cause"] == "cancel").sum() > 0  # C invoices move segments through monetary
-    published = _read_topic(workers.settings, workers.settings.topic_segment_changes, len(changes))
-    got = Counter(
-        (e.customer_unique_id, e.previous_segment, e.segment, e.cause, e.event_time.timestamp()) for e in published
-    )
-    assert got == Counter(changes.itertuples(index=False, name=None))
+    _assert_transitions_match_oracle(workers, data, load=oracle.load_online_retail_facts)
 
 
 def test_replaying_again_changes_nothing(workers: Workers, history_dir: Path) -> None:
@@ -262,6 +350,57 @@ def test_republished_thresholds_rescore_everyone(workers: Workers, history_dir: 
     published = _read_topic(workers.settings, workers.settings.topic_segment_changes, 1)
     rescored = [e for e in published if e.cause == "rescore"]
     assert {e.customer_unique_id for e in rescored} == moved and len(rescored) == len(moved)
+
+
+def _wait_rescored(group: Workers, version: int, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = group.redis.hgetall(group.keys.rescored)
+        if len(done) == group.settings.topic_partitions and all(int(v) >= version for v in done.values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not re-scored with version {version} in {timeout_s} s\n" + group.log_text())
+
+
+def test_rescore_survives_a_killed_worker_and_a_second_catch_up(workers: Workers, history_dir: Path) -> None:
+    """Thresholds published, the worker killed as soon as it starts re-scoring, a new worker
+    finishes the job; then the same history replayed again into new topics (a broker restart with
+    the Redis state kept: the worker catches up from old ticks) and new thresholds: every
+    profile's R/F/M and segment equals the oracle's with the thresholds in force."""
+    proc = workers.start()
+    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
+    workers.wait_for_end(summary)
+    first = publish_thresholds(workers.settings, (60.0, 150.0, 270.0, 400.0), (80.0, 130.0, 200.0, 400.0))
+    workers.wait_for_log("re-scoring", 30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    workers.start()
+    _wait_rescored(workers, first.version)
+    _assert_matches_oracle(workers, history_dir, r_thresholds=first.recency_days, m_thresholds=first.monetary)
+    assert all(p.thresholds_version == first.version for p in workers.profiles().values() if p.orders)
+
+    watermarks = workers.redis.hgetall(workers.keys.watermarks)
+    again = workers.settings.model_copy(
+        update={
+            "topic_orders": f"{workers.settings.topic_orders}.2",
+            "topic_reviews": f"{workers.settings.topic_reviews}.2",
+        }
+    )
+    workers.stop()
+    second_group = Workers(again, workers.logs / "again")
+    second_group.logs.mkdir()
+    second_group.start()
+    try:
+        replayed = asyncio.run(replay_history(load_olist(history_dir), again))
+        second_group.wait_for_end(replayed)
+        assert workers.redis.hgetall(workers.keys.watermarks) == watermarks  # never moved back
+        second = publish_thresholds(again, (45.0, 120.0, 240.0, 420.0), (70.0, 110.0, 180.0, 350.0))
+        _wait_rescored(second_group, second.version)
+        _assert_matches_oracle(
+            second_group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary
+        )
+    finally:
+        second_group.stop()
 
 
 def test_published_bgnbd_makes_p_alive_a_churn_reason(workers: Workers, history_dir: Path) -> None:
