@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from segstream.keys import Keys
+from segstream.scripts import lua
 
 __all__ = ["Population", "read_population"]
 
@@ -24,15 +25,7 @@ log = logging.getLogger(__name__)
 
 # HMGET of many profiles in one call: one command to pack and parse instead of one per customer.
 # Reads only; each HMGET sees a profile whole, as before or after a worker's write.
-_READ = """
-local out, n = {}, 0
-for _, key in ipairs(KEYS) do
-    local values = redis.call('HMGET', key, unpack(ARGV))
-    for i = 1, #ARGV do out[n + i] = values[i] end
-    n = n + #ARGV
-end
-return out
-"""
+_READ = lua("models", "hmget_profiles.lua")
 _FIELDS = ("customer_unique_id", "purchases", "last_purchase", "monetary", "segment", "reviews", "review_sum")
 
 
@@ -54,6 +47,19 @@ class Population:
     def scored(self) -> np.ndarray:
         """Which customers have a purchase (and so R/F/M scores)."""
         return ~np.isnan(self.last_purchase)
+
+    def product_categories(self) -> dict[str, str]:
+        """Each product bought by anyone, with the category it was bought under (the first seen).
+
+        >>> Population(purchases=[{"2017-01-02": [9.0, ["p1", "p2"], ["toys", "tools"]]}]).product_categories()
+        {'p1': 'toys', 'p2': 'tools'}
+        """
+        found: dict[str, str] = {}
+        for days in self.purchases:
+            for _, products, categories in days.values():
+                for product, category in zip(products, categories, strict=True):
+                    found.setdefault(product, category)
+        return found
 
     def baskets(self, until: str = "9999-12-31") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Per customer, the products and the categories bought (one per item, days in order) up to

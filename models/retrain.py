@@ -47,6 +47,7 @@ from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
 from segstream.keys import Keys
+from segstream.scripts import lua
 from segstream.settings import Settings
 from streams.scoring import DAY
 from streams.thresholds import current_thresholds
@@ -146,7 +147,7 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
         client.eval(_RELEASE, 1, keys.retrain_lock, holder)  # only our own lock, if it has not expired
 
 
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = lua("models", "release_lock.lua")
 
 
 def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run: int) -> RetrainReport:
@@ -171,6 +172,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         else:
             _write_hash(client, keys.scores(run), scores)
             models["clv"], models["bgnbd"] = run, clv_artifact["bgnbd"]
+            models["clv_horizon_days"] = clv_artifact["horizon_days"]
             report.clv = "fitted"
 
     with watch("thresholds"):  # with the new BG/NBD parameters, if any: workers re-score once
@@ -320,10 +322,16 @@ def _recommendations(
     report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
     report.strategies[default_strategy + " (default)"] = 1
 
+    category_of = population.product_categories()
+
+    def entry(items: list[str], strategy: str) -> bytes:
+        categories = [category_of.get(item, "unknown") for item in items]
+        return orjson.dumps({"items": items, "categories": categories, "strategy": strategy, "run": run})
+
     def entries() -> Iterator[tuple[str, bytes]]:
-        yield "*", orjson.dumps({"items": default, "strategy": default_strategy, "run": run})
+        yield "*", entry(default, default_strategy)
         for customer, (items, strategy) in lists.items():
-            yield customer, orjson.dumps({"items": items, "strategy": strategy, "run": run})
+            yield customer, entry(items, strategy)
 
     artifact = {
         "item_factors": np.asarray(dense_factors(als.model_.item_factors), dtype=np.float32),

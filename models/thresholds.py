@@ -87,6 +87,6 @@ def refresh_thresholds(
         len(recency),
         new_recency,
         new_monetary,
-        new_bgnbd or "unchanged",
+        ", ".join(f"{name} = {value:.4g}" for name, value in (bgnbd or {}).items()) or "unchanged",
     )
     return scorer

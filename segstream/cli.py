@@ -103,16 +103,17 @@ class _Errors(click.Group):
     """Turn the project's expected errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from replay.history import LoaderError
-        from segstream.services import ServiceError
-
         try:
             return super().invoke(ctx)
-        except (ServiceError, LoaderError) as exc:
-            raise click.ClickException(str(exc)) from None
         except click.ClickException:
             raise
         except Exception as exc:
+            # the stages' own errors, looked up only if their module was loaded (an exception of a
+            # class never imported cannot have been raised): `config` need not import pandas
+            for module, name in (("replay.history", "LoaderError"), ("segstream.services", "ServiceError")):
+                known = getattr(sys.modules.get(module), name, None)
+                if known is not None and isinstance(exc, known):
+                    raise click.ClickException(str(exc)) from None
             message = _service_error(ctx, exc)
             if message is None:
                 raise
@@ -446,17 +447,20 @@ def worker(ctx: click.Context, **flags: Any) -> None:
 def profile(ctx: click.Context, customer_unique_id: str, as_json: bool) -> None:
     """Print one customer's profile (RFM, segment, churn, aggregates) and what the models in force
     say about them (CLV, P(alive), recommendations) from Redis."""
-    from streams.readmodel import customer_models, models_lines, profile_lines, read_profile
+    from streams.readmodel import AmbiguousId, customer_models, models_lines, profile_lines, read_profile
 
     settings = _settings(ctx)
-    found = read_profile(settings, customer_unique_id)
+    try:
+        found = read_profile(settings, customer_unique_id)
+    except AmbiguousId as exc:
+        raise click.ClickException(f"{exc}: give more of the id") from None
     if found is None:
         raise click.ClickException(f"no profile for {customer_unique_id} (is the worker running, the id right?)")
-    models = customer_models(settings, customer_unique_id)
+    models = customer_models(settings, found.customer_unique_id)
     if as_json:
         click.echo(json.dumps({**vars(found), "models": vars(models) if models else None}, indent=2))
     else:
-        click.echo("\n".join(profile_lines(found) + models_lines(models)))
+        click.echo("\n".join(profile_lines(found, settings.currency) + models_lines(models, settings.currency)))
 
 
 @cli.command()
@@ -586,24 +590,32 @@ def models_list(ctx: click.Context) -> None:
     if not runs:
         click.echo(f"no runs in {settings.models_path}")
         return
-    click.echo(f"{'run':>5}  {'cutoff':<26}{'customers':>10}{'products':>10}{'seconds':>9}  clv / recommendations")
+    click.echo(f"{'run':>5}  {'cutoff':<26}{'customers':>10}{'products':>10}{'seconds':>9}")
     for meta in runs:
         click.echo(
             f"{meta['run']:>5}  {meta['cutoff']:<26}{meta['customers']:>10,}{meta['products']:>10,}"
-            f"{meta['seconds'].get('total', 0):>9.1f}  {meta['clv'][:40]} / {meta['recommendations'][:40]}"
+            f"{meta['seconds'].get('total', 0):>9.1f}"
         )
+        for model in ("clv", "recommendations", "thresholds"):  # whole: a reason cut short says nothing
+            if meta.get(model):
+                click.echo(f"{'':>7}{model}: {meta[model]}")
 
 
 @models.command("show")
-@click.argument("run", type=int)
+@click.argument("run")
 @click.pass_context
-def models_show(ctx: click.Context, run: int) -> None:
-    """Print one run's metadata, fit diagnostics and CLV parameters as JSON."""
+def models_show(ctx: click.Context, run: str) -> None:
+    """Print one run's metadata, fit diagnostics and CLV parameters as JSON (RUN: 7 or run-000007)."""
+    import re
+
     from models.registry import Registry
 
     settings = _settings(ctx)
+    number = re.fullmatch(r"(?:run-)?0*(\d+)", run.strip())
+    if number is None:
+        raise _BadValue(f"{run!r} is not a run number such as 7 or run-000007", param_hint="RUN")
     try:
-        click.echo(json.dumps(Registry(settings.models_path).show(run), indent=2))
+        click.echo(json.dumps(Registry(settings.models_path).show(int(number.group(1))), indent=2))
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -94,10 +94,15 @@ def run_demo(
                 break
             if live or time.monotonic() - shown > 5:
                 view = overview(settings, latest=0)
-                lines = [
-                    f"worker catching up: {done}/{partitions} partitions at the end of the replay",
-                    *overview_lines(view),
-                ]
+                consumed = view.counters.get("consumed", 0)
+                if consumed == 0 and done == 0:
+                    status = "waiting for the worker to join its consumer group (a few seconds)"
+                else:
+                    status = (
+                        f"worker catching up: {consumed:,} of {summary.events_sent:,} events, {done} of "
+                        f"{partitions} partitions ({summary.partitions} per topic) at the end of the replay"
+                    )
+                lines = [status, *overview_lines(view)]
                 if live:
                     echo("\033[2J\033[H" + "\n".join(lines))
                 else:
@@ -107,6 +112,11 @@ def run_demo(
         echo("segments after the replay:" if caught_up else "segments so far (the worker did not catch up in time):")
         for line in overview_lines(overview(settings, latest=10)):
             echo("  " + line)
+        echo(
+            "  (latest shifts: newest event time first. Causes: purchase, delivery, cancel, review: that event "
+            "moved the customer; time: time alone, a recency threshold or churn gap crossed without buying; "
+            "rescore: new RFM thresholds. Definitions: docs/definitions.md)"
+        )
         if caught_up:
             _demo_retrain(settings, echo)
         echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
@@ -147,5 +157,5 @@ def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
     best = population.customers[int(population.monetary.argmax())] if len(population) else None
     if best is not None:
         echo(f"  the biggest spender, {best}:")
-        for line in models_lines(customer_models(settings, best)):
+        for line in models_lines(customer_models(settings, best), settings.currency):
             echo("    " + line)

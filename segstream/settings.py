@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     clv_fallback_penalizer: float = Field(
         0.001, ge=0, description="L2 penalty of a second fit when the first does not converge (0: none)."
     )
+    currency: str = Field("BRL", description="Currency of the amounts in the data, for display (Olist: BRL).")
     clv_horizon_days: float = Field(90.0, gt=0, description="Horizon of expected purchases and CLV (days).")
     clv_monthly_discount: float = Field(0.01, ge=0, description="Monthly discount rate of the CLV.")
     clv_min_repeat_buyers: int = Field(20, ge=1, description="Fewest repeat buyers to fit the CLV models at all.")

@@ -11,10 +11,12 @@ import redis
 
 from segstream.keys import Keys
 from segstream.schemas import SegmentChanged
+from segstream.scripts import lua
 from segstream.settings import Settings
 from streams.profile import Profile
 
 __all__ = [
+    "AmbiguousId",
     "CustomerModels",
     "Overview",
     "customer_models",
@@ -30,25 +32,34 @@ def _client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_address)
 
 
+class AmbiguousId(LookupError):
+    """A short id that starts more than one customer's id."""
+
+
 def read_profile(settings: Settings, customer: str) -> Profile | None:
-    data = _client(settings).hgetall(Keys(settings.redis_prefix).profile(customer))
+    """The profile of ``customer``: a full ``customer_unique_id``, or the start of exactly one (as
+    ``segments`` prints them); None if there is none. Raises :class:`AmbiguousId` for several."""
+    client, keys = _client(settings), Keys(settings.redis_prefix)
+    data = client.hgetall(keys.profile(customer))
+    if not data and customer and not any(c in customer for c in "*?[]\\"):
+        matches = []
+        for key in client.scan_iter(match=keys.profile(customer) + "*", count=1000):
+            matches.append(key)
+            if len(matches) > 5:
+                break
+        if len(matches) > 1:
+            shown = ", ".join(sorted(k.decode().removeprefix(keys.profile("")) for k in matches[:5]))
+            raise AmbiguousId(
+                f"{customer!r} starts several customer ids ({shown}{', ...' if len(matches) > 5 else ''})"
+            )
+        if matches:
+            data = client.hgetall(matches[0])
     return Profile.from_redis(data) if data else None
 
 
 # The models document and the customer's entries of the runs it names, in one atomic call: a
 # reader sees the runs in force before a retrain's switch or after it, never one of each.
-_MODELS = """
-local doc = redis.call('GET', KEYS[1])
-if not doc then return {false, false, false} end
-local models = cjson.decode(doc)
-local scores, recs = false, false
-if models['clv'] then scores = redis.call('HGET', ARGV[1] .. models['clv'], ARGV[3]) end
-if models['recommendations'] then
-    local key = ARGV[2] .. models['recommendations']
-    recs = redis.call('HGET', key, ARGV[3]) or redis.call('HGET', key, '*')
-end
-return {doc, scores, recs}
-"""
+_MODELS = lua("streams", "customer_models.lua")
 
 
 @dataclass
@@ -70,19 +81,26 @@ def customer_models(settings: Settings, customer: str, client: redis.Redis | Non
     return CustomerModels(json.loads(doc), json.loads(scores) if scores else None, json.loads(recs) if recs else None)
 
 
-def models_lines(found: CustomerModels | None) -> list[str]:
+def models_lines(found: CustomerModels | None, currency: str = "") -> list[str]:
     if found is None:
         return ["models               none yet (run `segstream retrain --once`)"]
-    lines = [f"{'models':<20} run {found.models.get('run')} at event time {found.models.get('cutoff')}"]
+    models = found.models
+    lines = [f"{'models':<20} run {models.get('run')} at event time {models.get('cutoff')}"]
     if found.scores:
-        lines.append(f"{'clv':<20} {found.scores['clv']:.2f} over the horizon (CLV run {found.models.get('clv')})")
+        horizon = models.get("clv_horizon_days")
+        over = f"over the next {horizon:g} days" if horizon else "over the model's horizon"
+        amount = " ".join(x for x in (f"{found.scores['clv']:,.2f}", currency) if x)
+        lines.append(f"{'clv':<20} {amount} {over} (CLV run {models.get('clv')})")
+        lines.append(f"{'expected_purchases':<20} {found.scores['expected_purchases']:.3f} purchase days {over}")
         lines.append(f"{'p_alive_at_cutoff':<20} {found.scores['p_alive']:.3f} at the model's cutoff")
-        lines.append(f"{'expected_purchases':<20} {found.scores['expected_purchases']:.3f} over the horizon")
     else:
         lines.append(f"{'clv':<20} n/a (no CLV model, or no purchase before its cutoff)")
     if found.recommendations:
         recs = found.recommendations
-        lines.append(f"{'recommendations':<20} {recs['strategy']} (run {recs['run']}): {', '.join(recs['items'])}")
+        lines.append(f"{'recommendations':<20} {recs['strategy']} (run {recs['run']}):")
+        categories = recs.get("categories") or [""] * len(recs["items"])
+        for rank, (item, category) in enumerate(zip(recs["items"], categories, strict=True), start=1):
+            lines.append(f"{'':<20} {rank:>2}. {item}{f'  ({category})' if category else ''}")
     return lines
 
 
@@ -104,11 +122,15 @@ def overview(settings: Settings, latest: int = 10) -> Overview:
         pipe.xrevrange(keys.changes, count=latest)
     segments, counters, watermarks, *changes = pipe.execute()
     changes = changes[0] if changes else []
+    latest = [SegmentChanged.model_validate_json(fields[b"change"]) for _, fields in changes]
     return Overview(
         segments={k.decode(): int(v) for k, v in segments.items() if int(v)},
-        latest=[SegmentChanged.model_validate_json(fields[b"change"]) for _, fields in changes],
+        # newest event time first (the stream holds them in write order: partitions interleave)
+        latest=sorted(latest, key=lambda change: (change.event_time, change.event_id), reverse=True),
         counters={k.decode(): int(v) for k, v in counters.items()},
-        watermark=min(float(w) for w in watermarks) if watermarks else None,
+        # the stream's watermark is its slowest partition's: none until every partition has one
+        # (else a partition's first tick would move it back)
+        watermark=min(map(float, watermarks)) if len(watermarks) >= settings.topic_partitions else None,
     )
 
 
@@ -118,11 +140,44 @@ def replay_consumed(settings: Settings, replay_id: str, run_id: str) -> int:
     return sum(1 for v in ends.values() if v.decode() == f"{replay_id}/{run_id}")
 
 
-def profile_lines(profile: Profile) -> list[str]:
-    data = {k: v for k, v in vars(profile).items() if k != "purchases"}
-    products = profile.products
-    data["purchases"] = f"{len(profile.purchases)} days, {len(products)} items ({len(set(products))} distinct products)"
-    return [f"{k:<20} {json.dumps(v) if isinstance(v, list | tuple) else v}" for k, v in data.items()]
+def _when(moment: float | None) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat() if moment is not None else "n/a"
+
+
+def profile_lines(profile: Profile, currency: str = "") -> list[str]:
+    """``segstream profile``: what the profile says, labelled, times in ISO 8601 (UTC)."""
+    p = profile
+    products = p.products
+    reasons = f" ({', '.join(p.churn_reasons)})" if p.churn_reasons else ""
+    scores = f"R {p.r}, F {p.f}, M {p.m}" if p.r is not None else "no purchase yet"
+    review = "none"
+    if p.last_review is not None:
+        review = f"{p.last_review_score} of 5 on {_when(p.last_review[0])}"
+    delivery = "none"
+    if p.last_delivery is not None:
+        delivery = f"{'late' if p.last_delivery_late else 'on time'}, {_when(p.last_delivery[0])}"
+    lines = [
+        ("customer", p.customer_unique_id),
+        ("segment", f"{p.segment or 'none'} ({scores}; thresholds version {p.thresholds_version})"),
+        ("churn", f"{p.churn or 'n/a'}{reasons}"),
+        ("evaluated at", _when(p.evaluated_at)),
+        ("first purchase", _when(p.first_purchase)),
+        ("last purchase", _when(p.last_purchase)),
+        ("orders", f"{p.orders:,} on {len(p.purchases):,} purchase days"),
+        ("monetary", f"{p.monetary:,.2f} {currency}".rstrip()),
+        ("purchases", f"{len(products):,} items, {len(set(products)):,} distinct products"),
+        ("reviews", f"{p.reviews:,}" + (f", mean {p.review_mean:.2f}" if p.review_mean is not None else "")),
+        ("latest review", review),
+        ("deliveries", f"{p.deliveries:,}, {p.late_deliveries:,} late; latest {delivery}"),
+        ("canceled", f"{p.canceled:,}"),
+        ("p_alive", "n/a (no BG/NBD model)" if p.p_alive is None else f"{p.p_alive:.3f} at {_when(p.evaluated_at)}"),
+        ("cluster", "n/a" if p.cluster is None else str(p.cluster)),
+        ("location", ", ".join(x for x in (p.city, p.state) if x) or "n/a"),
+        ("changes", f"{p.segment_changes:,} segment, {p.churn_changes:,} churn status"),
+    ]
+    if p.held:
+        lines.append(("held reviews", f"{len(p.held)} (take effect when the clock passes {_when(p.held[0][0])})"))
+    return [f"{name:<20} {value}" for name, value in lines]
 
 
 def overview_lines(view: Overview) -> list[str]:

@@ -216,11 +216,19 @@ def test_command_line_and_registry(store: Settings) -> None:
     assert "run 1 at 2018-06-30T18:00:00+00:00: 300 customers, 48 products" in done.output
     listed = runner.invoke(cli, ["models", "list"], env=env).output
     assert re.search(r"^ +1  2018-06-30T18:00:00\+00:00 +300 +48 ", listed, re.MULTILINE), listed
+    assert re.search(r"^ +clv: fitted$", listed, re.MULTILINE) and "thresholds: published version" in listed
     shown = json.loads(runner.invoke(cli, ["models", "show", "1"], env=env).output)
     assert shown["clv"] == "fitted" and shown["clv_params"]["bgnbd"]["r"] > 0
+    assert json.loads(runner.invoke(cli, ["models", "show", "run-000001"], env=env).output) == shown
     assert runner.invoke(cli, ["models", "show", "9"], env=env).exit_code == 1
+    assert runner.invoke(cli, ["models", "show", "latest"], env=env).exit_code == 2
     profile = runner.invoke(cli, ["profile", "c00002"], env=env).output
-    assert "clv " in profile and "p_alive_at_cutoff " in profile and "recommendations " in profile
+    assert re.search(r"^clv +[\d,]+\.\d\d BRL over the next 90 days \(CLV run 1\)$", profile, re.MULTILINE), profile
+    assert "p_alive_at_cutoff " in profile and re.search(r"^ +1\. \S+  \(\S+\)$", profile, re.MULTILINE), profile
+    assert re.search(r"^last purchase +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", profile, re.MULTILINE), profile
+    short = runner.invoke(cli, ["profile", "c0000"], env=env)  # c00000 .. c00009: ambiguous
+    assert short.exit_code == 1 and "starts several customer ids" in short.output
+    assert runner.invoke(cli, ["profile", "c00002"], env=env).output == profile
     both = runner.invoke(cli, ["retrain", "--once", "--every", "30d"], env=env)
     assert both.exit_code == 2 and "exactly one of --once or --every" in both.output
     assert "30d, 12h" in runner.invoke(cli, ["retrain", "--every", "soon"], env=env).output

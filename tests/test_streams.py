@@ -20,6 +20,7 @@ from replay.transactions import load_online_retail
 from segstream.schemas import decode_output
 from segstream.settings import Settings
 from streams.clusters import OnlineClusters
+from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
 from tests import oracle
 from tests.conftest import Workers, split_checkouts
@@ -114,6 +115,8 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
 
     segment_changes, churn_changes = _assert_transitions_match_oracle(workers, history_dir)
     assert segment_changes > 3_000 and churn_changes > 1_000
+    latest = overview(workers.settings, latest=50).latest  # what `segments` shows: newest event time first
+    assert len(latest) == 50 and [c.event_time for c in latest] == sorted((c.event_time for c in latest), reverse=True)
 
     # Online clusters: every scored customer has one; the checkpointed model restores; profiles in units.
     assert all(p.cluster in range(5) for p in workers.profiles().values() if p.orders)

@@ -1,0 +1,123 @@
+-- The write script of streams/state.py: one atomic call writes one partition's part of a batch.
+-- ARGV: the header (streams/protocol.py, WriteHeader: the names and order below are the same, a
+-- test checks it), then sections, all flat strings (no decoding): (partition, watermark) *
+-- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, eight numbers
+-- in one string: 'partition expected-version n-fields n-ids scored(1/0) duplicates
+-- n-segment-changes n-churn-changes'; the field names in one string, space-separated; value *
+-- n-fields; id * n-ids; due ('' = none); (previous, new, event-day, payload) * n-segment-changes;
+-- payload * n-churn-changes. (Packing costs the worker per argument: numbers and names travel together.)
+local HEADER = {
+  'profile_prefix', 'applied_prefix', 'transitions_prefix', 'due_prefix', 'segments', 'changes', 'outbox',
+  'counters', 'watermarks', 'latencies', 'recent_changes', 'recent_latencies', 'segment_topic', 'churn_topic',
+  'duplicates', 'ticks', 'watermark_count', 'sent_count', 'write_count',
+}
+local h = {}
+for k, name in ipairs(HEADER) do h[name] = ARGV[k] end
+local profile, applied_prefix, transitions, due_prefix = h.profile_prefix, h.applied_prefix, h.transitions_prefix, h.due_prefix
+local segments, changes, outbox, counters, watermarks = h.segments, h.changes, h.outbox, h.counters, h.watermarks
+local latencies, recent, latency_cap = h.latencies, h.recent_changes, tonumber(h.recent_latencies)
+local segment_topic, churn_topic = h.segment_topic, h.churn_topic
+local duplicates, ticks = tonumber(h.duplicates), tonumber(h.ticks)
+local nwatermarks, nsent, nwrites = tonumber(h.watermark_count), tonumber(h.sent_count), tonumber(h.write_count)
+local watermarks_at = #HEADER + 1
+local sent_at = watermarks_at + 2 * nwatermarks
+local applied, consumed = 0, duplicates
+local lost = {}
+-- segment counts and transitions add up over the batch; change events leave in a few outbox
+-- entries, each field '<n>:<topic>:<customer>' holding one event
+local counts, moves, out, latest = {}, {}, {}, {}
+local function flush_outbox()
+  if #out > 0 then redis.call('XADD', outbox, '*', unpack(out)); out = {} end
+end
+local function to_outbox(topic, customer, payload)
+  out[#out + 1] = (#out / 2) .. ':' .. topic .. ':' .. customer
+  out[#out + 1] = payload
+  if #out >= 2000 then flush_outbox() end
+end
+local i = sent_at + nsent
+for write = 1, nwrites do
+  local customer, names = ARGV[i], ARGV[i + 2]
+  local shape = {}
+  for number in string.gmatch(ARGV[i + 1], '%d+') do shape[#shape + 1] = tonumber(number) end
+  local partition, expected, nfields, nids, scored, dups, nsegment, nchurn = unpack(shape)
+  local due_key = due_prefix .. partition
+  local pkey, akey = profile .. customer, applied_prefix .. customer
+  local fields_at = i + 3
+  local ids_at = fields_at + nfields
+  local due = ARGV[ids_at + nids]
+  local segment_at = ids_at + nids + 1
+  local churn_at = segment_at + 4 * nsegment
+  i = churn_at + nchurn
+  local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
+  if ok then
+    for k = ids_at, ids_at + nids - 1 do
+      if redis.call('SISMEMBER', akey, ARGV[k]) == 1 then ok = false; break end
+    end
+  end
+  if not ok then
+    lost[#lost + 1] = write
+  else
+    local hash, k = {}, fields_at
+    for name in string.gmatch(names, '%S+') do
+      hash[#hash + 1] = name
+      hash[#hash + 1] = ARGV[k]
+      k = k + 1
+    end
+    redis.call('HSET', pkey, unpack(hash))
+    if nids > 0 then redis.call('SADD', akey, unpack(ARGV, ids_at, ids_at + nids - 1)) end
+    -- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
+    if due ~= '' then redis.call('ZADD', due_key, due, customer)
+    elseif scored == 1 then redis.call('ZADD', due_key, '+inf', customer)
+    else redis.call('ZREM', due_key, customer) end
+    for k = segment_at, segment_at + 4 * (nsegment - 1), 4 do
+      local previous, new, payload = ARGV[k], ARGV[k + 1], ARGV[k + 3]
+      if previous ~= '' then counts[previous] = (counts[previous] or 0) - 1 end
+      if new ~= '' then counts[new] = (counts[new] or 0) + 1 end
+      local day = transitions .. ARGV[k + 2]
+      moves[day] = moves[day] or {}
+      moves[day][previous .. '>' .. new] = (moves[day][previous .. '>' .. new] or 0) + 1
+      latest[#latest + 1] = payload
+      to_outbox(segment_topic, customer, payload)
+    end
+    for k = churn_at, churn_at + nchurn - 1 do
+      to_outbox(churn_topic, customer, ARGV[k])
+    end
+    applied = applied + nids
+    consumed = consumed + nids + dups
+    duplicates = duplicates + dups
+  end
+end
+flush_outbox()
+-- the capped stream of recent changes only ever keeps the last `recent` of them
+for k = math.max(1, #latest - tonumber(recent) + 1), #latest do
+  redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', latest[k])
+end
+for name, delta in pairs(counts) do
+  if delta ~= 0 then redis.call('HINCRBY', segments, name, delta) end
+end
+for day, fields in pairs(moves) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', day, field, n) end
+end
+-- counted with the writes, so consumed = applied + duplicates + dead_lettered survives any crash
+if consumed > 0 then redis.call('HINCRBY', counters, 'consumed', consumed) end
+if applied > 0 then redis.call('HINCRBY', counters, 'applied', applied) end
+if duplicates > 0 then redis.call('HINCRBY', counters, 'duplicates', duplicates) end
+if ticks > 0 then redis.call('HINCRBY', counters, 'ticks', ticks) end
+-- a watermark never goes back (a worker catching up again from the start of a topic reads old ticks)
+for k = watermarks_at, watermarks_at + 2 * nwatermarks - 1, 2 do
+  local stored = tonumber(redis.call('HGET', watermarks, ARGV[k]) or '-inf')
+  if tonumber(ARGV[k + 1]) > stored then redis.call('HSET', watermarks, ARGV[k], ARGV[k + 1]) end
+end
+-- latency from each event's send time to this update (the server's clock, once all is written)
+if nsent > 0 then
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000
+  local samples = {}
+  for k = sent_at, sent_at + nsent - 1 do
+    samples[#samples + 1] = string.format('%.1f', now_ms - tonumber(ARGV[k]))
+    if #samples == 1000 then redis.call('LPUSH', latencies, unpack(samples)); samples = {} end
+  end
+  if #samples > 0 then redis.call('LPUSH', latencies, unpack(samples)) end
+  redis.call('LTRIM', latencies, 0, latency_cap - 1)
+end
+return lost
