@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         description="Largest share of a file's rows a load may reject for a time that does not parse or an order "
         "the orders file lacks, before it refuses the input.",
     )
+    worker_rescore_chunk: int = Field(
+        500, ge=1, description="Customers a re-score reads and writes per Redis round trip."
+    )
     worker_web_host: str = Field(
         "127.0.0.1", description="Address a worker's Faust web server binds (this machine only unless changed)."
     )

@@ -286,7 +286,7 @@ class StreamHandler:
         for partition in partitions:
             if int(done.get(str(partition).encode(), 0)) >= scorer.version:
                 continue
-            changed += await store.rescore(partition)
+            changed += await store.rescore(partition, chunk=self.settings.worker_rescore_chunk)
             await self.client.hset(self.keys.rescored, str(partition), scorer.version)
             log.info("re-scored partition %d with thresholds version %d", partition, scorer.version)
         return changed

@@ -141,7 +141,7 @@ def replay_consumed(settings: Settings, replay_id: str, run_id: str) -> int:
 
 
 def _when(moment: float | None) -> str:
-    return datetime.fromtimestamp(moment, tz=UTC).isoformat() if moment is not None else "n/a"
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="seconds") if moment is not None else "n/a"
 
 
 def profile_lines(profile: Profile, currency: str = "") -> list[str]:
@@ -149,7 +149,7 @@ def profile_lines(profile: Profile, currency: str = "") -> list[str]:
     p = profile
     products = p.products
     reasons = f" ({', '.join(p.churn_reasons)})" if p.churn_reasons else ""
-    scores = f"R {p.r}, F {p.f}, M {p.m}" if p.r is not None else "no purchase yet"
+    scores = f"R {p.r}, F {p.f}, M {p.m}" if p.r is not None else ("not scored yet" if p.orders else "no purchase yet")
     review = "none"
     if p.last_review is not None:
         review = f"{p.last_review_score} of 5 on {_when(p.last_review[0])}"

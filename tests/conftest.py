@@ -182,13 +182,13 @@ class Workers:
             time.sleep(0.1)
         assert client.xlen(self.keys.outbox) == 0
 
-    def wait_for_log(self, text: str, timeout_s: float) -> None:
+    def wait_for_log(self, text: str, timeout_s: float, poll_s: float = 0.1) -> None:
         """Until a worker's log holds ``text``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(text in p.read_text() for p in self.logs.glob("*.log")):
                 return
-            time.sleep(0.1)
+            time.sleep(poll_s)
         raise AssertionError(f"no worker logged {text!r} in {timeout_s} s\n{self.log_text()}")
 
     def log_text(self) -> str:

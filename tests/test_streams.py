@@ -23,7 +23,7 @@ from streams.clusters import OnlineClusters
 from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
 from tests import oracle
-from tests.conftest import Workers, split_checkouts
+from tests.conftest import Workers, free_port, split_checkouts
 
 pytestmark = pytest.mark.integration
 
@@ -365,45 +365,55 @@ def _wait_rescored(group: Workers, version: int, timeout_s: float = 90) -> None:
     raise AssertionError(f"not re-scored with version {version} in {timeout_s} s\n" + group.log_text())
 
 
-def test_rescore_survives_a_killed_worker_and_a_second_catch_up(workers: Workers, history_dir: Path) -> None:
-    """Thresholds published, the worker killed as soon as it starts re-scoring, a new worker
-    finishes the job; then the same history replayed again into new topics (a broker restart with
-    the Redis state kept: the worker catches up from old ticks) and new thresholds: every
-    profile's R/F/M and segment equals the oracle's with the thresholds in force."""
-    proc = workers.start()
-    summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
-    workers.wait_for_end(summary)
-    first = publish_thresholds(workers.settings, (60.0, 150.0, 270.0, 400.0), (80.0, 130.0, 200.0, 400.0))
-    workers.wait_for_log("re-scoring", 30)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    workers.start()
-    _wait_rescored(workers, first.version)
-    _assert_matches_oracle(workers, history_dir, r_thresholds=first.recency_days, m_thresholds=first.monetary)
-    assert all(p.thresholds_version == first.version for p in workers.profiles().values() if p.orders)
+def test_rescore_survives_a_killed_worker_and_a_broker_restart(workers: Workers, history_dir: Path) -> None:
+    """Thresholds published, the worker killed in the middle of re-scoring, a new worker finishes
+    the job; then the broker restarted (empty: memory storage) with the Redis state kept, the same
+    history replayed onto it (the worker reads old ticks again) and new thresholds: every profile's
+    R/F/M and segment equals the oracle's with the thresholds in force."""
+    from segstream.services import services_down, services_up
 
-    watermarks = workers.redis.hgetall(workers.keys.watermarks)
-    again = workers.settings.model_copy(
+    # a broker of this test's own (to restart it), the session's Redis; small re-score round trips
+    # so that the kill lands in the middle of the re-score
+    settings = workers.settings.model_copy(
         update={
-            "topic_orders": f"{workers.settings.topic_orders}.2",
-            "topic_reviews": f"{workers.settings.topic_reviews}.2",
+            "kafka_bootstrap": None,
+            "kafka_port": free_port(),
+            "redis_url": workers.settings.redis_address,
+            "worker_rescore_chunk": 5,
         }
     )
-    workers.stop()
-    second_group = Workers(again, workers.logs / "again")
-    second_group.logs.mkdir()
-    second_group.start()
+    group = Workers(settings, workers.logs / "own")
+    group.logs.mkdir()
+    services_up(settings)
     try:
-        replayed = asyncio.run(replay_history(load_olist(history_dir), again))
-        second_group.wait_for_end(replayed)
-        assert workers.redis.hgetall(workers.keys.watermarks) == watermarks  # never moved back
-        second = publish_thresholds(again, (45.0, 120.0, 240.0, 420.0), (70.0, 110.0, 180.0, 350.0))
-        _wait_rescored(second_group, second.version)
-        _assert_matches_oracle(
-            second_group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary
-        )
+        proc = group.start()
+        summary = asyncio.run(replay_history(load_olist(history_dir), settings))
+        group.wait_for_end(summary)
+        first = publish_thresholds(settings, (60.0, 150.0, 270.0, 400.0), (80.0, 130.0, 200.0, 400.0))
+        group.wait_for_log("re-scoring", 30, poll_s=0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = group.redis.hgetall(group.keys.rescored)
+        assert sum(int(v) >= first.version for v in done.values()) < settings.topic_partitions  # killed mid-way
+        group.start()
+        _wait_rescored(group, first.version)
+        _assert_matches_oracle(group, history_dir, r_thresholds=first.recency_days, m_thresholds=first.monetary)
+        assert all(p.thresholds_version == first.version for p in group.profiles().values() if p.orders)
+
+        group.stop()
+        watermarks = group.redis.hgetall(group.keys.watermarks)
+        services_down(settings)  # the broker goes (and its topics with it); Redis keeps the state
+        services_up(settings)
+        group.start()
+        replayed = asyncio.run(replay_history(load_olist(history_dir), settings))
+        group.wait_for_end(replayed)
+        assert group.redis.hgetall(group.keys.watermarks) == watermarks  # never moved back
+        second = publish_thresholds(settings, (45.0, 120.0, 240.0, 420.0), (70.0, 110.0, 180.0, 350.0))
+        _wait_rescored(group, second.version)
+        _assert_matches_oracle(group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary)
     finally:
-        second_group.stop()
+        group.stop()
+        services_down(settings)
 
 
 def test_published_bgnbd_makes_p_alive_a_churn_reason(workers: Workers, history_dir: Path) -> None:
