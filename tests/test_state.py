@@ -104,3 +104,20 @@ def test_partitions_in_one_batch_and_a_lost_compare_and_set(services: Settings) 
     assert out["counters"] == {"consumed": 7, "applied": 5, "duplicates": 2, "ticks": 2}
     assert out["watermarks"] == {"0": (T0 + timedelta(days=1)).timestamp(), "1": (T0 + timedelta(days=2)).timestamp()}
     assert out["due"] == {0: 1, 1: 1}  # each customer in its own partition's due index
+
+
+async def _watermark_after_old_ticks(settings: Settings) -> float:
+    keys = Keys(f"state{uuid.uuid4().hex[:8]}")
+    client = aioredis.Redis.from_url(settings.redis_address)
+    try:
+        store = _store(client, keys)
+        await store.process({0: [_order("a", 1, 0), _tick(10, 0)]}, {})
+        # a worker catching up again from the start of the topic (a new broker, Redis kept)
+        await _store(client, keys).process({0: [_tick(2, 0)]}, {})
+        return float(await client.hget(keys.watermarks, "0"))
+    finally:
+        await client.aclose()
+
+
+def test_a_watermark_never_moves_back(services: Settings) -> None:
+    assert asyncio.run(_watermark_after_old_ticks(services)) == (T0 + timedelta(days=10)).timestamp()
