@@ -50,8 +50,7 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    kafka = logging.getLogger("aiokafka")
-    kafka.setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     if level != "debug":
         once = _OnceFilter()
         for name in ("aiokafka", "aiokafka.producer.sender", "aiokafka.conn", "aiokafka.cluster"):
@@ -571,7 +570,9 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
     except (RetrainBusy, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except redis.ConnectionError as exc:
-        raise click.ClickException(f"Redis at {settings.redis_address} is not reachable ({exc})") from None
+        raise click.ClickException(
+            f"Redis at {_where(settings.redis_address)} is not reachable ({_one_line(exc)})"
+        ) from None
 
 
 @cli.group()

@@ -144,7 +144,7 @@ def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
     report = retrain_once(settings)
     echo("  " + report.line(cutoff=False))
     if report.thresholds.startswith("published version"):
-        version = int(report.thresholds.rsplit(" ", 1)[1])
+        version = report.models["thresholds_version"]  # the version in force at the switch: this run's
         echo(f"  waiting for the worker to re-score every customer with thresholds version {version} ...")
         left = wait_for_rescore(settings, version)
         if left:
