@@ -42,10 +42,10 @@ from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.scoring import ChurnRules, RfmScorer
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings, settings_env
 from streams.profile import Profile
-from streams.scoring import ChurnRules, RfmScorer
 
 
 def build_state(settings: Settings, data: Path) -> dict:

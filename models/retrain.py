@@ -47,9 +47,9 @@ from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
 from segstream.keys import Keys
+from segstream.scoring import DAY
 from segstream.scripts import lua
 from segstream.settings import Settings
-from streams.scoring import DAY
 from streams.thresholds import current_thresholds
 
 __all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "watermark"]

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from models.population import Population
+from segstream.scoring import DAY, RfmScorer, bgnbd_tuple
 from segstream.settings import Settings
-from streams.scoring import DAY, RfmScorer, bgnbd_tuple
 from streams.thresholds import current_scoring, publish_thresholds
 
 __all__ = ["quintile_thresholds", "refresh_thresholds", "thresholds_moved"]

@@ -125,5 +125,5 @@ class Keys:
 
     @property
     def thresholds(self) -> str:
-        """String: the RFM thresholds in force (JSON, see streams.scoring.RfmScorer)."""
+        """String: the RFM thresholds in force (JSON, see segstream.scoring.RfmScorer)."""
         return f"{self.prefix}:thresholds"

@@ -30,9 +30,9 @@ from pydantic import ValidationError
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
+from segstream.scoring import ChurnRules, RfmScorer, bgnbd_of
 from segstream.settings import Settings
 from streams.clusters import OnlineClusters
-from streams.scoring import ChurnRules, RfmScorer, bgnbd_of
 from streams.state import ProfileStore
 
 __all__ = ["REDIS_AWAY", "StreamHandler"]

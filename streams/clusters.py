@@ -26,8 +26,8 @@ from collections import defaultdict
 
 from river import cluster, preprocessing
 
+from segstream.scoring import DAY
 from streams.profile import Profile
-from streams.scoring import DAY
 
 __all__ = ["OnlineClusters", "features"]
 

@@ -40,9 +40,9 @@ from segstream.schemas import (
     flat_encoder,
     wire_time,
 )
+from segstream.scoring import ChurnRules, RfmScorer
 from streams.clusters import OnlineClusters, features
 from streams.profile import Profile
-from streams.scoring import ChurnRules, RfmScorer
 
 __all__ = ["CAUSES", "Fold", "Working", "after", "cause_of"]
 

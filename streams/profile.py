@@ -36,7 +36,7 @@ from itertools import compress
 from operator import ne
 
 from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, OrderReturned, ReviewPosted
-from streams.scoring import DAY, ChurnRules, RfmScorer, segment_for
+from segstream.scoring import DAY, ChurnRules, RfmScorer, segment_for
 
 __all__ = ["Profile"]
 

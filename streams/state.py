@@ -24,12 +24,12 @@ import redis.asyncio as aioredis
 
 from segstream.keys import Keys
 from segstream.schemas import ClockTick
+from segstream.scoring import ChurnRules, RfmScorer
 from segstream.scripts import lua
 from streams.clusters import OnlineClusters
 from streams.fold import Fold, Working, after, cause_of
 from streams.profile import Profile
 from streams.protocol import WriteHeader
-from streams.scoring import ChurnRules, RfmScorer
 from streams.transport import ScriptLost, ScriptRunner
 
 __all__ = ["BatchResult", "ProfileStore", "ScriptLost", "cause_of"]

@@ -16,8 +16,8 @@ import time
 import redis
 
 from segstream.keys import Keys
+from segstream.scoring import RfmScorer, bgnbd_of
 from segstream.settings import Settings
-from streams.scoring import RfmScorer, bgnbd_of
 
 __all__ = ["current_scoring", "current_thresholds", "publish_thresholds", "rescore_progress", "wait_for_rescore"]
 

@@ -8,11 +8,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from segstream.schemas import ClockTick, Item, OrderPlaced, ReviewPosted
+from segstream.scoring import ChurnRules, RfmScorer
 from segstream.scripts import lua
 from streams.fold import Fold, Working
 from streams.profile import Profile
 from streams.protocol import WriteHeader
-from streams.scoring import ChurnRules, RfmScorer
 
 T0 = datetime(2017, 3, 1, tzinfo=UTC)
 DAY = 86_400.0

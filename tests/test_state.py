@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from segstream.keys import Keys
 from segstream.schemas import ClockTick, Item, OrderPlaced
+from segstream.scoring import ChurnRules, RfmScorer
 from segstream.settings import Settings
 from streams.profile import Profile
-from streams.scoring import ChurnRules, RfmScorer
 from streams.state import ProfileStore
 
 T0 = datetime(2017, 3, 1, tzinfo=UTC)
