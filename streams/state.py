@@ -19,6 +19,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 import redis.asyncio as aioredis
 
@@ -312,7 +313,9 @@ class ProfileStore:
             scored = 1 if profile.last_purchase is not None else 0
             counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
             shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
-            args += [customer, shape, " ".join(fields), *fields.values(), *state.fresh]
+            args += (customer, shape)
+            args += chain.from_iterable(fields.items())  # name, value, name, value...
+            args += state.fresh
             args.append("" if state.due is None else repr(state.due))
             args += state.segment_changes
             args += state.churn_changes
