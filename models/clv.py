@@ -13,6 +13,8 @@ spend per purchase day), so the retrain job needs no transaction log.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -20,12 +22,21 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
-from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
-__all__ = ["ClvFitError", "ClvModel", "degenerate_reason", "rfm_summary"]
+__all__ = ["PURCHASE_MODELS", "ClvFitError", "ClvModel", "degenerate_reason", "rfm_summary"]
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
+
+# The purchase-count models lifetimes fits on the same summary (``SEGSTREAM_CLV_MODEL``), and
+# their parameters. Only BG/NBD's P(alive) has the closed form the stream evaluates online
+# (docs/definitions.md), so only a BG/NBD fit is published to the workers.
+PURCHASE_MODELS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "bgnbd": (BetaGeoFitter, ("r", "alpha", "a", "b")),
+    "modified_bgnbd": (ModifiedBetaGeoFitter, ("r", "alpha", "a", "b")),
+    "pareto_nbd": (ParetoNBDFitter, ("r", "alpha", "s", "beta")),
+}
 
 
 def rfm_summary(purchases: Iterable[tuple[str, Mapping[str, list | float]]], cutoff: float) -> pd.DataFrame:
@@ -90,10 +101,14 @@ class ClvFitError(RuntimeError):
 
 
 class ClvModel:
-    """BG/NBD (``lifetimes.BetaGeoFitter``) and Gamma-Gamma (``lifetimes.GammaGammaFitter``).
+    """BG/NBD (``lifetimes.BetaGeoFitter``; or another purchase model, see ``model``) and
+    Gamma-Gamma (``lifetimes.GammaGammaFitter``).
 
     Parameters
     ----------
+    model
+        The purchase-count model: ``bgnbd`` (Fader, Hardie & Lee 2005, the default),
+        ``modified_bgnbd`` (Batislam et al. 2007) or ``pareto_nbd`` (Schmittlein et al. 1987).
     penalizer
         L2 penalty of both fitters (``penalizer_coef``). The default, none, is the maximum
         likelihood fit of the papers: on lifetimes' CDNOW sample it reproduces Fader, Hardie & Lee
@@ -110,8 +125,12 @@ class ClvModel:
 
     Attributes
     ----------
+    purchase_params_
+        The purchase model's parameters (``r``, ``alpha``, ``a``, ``b``; Pareto/NBD: ``r``,
+        ``alpha``, ``s``, ``beta``).
     bgnbd_params_
-        ``r``, ``alpha``, ``a``, ``b``: what the stream needs to compute P(alive) online.
+        ``r``, ``alpha``, ``a``, ``b`` of a BG/NBD fit, what the stream needs to compute P(alive)
+        online; None for the other models.
     gamma_gamma_params_
         ``p``, ``q``, ``v``.
     frequency_monetary_corr_
@@ -130,7 +149,11 @@ class ClvModel:
         monthly_discount: float = 0.01,
         min_repeat_buyers: int = 20,
         fallback_penalizer: float = 0.001,
+        model: str = "bgnbd",
     ) -> None:
+        if model not in PURCHASE_MODELS:
+            raise ValueError(f"unknown CLV model {model!r}; one of {', '.join(PURCHASE_MODELS)}")
+        self.model = model
         self.penalizer = penalizer
         self.fallback_penalizer = fallback_penalizer
         self.horizon_days = horizon_days
@@ -147,32 +170,37 @@ class ClvModel:
                 f"{len(repeat)} repeat buyers of {len(summary)} customers; at least {self.min_repeat_buyers} needed"
             )
         try:
-            bgnbd, gamma_gamma = self._fit(summary, repeat, self.penalizer)
+            bgnbd, gamma_gamma = self._fit(summary, repeat, self.penalizer, self.model)
             self.penalizer_ = self.penalizer
         except ClvFitError as first:
             if not self.fallback_penalizer or self.fallback_penalizer == self.penalizer:
                 raise
             try:
-                bgnbd, gamma_gamma = self._fit(summary, repeat, self.fallback_penalizer)
+                bgnbd, gamma_gamma = self._fit(summary, repeat, self.fallback_penalizer, self.model)
             except ClvFitError as second:
                 raise ClvFitError(f"{first}; with penalty {self.fallback_penalizer}: {second}") from second
             self.penalizer_ = self.fallback_penalizer
         self.bgnbd_, self.gamma_gamma_ = bgnbd, gamma_gamma
-        self.bgnbd_params_ = {name: float(bgnbd.params_[name]) for name in ("r", "alpha", "a", "b")}
+        self.purchase_params_ = {name: float(bgnbd.params_[name]) for name in PURCHASE_MODELS[self.model][1]}
+        self.bgnbd_params_ = self.purchase_params_ if self.model == "bgnbd" else None
         self.gamma_gamma_params_ = {name: float(gamma_gamma.params_[name]) for name in ("p", "q", "v")}
         self.frequency_monetary_corr_ = float(np.corrcoef(repeat["frequency"], repeat["monetary_value"])[0, 1])
         self.repeat_buyers_ = len(repeat)
         return self
 
     @staticmethod
-    def _fit(summary: pd.DataFrame, repeat: pd.DataFrame, penalizer: float) -> tuple[BetaGeoFitter, GammaGammaFitter]:
+    def _fit(
+        summary: pd.DataFrame, repeat: pd.DataFrame, penalizer: float, model: str = "bgnbd"
+    ) -> tuple[BetaGeoFitter, GammaGammaFitter]:
         try:
-            with warnings.catch_warnings():
+            # lifetimes prints the optimizer's result to stdout when it does not converge: the
+            # ClvFitError below says it in one line instead
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("error", RuntimeWarning)  # overflow in the likelihood: not a fit
                 # one row per distinct (frequency, recency, T), weighted by its customers: the same
                 # likelihood, and ~97% one-time buyers collapse to a few hundred rows
                 grouped = summary.groupby(["frequency", "recency", "T"]).size().reset_index(name="weights")
-                bgnbd = BetaGeoFitter(penalizer_coef=penalizer)
+                bgnbd = PURCHASE_MODELS[model][0](penalizer_coef=penalizer)
                 bgnbd.fit(grouped["frequency"], grouped["recency"], grouped["T"], weights=grouped["weights"])
                 gamma_gamma = GammaGammaFitter(penalizer_coef=penalizer)
                 gamma_gamma.fit(repeat["frequency"], repeat["monetary_value"])

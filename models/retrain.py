@@ -171,12 +171,16 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             log.warning("CLV not refitted, run %s stays in force: %s", before.get("clv", "none"), exc)
         else:
             _write_hash(client, keys.scores(run), scores)
-            models["clv"], models["bgnbd"] = run, clv_artifact["bgnbd"]
+            models["clv"] = run
+            if clv_artifact["bgnbd"] is not None:
+                models["bgnbd"] = clv_artifact["bgnbd"]
+            else:  # another purchase model: the stream has no online P(alive) for it
+                models.pop("bgnbd", None)
             models["clv_horizon_days"] = clv_artifact["horizon_days"]
             report.clv = "fitted"
 
     with watch("thresholds"):  # with the new BG/NBD parameters, if any: workers re-score once
-        fitted_bgnbd = models["bgnbd"] if report.clv == "fitted" else None
+        fitted_bgnbd = models.get("bgnbd") if report.clv == "fitted" else None
         # The profiles hold the state at the watermark, not at a past cutoff: recency from the last
         # purchase, monetary, both as of now. Quantiles of those "as of" an earlier cutoff are
         # neither (recency of later purchases clipped to 0 made R = 5 unreachable), and the stream
@@ -239,6 +243,7 @@ def _clv(
         horizon_days=settings.clv_horizon_days,
         monthly_discount=settings.clv_monthly_discount,
         min_repeat_buyers=settings.clv_min_repeat_buyers,
+        model=settings.clv_model,
     ).fit(summary)
     scores = model.score(summary)
     finite = np.isfinite(scores.to_numpy()).all(axis=1)
@@ -260,6 +265,8 @@ def _clv(
             model.frequency_monetary_corr_,
         )
     artifact = {
+        "model": model.model,
+        "purchase_model": model.purchase_params_,
         "bgnbd": model.bgnbd_params_,
         "gamma_gamma": model.gamma_gamma_params_,
         "penalizer": model.penalizer_,

@@ -321,7 +321,10 @@ async def replay_history(
         if in_flight is not None:
             await asyncio.gather(*in_flight[1])
         if position >= len(timeline):
-            last = _datetime(max(times)) if times else datetime.now(UTC)
+            # the window's end when it has one (``until`` is exclusive: every event before it has
+            # been sent, so the clock may stand there; a backtest freezes the state at that moment),
+            # else the last event's time
+            last = until if until is not None else _datetime(max(times)) if times else datetime.now(UTC)
             for topic in topics:
                 for partition in range(partition_counts[topic]):
                     final = ClockTick(

@@ -575,6 +575,85 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
         ) from None
 
 
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Olist CSVs (directory or .zip), or a transaction log (CSV, .gz, .xlsx) with --source.",
+)
+@_source_options
+@click.option(
+    "--cutoffs",
+    required=True,
+    help="Comma-separated ISO dates, e.g. 2017-09-01,2018-01-01: each the last whole day (UTC) the models see.",
+)
+@click.option(
+    "--horizon",
+    default="90d",
+    show_default=True,
+    help="Days after each cutoff that are scored: 90, 90d or 13w (also the CLV horizon of the run).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory for figures.json and report.html."
+)
+@click.option(
+    "--clv-model",
+    "clv_model",
+    type=click.Choice(["bgnbd", "modified_bgnbd", "pareto_nbd"]),
+    help="Purchase model of the served CLV [env SEGSTREAM_CLV_MODEL; default bgnbd]; the others are scored beside it.",
+)
+@click.option(
+    "--partitions",
+    "topic_partitions",
+    type=click.IntRange(min=1),
+    help="Partitions of the run's topics [env SEGSTREAM_TOPIC_PARTITIONS; default 4].",
+)
+@click.pass_context
+def backtest(
+    ctx: click.Context,
+    data: Path,
+    source: str,
+    mapping: Path | None,
+    cutoffs: str,
+    horizon: str,
+    out: Path,
+    **flags: Any,
+) -> None:
+    """Replay history through the real pipeline, freeze what it served at each cutoff (segments,
+    churn, P(alive), expected purchases, CLV, recommendations) and score it against the horizon
+    that followed, next to baselines: writes OUT/figures.json and OUT/report.html.
+
+    Starts the embedded services if needed and a stream worker of its own (own topics, consumer
+    group and Redis keys, removed afterwards).
+    """
+    from segstream.backtest import BacktestError, parse_cutoffs, parse_horizon, run_backtest
+
+    try:
+        days = parse_cutoffs(cutoffs)
+    except ValueError as exc:
+        raise _BadValue(str(exc), param_hint="--cutoffs") from None
+    try:
+        horizon_days = parse_horizon(horizon)
+    except ValueError as exc:
+        raise _BadValue(str(exc), param_hint="--horizon") from None
+    settings = _settings(ctx, **{k: v for k, v in flags.items() if v is not None})
+    try:
+        run_backtest(
+            settings,
+            data,
+            cutoffs=days,
+            horizon_days=horizon_days,
+            out=out,
+            source=source,
+            mapping=mapping,
+            progress=sys.stderr.isatty(),
+            echo=click.echo,
+        )
+    except BacktestError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.group()
 def models() -> None:
     """The model registry: one entry per retrain run."""

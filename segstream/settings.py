@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         0.001, ge=0, description="L2 penalty of a second fit when the first does not converge (0: none)."
     )
     currency: str = Field("BRL", description="Currency of the amounts in the data, for display (Olist: BRL).")
+    clv_model: Literal["bgnbd", "modified_bgnbd", "pareto_nbd"] = Field(
+        "bgnbd",
+        description="Purchase-count model of the CLV: BG/NBD (the default; its P(alive) is also a churn reason "
+        "online), modified BG/NBD or Pareto/NBD (lifetimes' fitters; no online P(alive)).",
+    )
     clv_horizon_days: float = Field(90.0, gt=0, description="Horizon of expected purchases and CLV (days).")
     clv_monthly_discount: float = Field(0.01, ge=0, description="Monthly discount rate of the CLV.")
     clv_min_repeat_buyers: int = Field(20, ge=1, description="Fewest repeat buyers to fit the CLV models at all.")
