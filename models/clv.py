@@ -201,7 +201,11 @@ class ClvModel:
                 # likelihood, and ~97% one-time buyers collapse to a few hundred rows
                 grouped = summary.groupby(["frequency", "recency", "T"]).size().reset_index(name="weights")
                 bgnbd = PURCHASE_MODELS[model][0](penalizer_coef=penalizer)
-                bgnbd.fit(grouped["frequency"], grouped["recency"], grouped["T"], weights=grouped["weights"])
+                # lifetimes starts the Pareto/NBD optimizer at np.random.normal(1, 0.05) per
+                # parameter (the BG/NBD ones at a constant): start it at that mean, so that the same
+                # summary always gives the same fit (backtests compare runs digit for digit)
+                start = {"initial_params": np.ones(4)} if model == "pareto_nbd" else {}
+                bgnbd.fit(grouped["frequency"], grouped["recency"], grouped["T"], weights=grouped["weights"], **start)
                 gamma_gamma = GammaGammaFitter(penalizer_coef=penalizer)
                 gamma_gamma.fit(repeat["frequency"], repeat["monetary_value"])
         except (ConvergenceError, RuntimeWarning, ValueError) as exc:

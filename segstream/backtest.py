@@ -614,7 +614,10 @@ def _score_cutoff(
     label = act["bought_again"]
     churn: dict[str, Any] = {}
     if at.scores is not None:
-        churn["p_alive"] = classification(at.scores.reindex(customers)["p_alive"], label)
+        scores = at.scores.reindex(customers)
+        churn["p_alive"] = classification(scores["p_alive"], label)
+        # the served expected purchases as a ranking of who buys again (a count, not a probability)
+        churn["expected_purchases"] = classification(scores["expected_purchases"], label, probability=False)
     status = profiles["churn"].fillna("")
     known = status.isin(list(CHURN_ORDER))
     churn["status"] = {
@@ -636,8 +639,9 @@ def _score_cutoff(
         "baseline_recency": classification(-recency[repeat].fillna(0.0), label[repeat], probability=False),
     }
     if at.scores is not None:
-        churn["repeat_buyers"]["p_alive"] = classification(
-            at.scores.reindex(customers)["p_alive"][repeat], label[repeat]
+        churn["repeat_buyers"]["p_alive"] = classification(scores["p_alive"][repeat], label[repeat])
+        churn["repeat_buyers"]["expected_purchases"] = classification(
+            scores["expected_purchases"][repeat], label[repeat], probability=False
         )
     reasons = Counter(r for text in profiles["churn_reasons"].fillna("") for r in text.split(",") if r)
     churn["reasons"] = dict(sorted(reasons.items()))

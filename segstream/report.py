@@ -192,17 +192,34 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
         page.add(f"<p>{_fmt(p.get('error'))}</p>")
     churn = c["churn"]
     page.add("<h3>Buys again within the horizon: churn signals</h3>")
-    rows = []
-    for name, key in (
+    signals = (
         ("P(alive)", "p_alive"),
+        ("expected purchases", "expected_purchases"),
         ("churn status", "status"),
         ("recency alone (baseline)", "baseline_recency"),
-    ):
-        if key in churn:
-            rows.append(
-                [name, churn[key]["customers"], churn[key]["positives"], churn[key]["auc"], churn[key]["brier"]]
-            )
-    page.add(_table(["signal", "customers", "bought again", "AUC", "Brier"], rows))
+    )
+    rows = []
+    for group, scored in (("all", churn), ("repeat buyers", churn["repeat_buyers"])):
+        for name, key in signals:
+            if key in scored:
+                m = scored[key]
+                rows.append([name, group, m["customers"], m["positives"], m["auc"], m["brier"]])
+    page.add(_table(["signal", "among", "customers", "bought again", "AUC", "Brier"], rows))
+    page.add(
+        "<p>BG/NBD gives every one-time buyer P(alive) = 1 (no silence to learn from), so P(alive) ranks "
+        "best among repeat buyers; Brier is for probabilities only (churn status as 1, 0.5, 0).</p>"
+    )
+    page.chart(
+        "AUC of buying again within the horizon (0.5: no better than chance)",
+        _bars(
+            [name for name, _ in signals],
+            {
+                group: [scored.get(key, {}).get("auc") for _, key in signals]
+                for group, scored in (("all customers", churn), ("repeat buyers", churn["repeat_buyers"]))
+            },
+            "AUC",
+        ),
+    )
     by_status = churn["status"]["by_status"]
     page.add(
         _table(
@@ -276,6 +293,20 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
                         ]
                     )
         page.add(_table(["strategy", "level", "customers", "precision", "recall", "hit rate", "NDCG"], rows))
+        strategies = list(recs["by_strategy"])
+        page.chart(
+            "Product hit rate by strategy, against the default list dealt to the same customers",
+            _bars(
+                strategies,
+                {
+                    "strategy's lists": [recs["by_strategy"][s]["product"]["hit_rate"] for s in strategies],
+                    "default list": [
+                        recs["by_strategy"][s]["baseline_default_list"]["product"]["hit_rate"] for s in strategies
+                    ],
+                },
+                "hit rate",
+            ),
+        )
     else:
         page.add(f"<p>{_fmt(recs.get('error'))}</p>")
 
@@ -326,24 +357,29 @@ def write_report(path: Path, figures: dict[str, Any], run: dict[str, Any]) -> No
         _heatmap([str(h) for h in range(24)], WEEKDAYS, a["weekday_hour"]["orders"], "orders"),
         height=340,
     )
-    states = a["states"][:27]
-    page.chart(
-        "Revenue and customers by state (or country)",
-        _bars(
-            [s["state"] for s in states],
-            {"revenue": [s["revenue"] for s in states], "customers": [s["customers"] for s in states]},
-            "",
-        ),
-    )
+    states = [s for s in a["states"] if s["state"]][:27]
+    if states:
+        page.chart(
+            "Revenue and customers by state (or country)",
+            _bars(
+                [s["state"] for s in states],
+                {"revenue": [s["revenue"] for s in states], "customers": [s["customers"] for s in states]},
+                "",
+            ),
+        )
+    else:
+        page.add("<p>No state or country in this source: no geography.</p>")
     reviews = a["review_vs_repeat"]
-    page.chart(
-        "Share of customers with more than one purchase day, by the score of their first review",
-        _bars([str(r["score"]) for r in reviews], {"repeat share": [r["repeat_share"] for r in reviews]}, "share"),
-    )
+    if reviews:
+        page.chart(
+            "Share of customers with more than one purchase day, by the score of their first review",
+            _bars([str(r["score"]) for r in reviews], {"repeat share": [r["repeat_share"] for r in reviews]}, "share"),
+        )
+    else:
+        page.add("<p>No reviews in this source: no review score against repeat purchase.</p>")
     page.add("<h2>figures.json</h2><details><summary>every number of this report</summary><pre>")
     page.add(html.escape(json.dumps(figures, indent=1, sort_keys=True)))
     page.add("</pre></details>")
-    charts = json.dumps(page.charts).replace("</", "<\\/")
     charts = json.dumps(page.charts).replace("</", "<\\/")  # no "</script>" inside the script
     document = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>segstream backtest</title>\n'
