@@ -531,7 +531,17 @@ def thresholds(ctx: click.Context, recency: str | None, monetary: str | None, wa
     type=click.Path(path_type=Path),
     help="Model registry directory [env SEGSTREAM_MODELS_DIR; default <run-dir>/models].",
 )
-@click.option("--penalizer", "clv_penalizer", type=float, help="CLV fits' L2 penalty [default 0.001].")
+@click.option(
+    "--penalizer",
+    "clv_penalizer",
+    type=click.FloatRange(min=0),
+    help="CLV fits' L2 penalty [env SEGSTREAM_CLV_PENALIZER; default 0: the papers' maximum likelihood].",
+)
+@click.option(
+    "--clv-model",
+    type=click.Choice(["bgnbd", "modified_bgnbd", "pareto_nbd"]),
+    help="Purchase model of the CLV [env SEGSTREAM_CLV_MODEL; default bgnbd].",
+)
 @click.option("--top-n", "recs_top_n", type=click.IntRange(min=1), help="Recommendations per customer [default 10].")
 @click.pass_context
 def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutoff: str | None, **flags: Any) -> None:

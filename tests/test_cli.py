@@ -107,3 +107,25 @@ def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None
     assert re.search(r"run 1: [\d,]+ customers, [\d,]+ products .*recommendations fitted", done.stdout), done.stdout
     assert "recommendations      " in done.stdout  # the biggest spender's list
     assert "kafka: stopped pid" in done.stdout and "redis: stopped pid" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cutoffs", "2017-13-01"], "'2017-13-01' is not an ISO date"),
+        (["--cutoffs", "2017-09-01", "--horizon", "3m"], "'3m' is not a horizon such as 90d"),
+        (["--cutoffs", "2017-09-01,2017-09-01"], "a cutoff is given twice"),
+        (["--cutoffs", "2030-01-01"], "cutoff 2030-01-01 + 90 days ends after the history's last purchase"),
+        (["--cutoffs", "2001-01-01"], "cutoff 2001-01-01 is before the history's first purchase"),
+    ],
+)
+def test_backtest_bad_cutoffs_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    # checked before any service starts: the ports here have nothing listening
+    env = {**os.environ, "SEGSTREAM_RUN_DIR": str(tmp_path), "SEGSTREAM_KAFKA_PORT": str(free_port())}
+    env.pop("SEGSTREAM_KAFKA_BOOTSTRAP", None)
+    command = [sys.executable, "-m", "segstream", "backtest", "--data", str(EDGE), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert message in done.stderr, done.stderr
+    assert len([line for line in done.stderr.splitlines() if "Error" in line]) == 1, done.stderr
+    assert not (tmp_path / "out" / "figures.json").exists()

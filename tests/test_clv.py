@@ -80,10 +80,10 @@ def test_the_penalized_fallback_is_used_only_when_the_plain_fit_fails(monkeypatc
     assert plain.penalizer_ == 0.0
     real_fit = ClvModel._fit
 
-    def failing_without_penalty(summary, repeat, penalizer):
+    def failing_without_penalty(summary, repeat, penalizer, model="bgnbd"):
         if penalizer == 0.0:
             raise ClvFitError("the fit did not converge: ConvergenceError: planted")
-        return real_fit(summary, repeat, penalizer)
+        return real_fit(summary, repeat, penalizer, model)
 
     monkeypatch.setattr(ClvModel, "_fit", staticmethod(failing_without_penalty))
     fallback = ClvModel(fallback_penalizer=0.001).fit(summary)
@@ -99,3 +99,24 @@ def test_a_degenerate_fit_is_refused() -> None:
     assert "BG/NBD r = 0.0005 < 0.001" in degenerate_reason(
         dict(model.bgnbd_params_, r=5e-4), model.gamma_gamma_params_
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "names"), [("modified_bgnbd", ["r", "alpha", "a", "b"]), ("pareto_nbd", ["r", "alpha", "s", "beta"])]
+)
+def test_the_rival_purchase_models_fit_the_same_summary_reproducibly(model: str, names: list[str]) -> None:
+    summary = _summary(2_000, repeat_share=0.3)
+    first, second = (ClvModel(model=model).fit(summary) for _ in range(2))
+    assert list(first.purchase_params_) == names
+    assert first.purchase_params_ == second.purchase_params_  # lifetimes' random Pareto/NBD start is fixed
+    assert first.bgnbd_params_ is None  # no closed-form P(alive) for the stream
+    scores = first.score(summary)
+    assert np.isfinite(scores.to_numpy()).all() and scores.p_alive.between(0, 1).all()
+    bgnbd = ClvModel().fit(summary).score(summary)
+    # on the same data the models agree on who buys most (they differ in how buyers drop out)
+    assert scores.expected_purchases.corr(bgnbd.expected_purchases, method="spearman") > 0.9
+
+
+def test_an_unknown_purchase_model_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown CLV model 'bgnbdx'"):
+        ClvModel(model="bgnbdx")
