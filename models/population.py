@@ -95,8 +95,8 @@ class Population:
 
 
 def read_population(client: redis.Redis, keys: Keys, chunk: int = 1_000) -> Population:
-    """Every profile in Redis, read in chunks of ``chunk`` customers (one script call each: Redis is
-    busy ~1 ms per call, which the workers wait out)."""
+    """Every profile in Redis, in customer-id order, read in chunks of ``chunk`` customers (one
+    script call each: Redis is busy ~1 ms per call, which the workers wait out)."""
     rows: list[list[bytes | None]] = []
     pending: list[bytes] = []
     read = client.register_script(_READ)
@@ -117,6 +117,10 @@ def read_population(client: redis.Redis, keys: Keys, chunk: int = 1_000) -> Popu
             flush()
     if pending:
         flush()
+    # SCAN's order follows Redis's hash table (and so the key prefix and the table's history):
+    # rows in customer-id order give the same matrices, the same ALS fit and the same lists for
+    # the same state, which a backtest's identical figures need
+    rows.sort(key=lambda row: row[0] or b"")
     population = Population.from_rows(rows)
     log.info("read %d profiles (%d with a purchase)", len(population), int(population.scored.sum()))
     return population

@@ -198,13 +198,31 @@ class _Rendered(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def olist_like_report(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A backtest of a generated Olist-like history: states and reviews, so every kind of plot."""
+def olist_like(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two backtests of a generated Olist-like history (states, reviews, products: every kind of
+    plot, and ALS lists), with two cutoffs."""
     tmp = tmp_path_factory.mktemp("olist-like")
     synthesize(SynthConfig(orders=3_000, seed=3, repeat_share=0.2), tmp / "data")
-    out = tmp / "out"
-    _backtest(_env(services, tmp), "--data", str(tmp / "data"), "--cutoffs", "2018-03-01", "--out", str(out))
-    return out / "report.html"
+    args = ["--data", str(tmp / "data"), "--cutoffs", "2017-12-01,2018-03-01", "--horizon", "60d"]
+    _backtest(_env(services, tmp), *args, "--out", str(tmp / "one"))
+    _backtest(_env(services, tmp), *args, "--out", str(tmp / "two"))
+    return tmp / "one", tmp / "two"
+
+
+@pytest.fixture(scope="module")
+def olist_like_report(olist_like: tuple[Path, Path]) -> Path:
+    return olist_like[0] / "report.html"
+
+
+def test_two_runs_with_als_lists_give_identical_figures(olist_like: tuple[Path, Path]) -> None:
+    one, two = ((out / "figures.json").read_text() for out in olist_like)
+    figures = json.loads(one)
+    assert [c["cutoff"] for c in figures["cutoffs"]] == ["2017-12-01", "2018-03-01"]
+    # the figures rest on ALS lists and on a fitted CLV model at both cutoffs: not an empty match
+    for cutoff in figures["cutoffs"]:
+        assert cutoff["recommendations"]["by_strategy"]["als"]["product"]["customers"] > 0
+        assert cutoff["purchases"]["served"]["customers"] == cutoff["customers"]["scored"] > 500
+    assert one == two
 
 
 def test_report_renders_every_plot_in_headless_chromium(olist_like_report: Path) -> None:
@@ -222,10 +240,10 @@ def test_report_renders_every_plot_in_headless_chromium(olist_like_report: Path)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = _Rendered()
     page.feed(dom.stdout)
-    # every kind of plot the report draws: 4 per cutoff with recommendations and transitions, and
-    # segment mix, cohorts, weekday x hour, states, review score (one cutoff here)
-    assert len(page.charts) == text.count('<div class="chart" id=') == 11
-    assert page.body.get("data-charts") == "11"  # report.js saw them all
+    # every kind of plot the report draws: 6 per cutoff with recommendations and transitions, and
+    # segment mix, cohorts, weekday x hour, states, review score (two cutoffs here)
+    assert len(page.charts) == text.count('<div class="chart" id=') == 17
+    assert page.body.get("data-charts") == "17"  # report.js saw them all
     assert page.body.get("data-errors") == "", page.body.get("data-errors")  # no error reached the page
     assert "Uncaught" not in dom.stderr and ":CONSOLE" not in dom.stderr, dom.stderr[-2000:]
     unfinished = [c["id"] for c in page.charts if c.get("data-rendered") != "1"]
