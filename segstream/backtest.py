@@ -182,7 +182,7 @@ class _Progress:
         bar = tqdm(
             total=sent,
             desc=f"[{point}/{self.total_points}] catch-up to {day}",
-            unit="event",
+            unit=" records",  # events and clock ticks, as the worker counts them consumed
             disable=not self.enabled,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -194,8 +194,7 @@ class _Progress:
                 if time.monotonic() > deadline:
                     raise BacktestError(f"the stream worker did not process the replay to {day} within {WAIT_S:.0f} s")
                 now, got = time.monotonic(), consumed() - start
-                bar.n = min(got, sent)
-                bar.set_postfix_str(f"{got / max(now - started, 1e-6):,.0f} events/s", refresh=True)
+                bar.update(max(min(got, sent) - bar.n, 0))
                 if not self.enabled and now - logged >= 10:
                     log.info("catching up to %s: %d of %d events consumed", day, got, sent)
                     logged = now
@@ -329,8 +328,8 @@ def run_backtest(
             timings["replay"] += time.monotonic() - t0
             replayed += summary.events_sent
             echo(
-                f"[{index}/{len(plan)}] replayed {summary.events_sent:,} events "
-                f"{since.date() if since else 'from the start'} to {day} in {summary.duration_s:.1f} s"
+                f"[{index}/{len(plan)}] replayed {summary.events_sent:,} events and {summary.ticks_sent:,} clock "
+                f"ticks {since.date() if since else 'from the start'} to {day} in {summary.duration_s:.1f} s"
             )
             t0 = time.monotonic()
             partitions = 2 * summary.partitions
@@ -362,10 +361,12 @@ def run_backtest(
         stop_worker(worker)
         _drop(client, keys)
     t0 = time.monotonic()
+    echo(f"scoring {len(cutoffs)} cutoff(s) against the source's next {horizon_days} days, with baselines")
     figures, tables = score_backtest(
         cutoffs, horizon_days, frozen, orders, lines, transactions_days(orders), history, run, mix
     )
     timings["scoring"] += time.monotonic() - t0
+    echo(f"scored in {timings['scoring']:.1f} s")
     figures["parameters"] = {
         "data": str(data),
         "source": source,
