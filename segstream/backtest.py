@@ -269,7 +269,7 @@ def run_backtest(
     from segstream.demo import start_worker, stop_worker
     from segstream.report import write_report
     from segstream.services import services_up
-    from streams.readmodel import replay_consumed
+    from streams.readmodel import replay_consumed, segment_history
     from streams.thresholds import wait_for_rescore
 
     started = time.monotonic()
@@ -356,7 +356,7 @@ def run_backtest(
                 timings["retrain"] += time.monotonic() - t0
                 echo(f"[{index}/{len(plan)}] retrained at {day}: {frozen[(day, True)].retrain['line']}")
             since = until
-        mix = _segment_mix(client, keys)
+        mix = segment_history(client, keys)
     finally:
         stop_worker(worker)
         _drop(client, keys)
@@ -435,23 +435,6 @@ def _retrain_and_freeze(
         "line": report.line(cutoff=False).split(" in ")[0] + "; " + report.line().split("; ", 1)[1],
     }
     return frozen
-
-
-def _segment_mix(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Customers per segment at the end of each event-day, from the stream's per-day transition
-    counts ('previous>new'; an empty previous is a first segment)."""
-    days = sorted(k.decode().rsplit(":", 1)[1] for k in client.scan_iter(match=keys.transitions("*")))
-    sizes: Counter[str] = Counter()
-    mix = []
-    for day in dict.fromkeys(days):
-        for flow, count in client.hgetall(keys.transitions(day)).items():
-            before, after = flow.decode().split(">", 1)
-            if before:
-                sizes[before] -= int(count)
-            if after:
-                sizes[after] += int(count)
-        mix.append({"day": day, "segments": {s: n for s, n in sorted(sizes.items()) if n}})
-    return mix
 
 
 def _drop(client: redis.Redis, keys: Keys) -> None:

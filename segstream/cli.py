@@ -747,6 +747,14 @@ def schemas() -> None:
     show_default=True,
     help="Leave the embedded services running afterwards.",
 )
+@click.option(
+    "--web/--no-web",
+    default=True,
+    show_default=True,
+    help="Start the live view (`segstream web`) and print its URL first; on a terminal it keeps running "
+    "after the replay until Ctrl-C.",
+)
+@click.option("--web-port", type=click.IntRange(1, 65535), help="Port of the live view [env SEGSTREAM_WEB_PORT; 8765].")
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -755,18 +763,73 @@ def demo(
     mapping: Path | None,
     speed: float | None,
     keep_services: bool,
+    web: bool,
     **flags: Any,
 ) -> None:
-    """Start services and a stream worker, replay the bundled sample, show segments live."""
+    """Start services, the live view and a stream worker, replay the bundled sample, show segments live."""
     from segstream.demo import run_demo
 
     if data is None and source != "olist":
         raise click.UsageError("--source needs --data (the bundled sample is Olist)")
     settings = _settings(ctx, **flags)
     if not run_demo(
-        settings, data=data, source=source, mapping=mapping, speed=speed, keep_services=keep_services, echo=click.echo
+        settings,
+        data=data,
+        source=source,
+        mapping=mapping,
+        speed=speed,
+        keep_services=keep_services,
+        web=web,
+        echo=click.echo,
     ):
         sys.exit(1)
+
+
+# --- web --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", "web_host", help="Address to bind [env SEGSTREAM_WEB_HOST; default 127.0.0.1].")
+@click.option("--port", "web_port", type=click.IntRange(1, 65535), help="Port [env SEGSTREAM_WEB_PORT; 8765].")
+@click.option("--openapi", is_flag=True, help="Print the API's OpenAPI document (docs/openapi.json) and exit.")
+@click.pass_context
+def web(ctx: click.Context, openapi: bool, **flags: Any) -> None:
+    """Serve the live operations view and its read-only JSON API (reads Redis; never writes).
+
+    Binds 127.0.0.1 by default. Beyond this machine (--host 0.0.0.0) it needs SEGSTREAM_WEB_TOKEN,
+    which every request must then carry (Authorization: Bearer <token>, or open the page once with
+    ?token=<token>, which sets a cookie). The API is described at /openapi.json.
+    """
+    import uvicorn
+
+    from segstream.web import WebRefused, check_bind, create_app
+
+    settings = _settings(ctx, **flags)
+    if openapi:
+        click.echo(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True))
+        return
+    try:
+        check_bind(settings)
+    except WebRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    import socket
+
+    with socket.socket() as probe:  # a taken port: one line, not uvicorn's traceback
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve on {settings.web_host}:{settings.web_port}: {exc.strerror}; pass --port"
+            ) from None
+    click.echo(f"segstream live view: http://{settings.web_host}:{settings.web_port}/ (API: /openapi.json)", err=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
 
 
 # The group's options, each taking a value: accepted after the subcommand too

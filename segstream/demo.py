@@ -7,6 +7,7 @@ Like the CLI, this is the face of the project: it may import every stage, and no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,8 +27,9 @@ def sample_path() -> Path:
     return Path(str(resources.files("replay") / "data" / "sample"))
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    """A ``segstream worker`` process with exactly these settings, logging to ``log_path``."""
+def start_worker(settings: Settings, log_path: Path, command: str = "worker") -> subprocess.Popen:
+    """A ``segstream worker`` (or another long-running ``command``, such as ``web``) process with
+    exactly these settings, logging to ``log_path``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSTREAM_")}
     env.update(settings_env(settings))
     env["SEGSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap_servers
@@ -35,7 +37,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "segstream", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "segstream", command], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
 
@@ -59,6 +61,7 @@ def run_demo(
     speed: float | None = None,
     keep_services: bool = True,
     timeout_s: float = 600,
+    web: bool = True,
     echo: Callable[[str], None] = print,
 ) -> bool:
     """Returns whether the worker processed the whole replay (every partition's end tick)."""
@@ -66,9 +69,16 @@ def run_demo(
     from segstream.services import services_down, services_up
     from streams.readmodel import overview, overview_lines, replay_consumed
 
+    view = None
+    if web:
+        echo(f"live view: http://{settings.web_host}:{settings.web_port}/ (open it to watch the replay)")
     echo("services:")
     for status in services_up(settings):
         echo("  " + status.line())
+    if web:
+        web_log = settings.run_dir / "logs" / "web.log"
+        view = start_worker(settings, web_log, "web")
+        echo(f"started the live view pid {view.pid} (log {web_log})")
     worker_log = settings.run_dir / "logs" / "worker.log"
     worker = start_worker(settings, worker_log)
     echo(f"started stream worker pid {worker.pid} (log {worker_log})")
@@ -120,8 +130,16 @@ def run_demo(
         if caught_up:
             _demo_retrain(settings, echo)
         echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
+        if view is not None and view.poll() is None and sys.stdin.isatty():
+            echo(f"the live view keeps running at http://{settings.web_host}:{settings.web_port}/: Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                view.wait()
     finally:
         stop_worker(worker)
+        if view is not None:
+            if view.poll() is not None and view.returncode:
+                echo(f"the live view exited with code {view.returncode}; see {web_log}")
+            stop_worker(view)
         if not keep_services:
             for message in services_down(settings):
                 echo("  " + message)

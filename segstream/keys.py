@@ -70,9 +70,20 @@ class Keys:
         return f"{self.prefix}:segments"
 
     @property
+    def churn_statuses(self) -> str:
+        """Hash: number of customers per churn status."""
+        return f"{self.prefix}:churn-statuses"
+
+    @property
     def changes(self) -> str:
-        """Stream (capped): the latest segment changes, for operations."""
+        """Stream (capped): the latest changes, for operations: field ``change`` holds a
+        SegmentChanged, field ``churn`` a ChurnChanged (JSON)."""
         return f"{self.prefix}:changes"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream (capped): the latest dead-lettered records' topic, partition, offset and reason."""
+        return f"{self.prefix}:dead-letters"
 
     @property
     def outbox(self) -> str:

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "bgnbd_of", "bgnbd_tuple", "segment_for"]
+__all__ = ["DAY", "SEGMENTS", "ChurnRules", "RfmScorer", "bgnbd_of", "bgnbd_tuple", "segment_for", "segment_meaning"]
 
 DAY = 86_400.0
 
@@ -27,6 +27,42 @@ SEGMENTS = (
     "Champions", "Loyal", "Potential Loyalists", "New Customers", "Promising", "Need Attention",
     "About to Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost",
 )  # fmt: skip
+
+
+# What each segment means to a person (the live view shows it on hover); the cells of _TABLE
+# that give it are added by segment_meaning.
+_MEANINGS = {
+    "Champions": "bought very recently, often and for a lot",
+    "Loyal": "buy often and spend well, bought recently",
+    "Potential Loyalists": "recent customers with some repeat or spend",
+    "New Customers": "bought very recently, once and for little",
+    "Promising": "recent, one small purchase",
+    "Need Attention": "middling recency, frequency and spend",
+    "About to Sleep": "middling recency, little frequency and spend",
+    "At Risk": "spent well or often, but long ago",
+    "Can't Lose Them": "the biggest spenders, silent for long",
+    "Hibernating": "little spend, long ago",
+    "Lost": "little spend, longest ago",
+}
+
+
+def segment_meaning(name: str) -> str:
+    """A segment's meaning and the R and FM scores that give it.
+
+    >>> segment_meaning("Champions")
+    'bought very recently, often and for a lot (R 5 and FM 4-5)'
+    """
+    cells = sorted((r, fm) for r, row in _TABLE.items() for fm, segment in enumerate(row, start=1) if segment == name)
+    if not cells:
+        raise ValueError(f"unknown segment {name!r}")
+    by_r: dict[int, list[int]] = {}
+    for r, fm in cells:
+        by_r.setdefault(r, []).append(fm)
+    parts = []
+    for r, fms in sorted(by_r.items(), reverse=True):
+        span = str(fms[0]) if len(fms) == 1 else f"{fms[0]}-{fms[-1]}"
+        parts.append(f"R {r} and FM {span}")
+    return f"{_MEANINGS[name]} ({'; '.join(parts)})"
 
 
 def segment_for(r: int, f: int, m: int) -> str:

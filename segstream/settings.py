@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "load_settings", "settings_env"]
@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     )
     worker_web_host: str = Field(
         "127.0.0.1", description="Address a worker's Faust web server binds (this machine only unless changed)."
+    )
+    web_host: str = Field(
+        "127.0.0.1", description="Address `segstream web` binds; beyond this machine it needs SEGSTREAM_WEB_TOKEN."
+    )
+    web_port: int = Field(8765, ge=1, le=65535, description="Port of `segstream web`.")
+    web_token: SecretStr | None = Field(
+        None,
+        description="Token `segstream web` requires on every request once set (bearer header or cookie); "
+        "required to bind beyond 127.0.0.1. Never printed.",
+    )
+    web_interval_s: float = Field(
+        1.0, gt=0, description="How often `segstream web` reads Redis and pushes a snapshot to open pages (s)."
     )
     worker_reviews_wait_s: float = Field(
         60.0,
@@ -190,11 +202,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
     >>> settings_env(Settings(kafka_port=19092))["SEGSTREAM_KAFKA_PORT"]
     '19092'
     """
-    return {
+    env = {
         f"SEGSTREAM_{name.upper()}": str(value)
         for name, value in settings.model_dump(mode="json").items()
         if value is not None
     }
+    # a secret dumps as asterisks: pass its value (the environment of a child process, never printed)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            env[f"SEGSTREAM_{name.upper()}"] = value.get_secret_value()
+    return env
 
 
 def load_settings(**flags: Any) -> Settings:

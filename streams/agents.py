@@ -38,6 +38,7 @@ from streams.state import ProfileStore
 __all__ = ["REDIS_AWAY", "StreamHandler"]
 
 REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)  # worth waiting out, not dead-lettering
+DEAD_LETTERS_KEPT = 100  # the latest dead letters kept in Redis for the operations view
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,9 @@ class StreamHandler:
         pipe = self.client.pipeline(transaction=True)
         pipe.hincrby(self.keys.counters, "consumed", 1)
         pipe.hincrby(self.keys.counters, "dead_lettered", 1)
+        # the latest few, for the operations view (the topic has them all)
+        seen = {"topic": topic, "partition": partition, "offset": offset, "reason": reason, "at": time.time()}
+        pipe.xadd(self.keys.dead_letters, seen, maxlen=DEAD_LETTERS_KEPT, approximate=True)
         await pipe.execute()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 

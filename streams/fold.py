@@ -80,9 +80,10 @@ class Working:
     applied: set[str]  # event ids applied as stored (shared with the cache: never changed in place)
     fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
     duplicates: int = 0
-    # change events of the batch: (previous, new, event-day, payload) flat per segment change; payloads of churn changes
+    # change events of the batch, flat: (previous, new, event-day, payload) per segment change,
+    # (previous, new, payload) per churn change ('' for none): the write script counts with them
     segment_changes: list = field(default_factory=list)
-    churn_changes: list[bytes] = field(default_factory=list)
+    churn_changes: list = field(default_factory=list)
     due: float | None = None
     dirty: bool = False
 
@@ -223,7 +224,9 @@ class Fold:
             state.segment_changes += (previous_segment, profile.segment, moment[:10], payload)
         if profile.churn != previous_churn:
             profile.churn_changes += 1
-            state.churn_changes.append(
+            state.churn_changes += (
+                previous_churn or "",
+                profile.churn or "",
                 _churn_changed(
                     f"churn:{customer}:{profile.churn_changes}",
                     moment,
@@ -233,5 +236,5 @@ class Fold:
                     profile.churn_reasons,
                     cause,
                     source,
-                )
+                ),
             )

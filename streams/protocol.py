@@ -22,7 +22,8 @@ class WriteHeader:
     transitions_prefix: str  # + event-day: the transition counts of that day
     due_prefix: str  # + partition: the due index
     segments: str  # customers per segment (a hash)
-    changes: str  # the capped stream of recent segment changes
+    churn_statuses: str  # customers per churn status (a hash)
+    changes: str  # the capped stream of recent segment and churn changes
     outbox: str  # change events waiting for Kafka (a stream)
     counters: str
     watermarks: str  # the topic's watermarks (a hash: partition -> event time)

@@ -4,8 +4,10 @@ recommendations, segment counts, the latest shifts."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 import redis
 
@@ -24,7 +26,10 @@ __all__ = [
     "overview_lines",
     "profile_lines",
     "read_profile",
+    "recent_changes",
     "replay_consumed",
+    "segment_history",
+    "transitions_between",
 ]
 
 
@@ -119,10 +124,10 @@ def overview(settings: Settings, latest: int = 10) -> Overview:
     pipe.hgetall(keys.counters)
     pipe.hvals(keys.watermarks)
     if latest:
-        pipe.xrevrange(keys.changes, count=latest)
+        pipe.xrevrange(keys.changes, count=4 * latest)  # churn changes share the stream
     segments, counters, watermarks, *changes = pipe.execute()
     changes = changes[0] if changes else []
-    latest = [SegmentChanged.model_validate_json(fields[b"change"]) for _, fields in changes]
+    latest = [SegmentChanged.model_validate_json(f[b"change"]) for _, f in changes if b"change" in f][:latest]
     return Overview(
         segments={k.decode(): int(v) for k, v in segments.items() if int(v)},
         # newest event time first (the stream holds them in write order: partitions interleave)
@@ -201,3 +206,61 @@ def overview_lines(view: Overview) -> list[str]:
         + ", ".join(f"{k} {counters.get(k, 0):,}" for k in ("consumed", "applied", "duplicates", "dead_lettered"))
     )
     return lines
+
+
+def _days(client: redis.Redis, keys: Keys) -> list[str]:
+    """The event-days with transition counts, in order."""
+    return sorted({k.decode().rsplit(":", 1)[1] for k in client.scan_iter(match=keys.transitions("*"), count=1_000)})
+
+
+def segment_history(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Customers per segment at the end of each event-day with a change, from the stream's per-day
+    transition counts ('previous>new'; an empty previous is a first segment)."""
+    days = _days(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for day in days:
+        pipe.hgetall(keys.transitions(day))
+    sizes: Counter[str] = Counter()
+    history = []
+    for day, flows in zip(days, pipe.execute() if days else [], strict=True):
+        for flow, count in flows.items():
+            before, after = flow.decode().split(">", 1)
+            if before:
+                sizes[before] -= int(count)
+            if after:
+                sizes[after] += int(count)
+        history.append({"day": day, "segments": {s: n for s, n in sorted(sizes.items()) if n}})
+    return history
+
+
+def transitions_between(client: redis.Redis, keys: Keys, start: date, end: date) -> list[dict[str, Any]]:
+    """Segment transitions of the event-days ``start`` to ``end`` (both included), summed:
+    ``{"from", "to", "customers"}``, largest first; ``from`` is "" for a customer's first segment."""
+    days = [d for d in _days(client, keys) if start.isoformat() <= d <= end.isoformat()]
+    pipe = client.pipeline(transaction=False)
+    for day in days:
+        pipe.hgetall(keys.transitions(day))
+    flows: Counter[tuple[str, str]] = Counter()
+    for counts in pipe.execute() if days else []:
+        for flow, count in counts.items():
+            before, after = flow.decode().split(">", 1)
+            flows[(before, after)] += int(count)
+    return [
+        {"from": a, "to": b, "customers": n} for (a, b), n in sorted(flows.items(), key=lambda kv: (-kv[1], kv[0])) if n
+    ]
+
+
+def recent_changes(client: redis.Redis, keys: Keys, limit: int = 50, after: str | None = None) -> list[dict[str, Any]]:
+    """The latest segment and churn changes, newest written first (or, with ``after``, those written
+    after that stream id, oldest first): ``kind`` (``segment`` or ``churn``), ``id`` (the stream id)
+    and the event's fields."""
+    if after:
+        entries = client.xrange(keys.changes, min=f"({after}", count=limit)
+    else:
+        entries = client.xrevrange(keys.changes, count=limit)
+    out = []
+    for entry_id, fields in entries:
+        for field, kind in ((b"change", "segment"), (b"churn", "churn")):
+            if field in fields:
+                out.append({"kind": kind, "id": entry_id.decode(), **json.loads(fields[field])})
+    return out

@@ -311,7 +311,7 @@ class ProfileStore:
             profile.version = expected + 1
             fields = profile.changed_fields(state.base)
             scored = 1 if profile.last_purchase is not None else 0
-            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes)}"
+            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes) // 3}"
             shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
             args += (customer, shape)
             args += chain.from_iterable(fields.items())  # name, value, name, value...
@@ -328,6 +328,7 @@ class ProfileStore:
             transitions_prefix=self.keys.transitions(""),
             due_prefix=self.keys.due(""),
             segments=self.keys.segments,
+            churn_statuses=self.keys.churn_statuses,
             changes=self.keys.changes,
             outbox=self.keys.outbox,
             counters=self.keys.counters,

@@ -89,12 +89,17 @@ def test_demo_runs_end_to_end_on_fresh_embedded_services(tmp_path: Path) -> None
         "SEGSTREAM_RUN_DIR": str(tmp_path / "run"),
         "SEGSTREAM_KAFKA_PORT": str(free_port()),
         "SEGSTREAM_REDIS_PORT": str(free_port()),
+        "SEGSTREAM_WEB_PORT": str(web_port := free_port()),
     }
     done = subprocess.run(
         [sys.executable, "-m", "segstream.cli", "demo", "--stop-services"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # the live view's address comes first, so a user can open it before the replay starts
+    assert done.stdout.splitlines()[0].startswith(f"live view: http://127.0.0.1:{web_port}/"), done.stdout[:300]
+    assert "started the live view pid" in done.stdout and "the live view exited" not in done.stdout
+    assert "Uvicorn running on" in (tmp_path / "run" / "logs" / "web.log").read_text()
     assert "segments after the replay:" in done.stdout
     assert "order_placed          2,971" in done.stdout
     # the table after the replay is the oracle's final state of the bundled sample

@@ -130,6 +130,8 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
 
     counts = workers.redis.hgetall(workers.keys.segments)
     assert {k.decode(): int(v) for k, v in counts.items() if int(v)} == expected["segment"].value_counts().to_dict()
+    statuses = workers.redis.hgetall(workers.keys.churn_statuses)
+    assert {k.decode(): int(v) for k, v in statuses.items() if int(v)} == expected["churn"].value_counts().to_dict()
     counters = workers.counters()
     assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
     assert counters["applied"] == summary.events_total

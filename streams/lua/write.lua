@@ -4,7 +4,7 @@
 -- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, eight numbers
 -- in one string: 'partition expected-version n-fields n-ids scored(1/0) duplicates
 -- n-segment-changes n-churn-changes'; (field name, value) * n-fields; id * n-ids; due ('' = none);
--- (previous, new, event-day, payload) * n-segment-changes; payload * n-churn-changes.
+-- (previous, new, event-day, payload) * n-segment-changes; (previous, new, payload) * n-churn-changes.
 -- The worker waits on this script more than Redis waits on the worker (a catch-up spent ~30% of
 -- its time awaiting write replies), so its per-write cost counts: the eight numbers travel in one
 -- string, read by one string.match (a gmatch loop cost 14% more), and the fields go to HSET
@@ -12,14 +12,15 @@
 -- more, ~6 us a write; the ~6 extra arguments cost the worker ~2 us at hiredis's ~0.35 us each,
 -- an estimate, not timed). Measured on 40 captured calls of a catch-up, in one sitting.
 local HEADER = {
-  'profile_prefix', 'applied_prefix', 'transitions_prefix', 'due_prefix', 'segments', 'changes', 'outbox',
-  'counters', 'watermarks', 'latencies', 'recent_changes', 'recent_latencies', 'segment_topic', 'churn_topic',
+  'profile_prefix', 'applied_prefix', 'transitions_prefix', 'due_prefix', 'segments', 'churn_statuses', 'changes',
+  'outbox', 'counters', 'watermarks', 'latencies', 'recent_changes', 'recent_latencies', 'segment_topic', 'churn_topic',
   'duplicates', 'ticks', 'watermark_count', 'sent_count', 'write_count',
 }
 local h = {}
 for k, name in ipairs(HEADER) do h[name] = ARGV[k] end
 local profile, applied_prefix, transitions, due_prefix = h.profile_prefix, h.applied_prefix, h.transitions_prefix, h.due_prefix
 local segments, changes, outbox, counters, watermarks = h.segments, h.changes, h.outbox, h.counters, h.watermarks
+local churn_statuses = h.churn_statuses
 local latencies, recent, latency_cap = h.latencies, h.recent_changes, tonumber(h.recent_latencies)
 local segment_topic, churn_topic = h.segment_topic, h.churn_topic
 local duplicates, ticks = tonumber(h.duplicates), tonumber(h.ticks)
@@ -30,7 +31,8 @@ local applied, consumed = 0, duplicates
 local lost = {}
 -- segment counts and transitions add up over the batch; change events leave in a few outbox
 -- entries, each field '<n>:<topic>:<customer>' holding one event
-local counts, moves, out, latest = {}, {}, {}, {}
+-- (latest, kinds: the recent changes and their field in the `changes` stream, 'change' or 'churn')
+local counts, churn_counts, moves, out, latest, kinds = {}, {}, {}, {}, {}, {}
 local function flush_outbox()
   if #out > 0 then redis.call('XADD', outbox, '*', unpack(out)); out = {} end
 end
@@ -53,7 +55,7 @@ for write = 1, nwrites do
   local due = ARGV[ids_at + nids]
   local segment_at = ids_at + nids + 1
   local churn_at = segment_at + 4 * nsegment
-  i = churn_at + nchurn
+  i = churn_at + 3 * nchurn
   local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
   if ok then
     for k = ids_at, ids_at + nids - 1 do
@@ -77,10 +79,16 @@ for write = 1, nwrites do
       moves[day] = moves[day] or {}
       moves[day][previous .. '>' .. new] = (moves[day][previous .. '>' .. new] or 0) + 1
       latest[#latest + 1] = payload
+      kinds[#latest] = 'change'
       to_outbox(segment_topic, customer, payload)
     end
-    for k = churn_at, churn_at + nchurn - 1 do
-      to_outbox(churn_topic, customer, ARGV[k])
+    for k = churn_at, churn_at + 3 * (nchurn - 1), 3 do
+      local previous, new, payload = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+      if previous ~= '' then churn_counts[previous] = (churn_counts[previous] or 0) - 1 end
+      if new ~= '' then churn_counts[new] = (churn_counts[new] or 0) + 1 end
+      to_outbox(churn_topic, customer, payload)
+      latest[#latest + 1] = payload
+      kinds[#latest] = 'churn'
     end
     applied = applied + nids
     consumed = consumed + nids + dups
@@ -90,10 +98,13 @@ end
 flush_outbox()
 -- the capped stream of recent changes only ever keeps the last `recent` of them
 for k = math.max(1, #latest - tonumber(recent) + 1), #latest do
-  redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', 'change', latest[k])
+  redis.call('XADD', changes, 'MAXLEN', '~', recent, '*', kinds[k], latest[k])
 end
 for name, delta in pairs(counts) do
   if delta ~= 0 then redis.call('HINCRBY', segments, name, delta) end
+end
+for name, delta in pairs(churn_counts) do
+  if delta ~= 0 then redis.call('HINCRBY', churn_statuses, name, delta) end
 end
 for day, fields in pairs(moves) do
   for field, n in pairs(fields) do redis.call('HINCRBY', day, field, n) end

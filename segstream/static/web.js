@@ -1,0 +1,269 @@
+// The live view: one EventSource (/api/stream) pushes a snapshot a second; the history and the
+// transitions are fetched when the event-time watermark moves. Nothing here writes anything.
+(function () {
+  "use strict";
+  var ORDER = ["Champions", "Loyal", "Potential Loyalists", "New Customers", "Promising", "Need Attention",
+    "About to Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"];
+  var STATUSES = ["active", "at_risk", "churned"];
+  // one colour per segment in every chart: greens are good, reds need action, greys are gone
+  var COLORS = { "Champions": "#1a7f37", "Loyal": "#4caf50", "Potential Loyalists": "#8bc34a", "New Customers": "#2f81f7",
+    "Promising": "#7cb7ff", "Need Attention": "#f0b429", "About to Sleep": "#f59e0b", "At Risk": "#e4572e",
+    "Can't Lose Them": "#b91c1c", "Hibernating": "#9aa4b2", "Lost": "#5b6472" };
+  var meanings = {};
+  var charts = {};
+  var feed = [];
+  var lastWatermark = null;
+  var windowChosen = false;
+  var fmt = new Intl.NumberFormat("en");
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  function row(cells, numeric) {
+    var tr = el("tr");
+    cells.forEach(function (c, i) {
+      var td = el("td", numeric && numeric.indexOf(i) >= 0 ? { class: "n" } : {});
+      if (c instanceof Node) td.appendChild(c); else td.textContent = c === null || c === undefined ? "–" : String(c);
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+  function fill(tbody, rows) {
+    while (tbody.firstChild) tbody.removeChild(tbody.firstChild);
+    rows.forEach(function (r) { tbody.appendChild(r); });
+  }
+  function when(iso) { return iso ? iso.replace("T", " ").replace(/(\+00:00|Z)$/, " UTC") : "–"; }
+  function chart(id) {
+    if (!charts[id]) {
+      var node = $(id);
+      charts[id] = echarts.init(node, null, { renderer: "svg" });
+      charts[id].on("finished", function () { node.dataset.rendered = "1"; });
+    }
+    return charts[id];
+  }
+  function json(url) {
+    return fetch(url, { credentials: "same-origin" }).then(function (r) {
+      return r.json().then(function (body) { return { status: r.status, body: body }; });
+    });
+  }
+  function sorted(names) {
+    return names.slice().sort(function (a, b) {
+      var i = ORDER.indexOf(a), j = ORDER.indexOf(b);
+      return (i < 0 ? 99 : i) - (j < 0 ? 99 : j) || (a < b ? -1 : 1);
+    });
+  }
+
+  // ---- segments now --------------------------------------------------------------------------
+  function showSegments(segments) {
+    var names = sorted(ORDER.concat(Object.keys(segments).filter(function (s) { return ORDER.indexOf(s) < 0; })));
+    var total = names.reduce(function (t, s) { return t + (segments[s] || 0); }, 0);
+    $("total").textContent = fmt.format(total) + " customers";
+    $("total").dataset.total = String(total);
+    fill($("segment-table").tBodies[0], names.filter(function (s) { return segments[s]; }).map(function (s) {
+      var tr = row([s, fmt.format(segments[s]), (100 * segments[s] / total).toFixed(1) + "%"], [1, 2]);
+      tr.dataset.segment = s;
+      tr.dataset.count = String(segments[s]);
+      tr.title = meanings[s] || "";
+      return tr;
+    }));
+    chart("chart-now").setOption({
+      animation: false,
+      grid: { left: 130, right: 30, top: 10, bottom: 30 },
+      tooltip: {
+        trigger: "item",
+        formatter: function (p) { return "<b>" + p.name + "</b>: " + fmt.format(p.value) + " customers<br>" + (meanings[p.name] || ""); }
+      },
+      xAxis: { type: "value" },
+      yAxis: { type: "category", data: names.slice().reverse() },
+      series: [{ type: "bar", data: names.slice().reverse().map(function (s) {
+        return { value: segments[s] || 0, itemStyle: { color: COLORS[s] || "#4a6fd1" } };
+      }) }]
+    });
+  }
+
+  // ---- history and transitions (fetched when the watermark moves) ------------------------------
+  function showHistory(points) {
+    var names = sorted(Object.keys(points.reduce(function (all, p) { Object.assign(all, p.segments); return all; }, {})));
+    chart("chart-history").setOption({
+      animation: false,
+      legend: { top: 0, type: "scroll" },
+      grid: { left: 60, right: 20, top: 40, bottom: 40 },
+      tooltip: { trigger: "axis" },
+      xAxis: { type: "category", data: points.map(function (p) { return p.day; }) },
+      yAxis: { type: "value", name: "customers" },
+      series: names.map(function (s) {
+        return { name: s, type: "line", stack: "all", areaStyle: {}, showSymbol: false, color: COLORS[s],
+          data: points.map(function (p) { return p.segments[s] || 0; }) };
+      })
+    }, true);
+  }
+  function showFlows(result) {
+    var links = result.transitions.filter(function (t) { return t.to; }).map(function (t) {
+      return { source: "from " + (t.from || "(new customer)"), target: "to " + t.to, value: t.customers };
+    });
+    var nodes = {};
+    links.forEach(function (l) { nodes[l.source] = 1; nodes[l.target] = 1; });
+    var moved = links.reduce(function (n, l) { return n + l.value; }, 0);
+    $("window-note").textContent = fmt.format(moved) + " moves from " + result.start + " to " + result.end +
+      (links.length ? "" : ": none in these days");
+    // from/to prefixes keep the graph two-sided: A->B and B->A are not a cycle
+    chart("chart-flows").setOption({
+      animation: false,
+      tooltip: { trigger: "item" },
+      series: [{ type: "sankey", left: 10, right: 150, data: Object.keys(nodes).map(function (n) { return { name: n }; }),
+        links: links, emphasis: { focus: "adjacency" }, label: { fontSize: 11 } }]
+    }, true);
+  }
+  function refreshWindow() {
+    json("api/transitions?from=" + $("from").value + "&to=" + $("to").value).then(function (r) {
+      if (r.status === 200) showFlows(r.body); else $("window-note").textContent = r.body.error;
+    });
+  }
+  function onWatermark(watermark) {
+    if (!watermark || watermark === lastWatermark) return;
+    lastWatermark = watermark;
+    json("api/segments/history").then(function (r) { if (r.status === 200) showHistory(r.body); });
+    if (!windowChosen) {
+      var end = new Date(watermark);
+      var start = new Date(end.getTime() - 29 * 86400e3);
+      $("from").value = start.toISOString().slice(0, 10);
+      $("to").value = end.toISOString().slice(0, 10);
+    }
+    refreshWindow();
+  }
+  $("window").addEventListener("submit", function (e) { e.preventDefault(); windowChosen = true; refreshWindow(); });
+
+  // ---- feed, churn ------------------------------------------------------------------------------
+  function customerLink(id) {
+    var a = el("a", { class: "customer", title: id }, id.slice(0, 12));
+    a.addEventListener("click", function () { $("customer").value = id; lookup(id); });
+    return a;
+  }
+  function describe(c) {
+    if (c.kind === "segment") return (c.previous_segment || "(new)") + " → " + c.segment;
+    var why = c.reasons && c.reasons.length ? " (" + c.reasons.join(", ") + ")" : "";
+    return "churn " + (c.previous_status || "(none)") + " → " + c.status + why;
+  }
+  function showFeed(changes) {
+    feed = feed.concat(changes).slice(-200);
+    fill($("feed").tBodies[0], feed.slice().reverse().slice(0, 100).map(function (c) {
+      return row([when(c.event_time), customerLink(c.customer_unique_id), describe(c), c.cause]);
+    }));
+    var reasons = {};
+    feed.forEach(function (c) { if (c.kind === "churn") (c.reasons || []).forEach(function (r) { reasons[r] = (reasons[r] || 0) + 1; }); });
+    var names = Object.keys(reasons).sort(function (a, b) { return reasons[b] - reasons[a]; });
+    fill($("reasons").tBodies[0], names.length ? names.map(function (r) { return row([r, fmt.format(reasons[r])], [1]); })
+      : [row(["none yet", ""])]);
+  }
+  function showChurn(churn) {
+    chart("chart-churn").setOption({
+      animation: false,
+      grid: { left: 70, right: 30, top: 10, bottom: 30 },
+      tooltip: { trigger: "item" },
+      xAxis: { type: "value" },
+      yAxis: { type: "category", data: STATUSES.slice().reverse() },
+      series: [{ type: "bar", data: STATUSES.slice().reverse().map(function (s) { return churn[s] || 0; }),
+        itemStyle: { color: "#c8553d" } }]
+    });
+  }
+
+  // ---- health ----------------------------------------------------------------------------------
+  function showHealth(s) {
+    var c = s.counters || {};
+    var models = s.models;
+    $("status").innerHTML = "";
+    [["event time", when(s.watermark)], ["events/s", s.events_per_second === null ? "–" : fmt.format(s.events_per_second)],
+      ["lag", s.lag_total === null ? "unknown" : fmt.format(s.lag_total)], ["dead letters", fmt.format(s.dead_letters)],
+      ["models", models ? "run " + models.run : "none"]].forEach(function (pair, i) {
+      if (i) $("status").appendChild(document.createTextNode(" · "));
+      $("status").appendChild(document.createTextNode(pair[0] + " "));
+      $("status").appendChild(el("b", {}, pair[1]));
+    });
+    fill($("counters").tBodies[0], [
+      row(["events consumed", fmt.format(c.consumed || 0)], [1]),
+      row(["applied / duplicates / dead-lettered", [c.applied || 0, c.duplicates || 0, c.dead_lettered || 0].map(fmt.format).join(" / ")], [1]),
+      row(["clock ticks", fmt.format(c.ticks || 0)], [1]),
+      row(["change events waiting for Kafka (outbox)", fmt.format(s.outbox)], [1]),
+      row(["RFM thresholds in force", !s.thresholds_version ? "the defaults (the first retrain publishes thresholds of the live population)" :
+        "version " + s.thresholds_version + (s.rescore_done ? ", every partition re-scored" : ", re-scoring…")])
+    ]);
+    fill($("partitions").tBodies[0], s.partitions.map(function (p) {
+      return row([p.partition, when(p.watermark), when(p.reviews_watermark), p.lag, p.reviews_lag, p.rescored_version], [3, 4]);
+    }));
+    $("lag-note").textContent = s.lag_note;
+    fill($("dead").tBodies[0], s.last_dead_letters.length ? s.last_dead_letters.map(function (d) {
+      return row([when(d.at), d.topic + "[" + d.partition + "]@" + d.offset, d.reason]);
+    }) : [row(["none", "", ""])]);
+    $("models").textContent = models ? "retrain run " + models.run + " at event time " + when(models.cutoff) +
+      "; CLV from run " + (models.clv || "–") + ", recommendations from run " + (models.recommendations || "–") : "none yet: run `segstream retrain --once`";
+  }
+
+  function banner(text, isError) {
+    var b = $("banner");
+    b.hidden = !text;
+    b.className = "banner" + (isError ? " error" : "");
+    b.innerHTML = text || "";
+  }
+
+  function onSnapshot(s) {
+    if (s.error) { banner("Cannot read the state: " + s.error.replace(/</g, "&lt;"), true); return; }
+    meanings = s.meanings || meanings;
+    var total = Object.keys(s.segments).reduce(function (t, k) { return t + s.segments[k]; }, 0);
+    banner(total ? "" : "Nothing has been replayed yet. Start a worker (<code>segstream worker</code>) and replay " +
+      "history (<code>segstream replay --data DIR</code>), or run <code>segstream demo</code>: this page updates by itself.");
+    showSegments(s.segments);
+    showChurn(s.churn);
+    showFeed(s.changes || []);
+    showHealth(s);
+    onWatermark(s.watermark);
+    document.body.dataset.snapshots = String(Number(document.body.dataset.snapshots || 0) + 1);
+  }
+
+  // ---- customer lookup -------------------------------------------------------------------------
+  function lookup(id) {
+    var out = $("customer-out");
+    out.textContent = "looking up…";
+    json("api/customers/" + encodeURIComponent(id.trim())).then(function (r) {
+      out.textContent = "";
+      if (r.status !== 200) { out.appendChild(el("p", { class: "empty" }, r.body.error)); return; }
+      var c = r.body, p = c.profile;
+      var t = el("table", { class: "compact", id: "customer-profile" });
+      t.dataset.customer = c.customer_unique_id;
+      var body = el("tbody");
+      [["customer", c.customer_unique_id], ["segment", (p.segment || "none") + (p.r ? " (R " + p.r + ", F " + p.f + ", M " + p.m + ")" : "")],
+        ["meaning", meanings[p.segment] || "–"],
+        ["churn status", (p.churn || "–") + (p.churn_reasons && p.churn_reasons.length ? " (" + p.churn_reasons.join(", ") + ")" : "")],
+        ["orders", p.orders + " on " + p.purchase_days + " purchase days"], ["monetary", p.monetary],
+        ["first / last purchase", when(p.first_purchase) + " / " + when(p.last_purchase)],
+        ["evaluated at (event time)", when(p.evaluated_at)],
+        ["reviews", p.reviews + (p.review_mean ? ", mean " + p.review_mean.toFixed(2) : "")],
+        ["deliveries", p.deliveries + ", " + p.late_deliveries + " late"],
+        ["P(alive)", p.p_alive === null ? "– (no BG/NBD model yet)" : p.p_alive.toFixed(3)],
+        ["CLV (model run " + (c.models ? c.models.clv : "–") + ")", c.scores ? c.scores.clv.toFixed(2) + ", " +
+          c.scores.expected_purchases.toFixed(3) + " expected purchase days" : "– (no CLV model, or no purchase before its cutoff)"],
+        ["recommendations", c.recommendations ? c.recommendations.strategy + ": " + c.recommendations.items.join(", ") : "– (no model yet)"],
+        ["location", [p.city, p.state].filter(Boolean).join(", ") || "–"]
+      ].forEach(function (pair) { body.appendChild(row(pair)); });
+      t.appendChild(body);
+      out.appendChild(t);
+      out.appendChild(el("h3", {}, "Changes"));
+      out.appendChild(el("p", { class: "hint" }, c.changes_note));
+      var ch = el("table", { class: "compact" });
+      var chb = el("tbody");
+      (c.changes.length ? c.changes : []).forEach(function (x) { chb.appendChild(row([when(x.event_time), describe(x), x.cause])); });
+      if (!c.changes.length) chb.appendChild(row(["none in the feed", "", ""]));
+      ch.appendChild(chb);
+      out.appendChild(ch);
+    });
+  }
+  $("lookup").addEventListener("submit", function (e) { e.preventDefault(); lookup($("customer").value); });
+
+  var source = new EventSource("api/stream");
+  source.addEventListener("snapshot", function (e) { onSnapshot(JSON.parse(e.data)); });
+  source.onerror = function () { $("status").textContent = "reconnecting…"; };
+  window.addEventListener("resize", function () { Object.keys(charts).forEach(function (k) { charts[k].resize(); }); });
+})();

@@ -1,0 +1,273 @@
+"""`segstream web` on real services: the page in headless Chromium while a replay runs, the JSON
+API against the state the workers wrote, the token rule, and the OpenAPI document in docs/.
+
+One module-wide setup: a broker topic pair, a Redis prefix and a consumer group of its own, a real
+`segstream web` process (uvicorn) and, from the second test on, a stream worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from replay.olist import load_olist
+from replay.producer import ensure_topics, replay_history
+from segstream.demo import start_worker, stop_worker
+from segstream.schemas import ChurnChanged, SegmentChanged
+from segstream.settings import Settings
+from segstream.web import WebRefused, check_bind, create_app
+from tests.browser import Browser
+from tests.conftest import Workers, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[1]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@dataclass
+class Live:
+    settings: Settings
+    workers: Workers
+    url: str
+    web: subprocess.Popen
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kwargs)
+
+    def redis_segments(self) -> dict[str, int]:
+        raw = self.workers.redis.hgetall(self.workers.keys.segments)
+        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+
+
+@pytest.fixture(scope="module")
+def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("web")
+    tag = uuid.uuid4().hex[:8]
+    settings = services.model_copy(
+        update={
+            "run_dir": tmp / "run",
+            "app_id": f"web-{tag}",
+            "redis_prefix": f"web-{tag}",
+            "topic_orders": f"web-{tag}.orders",
+            "topic_reviews": f"web-{tag}.reviews",
+            "topic_segment_changes": f"web-{tag}.segment-changes",
+            "topic_churn_signals": f"web-{tag}.churn-signals",
+            "topic_dead_letter": f"web-{tag}.dead-letter",
+            "worker_batch": 200,
+            "web_port": free_port(),
+            "web_interval_s": 0.5,
+        }
+    )
+    topics = [settings.topic_orders, settings.topic_reviews]
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
+    web = start_worker(settings, tmp / "web.log", "web")
+    url = f"http://127.0.0.1:{settings.web_port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert web.poll() is None and time.monotonic() < deadline, (tmp / "web.log").read_text()
+        time.sleep(0.2)
+    group = Workers(settings, tmp)
+    try:
+        yield Live(settings, group, url, web)
+    finally:
+        group.stop()
+        stop_worker(web)
+
+
+def test_the_page_loads_empty_and_says_what_to_do(live: Live) -> None:
+    with Browser() as browser:
+        page = browser.open(live.url + "/")
+        page.wait_for("Number(document.body.dataset.snapshots || 0) >= 2")
+        banner = page.evaluate("(b => b.hidden ? '' : b.innerText)(document.getElementById('banner'))")
+        assert "Nothing has been replayed yet" in banner and "segstream replay" in banner
+        assert page.evaluate("document.getElementById('total').dataset.total") == "0"
+        assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
+
+
+def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: Live, synth_small: Path) -> None:
+    live.workers.start()
+    history = load_olist(synth_small)
+    summary: list = []
+    with Browser() as browser:
+        page = browser.open(live.url + "/")
+        page.wait_for("Number(document.body.dataset.snapshots || 0) >= 1")
+        page.evaluate("window.__sameDocument = 'yes'")  # gone if the page reloads
+        # ~400 orders over ~2 years at 20 days of event time a second: ~40 s, read by the page meanwhile
+        replay = threading.Thread(
+            target=lambda: summary.append(asyncio.run(replay_history(history, live.settings, speed=1_728_000.0))),
+            daemon=True,
+        )
+        replay.start()
+        seen: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(set(seen)) < 4:
+            seen.append(int(page.evaluate("document.getElementById('total').dataset.total")))
+            time.sleep(0.5)
+        assert len(set(seen)) >= 4, f"the count on the page moved through {sorted(set(seen))} only"
+        assert seen == sorted(seen)  # customers only arrive
+        assert page.evaluate("window.__sameDocument") == "yes"
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        replay.join(600)
+        live.workers.wait_for_end(summary[0])
+        # within a few snapshots of the end, the page's table equals Redis's segment counts
+        want = live.redis_segments()
+        table = (
+            "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#segment-table tbody tr')]"
+            ".map(r => [r.dataset.segment, Number(r.dataset.count)]).sort()))"
+        )
+        expected = json.dumps(dict(sorted(want.items())), separators=(",", ":"))
+        try:
+            page.wait_for(f"{table} === {json.dumps(expected)}", timeout=30)
+        except AssertionError:
+            assert json.loads(page.evaluate(table)) == want  # shows the difference
+        # the customer lookup, from a link in the live feed
+        customer = page.evaluate("document.querySelector('#feed a.customer').title")
+        page.evaluate(f"document.getElementById('customer').value = {customer[:10]!r}; 1")
+        page.evaluate("document.getElementById('lookup').requestSubmit(); 1")
+        page.wait_for("!!document.getElementById('customer-profile')")
+        assert page.evaluate("document.getElementById('customer-profile').dataset.customer") == customer
+        stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
+        assert stored in page.evaluate("document.getElementById('customer-profile').innerText")
+        charts = page.evaluate("[...document.querySelectorAll('.chart')].map(c => c.dataset.rendered || '')")
+        assert charts == ["1"] * 4
+        assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
+        page.screenshot(ARTIFACTS / "web-view.png")
+
+
+def test_the_api_answers_from_the_workers_state(live: Live) -> None:
+    want = live.redis_segments()
+    assert want, "the previous test replays a history"
+    segments = live.get("/api/segments").json()
+    assert segments["segments"] == want and segments["total"] == sum(want.values())
+    assert segments["meanings"]["Champions"].startswith("bought very recently")
+    # every customer's moves over all days add up to the segment counts now
+    history = live.get("/api/segments/history").json()
+    assert history[-1]["segments"] == want
+    flows = live.get("/api/transitions", params={"from": history[0]["day"], "to": history[-1]["day"]}).json()
+    net: Counter[str] = Counter()
+    for t in flows["transitions"]:
+        net[t["to"]] += t["customers"]
+        if t["from"]:
+            net[t["from"]] -= t["customers"]
+    assert {k: v for k, v in net.items() if v} == want
+    one_day = live.get("/api/transitions", params={"from": history[-1]["day"], "to": history[-1]["day"]}).json()
+    assert sum(t["customers"] for t in one_day["transitions"]) < sum(t["customers"] for t in flows["transitions"])
+    # the feed: both kinds, newest written first, each a valid event of the published schemas
+    changes = live.get("/api/changes", params={"limit": 300}).json()
+    assert {c["kind"] for c in changes} == {"segment", "churn"}
+    positions = [tuple(map(int, c["id"].split("-"))) for c in changes]
+    assert positions == sorted(positions, reverse=True)
+    for change in changes:
+        model = SegmentChanged if change["kind"] == "segment" else ChurnChanged
+        model.model_validate({k: v for k, v in change.items() if k not in ("kind", "id")})
+    health = live.get("/api/health").json()
+    counters = {k.decode(): int(v) for k, v in live.workers.redis.hgetall(live.workers.keys.counters).items()}
+    assert health["counters"]["applied"] == counters["applied"] > 0
+    assert health["watermark"] is not None and len(health["partitions"]) == live.settings.topic_partitions
+    assert health["lag_total"] is not None, health["lag_note"]  # read from the broker's committed offsets
+    customer = changes[0]["customer_unique_id"]
+    found = live.get(f"/api/customers/{customer}").json()
+    stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
+    assert found["profile"]["segment"] == stored
+    assert found["changes"] and all(c["customer_unique_id"] == customer for c in found["changes"])
+
+
+def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
+    missing = live.get("/api/customers/ffffffffffffffffffffffffff")
+    assert missing.status_code == 404 and "no customer" in missing.json()["error"]
+    assert live.get("/api/models").status_code == 404  # no retrain in this module
+    for path, params in [
+        ("/api/changes", {"limit": 0}),
+        ("/api/changes", {"limit": "many"}),
+        ("/api/transitions", {"from": "2018-13-01", "to": "2018-01-31"}),
+        ("/api/transitions", {"from": "2018-02-01", "to": "2018-01-01"}),
+        ("/api/transitions", {"from": "2018-02-01"}),
+        ("/api/customers/abc", {}),  # shorter than a usable prefix
+    ]:
+        answer = live.get(path, params=params)
+        assert answer.status_code == 422, (path, params, answer.text)
+        assert answer.json()["error"], answer.text
+
+
+def test_nothing_the_api_serves_writes_to_redis(live: Live) -> None:
+    client = live.workers.redis
+    live.workers.stop()  # no writer left: any change now would be the view's
+
+    def state() -> dict[bytes, bytes | None]:  # every key of the run, serialised
+        return {key: client.dump(key) for key in client.scan_iter(match=f"{live.settings.redis_prefix}:*")}
+
+    before = state()
+    for path in ("/", "/api/segments", "/api/segments/history", "/api/changes", "/api/health"):
+        assert live.get(path).status_code == 200
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert httpx.request(method, live.url + "/api/segments", timeout=10).status_code == 405
+    time.sleep(2 * live.settings.web_interval_s)  # a few snapshots read meanwhile
+    assert state() == before
+
+
+def test_a_token_is_required_beyond_localhost_and_then_on_every_request(live: Live) -> None:
+    with pytest.raises(WebRefused, match="SEGSTREAM_WEB_TOKEN"):
+        check_bind(live.settings.model_copy(update={"web_host": "0.0.0.0"}))
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream", "web", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "SEGSTREAM_RUN_DIR": str(live.settings.run_dir)},
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "set SEGSTREAM_WEB_TOKEN" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+    secret = "s3cret-" + uuid.uuid4().hex
+    settings = live.settings.model_copy(update={"web_token": SecretStr(secret), "web_host": "0.0.0.0"})
+    check_bind(settings)  # with a token: allowed
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/segments").status_code == 401
+        assert client.get("/api/segments", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        time.sleep(1.5)  # the first snapshot
+        ok = client.get("/api/segments", headers={"Authorization": f"Bearer {secret}"})
+        assert ok.status_code == 200
+        page = client.get(f"/?token={secret}")  # a person opens the link once; the cookie does the rest
+        assert page.status_code == 200 and "segstream_token" in page.headers["set-cookie"]
+        assert "httponly" in page.headers["set-cookie"].lower()
+        assert client.get("/api/health").status_code == 200  # the cookie
+        bodies = [client.get(p).text for p in ("/api/segments", "/api/health", "/api/changes", "/openapi.json")]
+    assert not any(secret in body for body in bodies)
+    shown = subprocess.run(
+        [sys.executable, "-m", "segstream", "config"], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "SEGSTREAM_WEB_TOKEN": secret},
+    )  # fmt: skip
+    assert shown.returncode == 0 and secret not in shown.stdout and '"web_token": "**********"' in shown.stdout
+
+
+def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
+    served = live.get("/openapi.json").json()
+    saved = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert served == saved, "regenerate it: python -m segstream web --openapi > docs/openapi.json"
+    assert set(served["paths"]) == {
+        "/api/segments",
+        "/api/segments/history",
+        "/api/transitions",
+        "/api/changes",
+        "/api/health",
+        "/api/models",
+        "/api/customers/{customer}",
+    }
