@@ -25,7 +25,7 @@ import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
-__all__ = ["PURCHASE_MODELS", "ClvFitError", "ClvModel", "degenerate_reason", "rfm_summary"]
+__all__ = ["PURCHASE_MODELS", "ClvFitError", "ClvModel", "clv_by_segment", "degenerate_reason", "rfm_summary"]
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
 
@@ -243,3 +243,24 @@ class ClvModel:
         )
         expected, alive, clv = (np.asarray(values, dtype=float) for values in (expected, alive, clv))
         return pd.DataFrame({"expected_purchases": expected, "p_alive": alive, "clv": clv}, index=summary.index)
+
+
+def clv_by_segment(clv: pd.Series, segments: pd.Series) -> dict[str, dict[str, float]]:
+    """The CLV distribution of each segment: customers, mean and the quantiles a box plot draws
+    (10th, 25th, 50th, 75th, 90th percentile), for the live view; both series indexed by customer.
+
+    >>> clv = pd.Series([0.0, 10.0, 20.0, 100.0], index=list("abcd"))
+    >>> clv_by_segment(clv, pd.Series(["Lost", "Lost", "Lost", "Champions"], index=list("dcba")))
+    {'Champions': {'customers': 1, 'mean': 0.0, 'p10': 0.0, 'p25': 0.0, 'p50': 0.0, 'p75': 0.0, 'p90': 0.0}, \
+'Lost': {'customers': 3, 'mean': 43.33, 'p10': 12.0, 'p25': 15.0, 'p50': 20.0, 'p75': 60.0, 'p90': 84.0}}
+    """
+    frame = pd.DataFrame({"clv": clv, "segment": segments.reindex(clv.index)}).dropna()
+    out: dict[str, dict[str, float]] = {}
+    for segment, values in frame.groupby("segment")["clv"]:
+        quantiles = values.quantile([0.1, 0.25, 0.5, 0.75, 0.9]).round(2).tolist()
+        out[str(segment)] = {
+            "customers": len(values),
+            "mean": round(float(values.mean()), 2),
+            **dict(zip(("p10", "p25", "p50", "p75", "p90"), quantiles, strict=True)),
+        }
+    return out

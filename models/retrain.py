@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import redis
 
 from models.als import AlsRecommender, dense_factors, interaction_matrix
-from models.clv import ClvFitError, ClvModel, rfm_summary
+from models.clv import ClvFitError, ClvModel, clv_by_segment, rfm_summary
 from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
@@ -161,7 +162,8 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         population = read_population(client, keys)
     report.customers, report.scored_customers = len(population), int(population.scored.sum())
 
-    models = {key: before[key] for key in ("clv", "recommendations", "bgnbd") if key in before}
+    kept = ("clv", "recommendations", "bgnbd", "clv_horizon_days", "clv_by_segment")  # a failed fit keeps these
+    models = {key: before[key] for key in kept if key in before}
     clv_artifact: dict[str, Any] | None = None
     with watch("clv"):
         try:
@@ -177,6 +179,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             else:  # another purchase model: the stream has no online P(alive) for it
                 models.pop("bgnbd", None)
             models["clv_horizon_days"] = clv_artifact["horizon_days"]
+            models["clv_by_segment"] = clv_artifact.pop("by_segment")  # the live view's box plot
             report.clv = "fitted"
 
     with watch("thresholds"):  # with the new BG/NBD parameters, if any: workers re-score once
@@ -273,6 +276,7 @@ def _clv(
         "penalized_fallback": model.penalizer_ != model.penalizer,
         "horizon_days": model.horizon_days,
         "monthly_discount": model.monthly_discount,
+        "by_segment": clv_by_segment(scores["clv"], pd.Series(population.segments, index=population.customers)),
     }
     rows = scores.round(4).itertuples(name=None)
     return ((customer, f'{{"expected_purchases":{e},"p_alive":{p},"clv":{c}}}') for customer, e, p, c in rows), artifact

@@ -69,7 +69,7 @@ def run_demo(
     from segstream.services import services_down, services_up
     from streams.readmodel import overview, overview_lines, replay_consumed
 
-    view = None
+    web_view = None
     if web:
         echo(f"live view: http://{settings.web_host}:{settings.web_port}/ (open it to watch the replay)")
     echo("services:")
@@ -77,8 +77,8 @@ def run_demo(
         echo("  " + status.line())
     if web:
         web_log = settings.run_dir / "logs" / "web.log"
-        view = start_worker(settings, web_log, "web")
-        echo(f"started the live view pid {view.pid} (log {web_log})")
+        web_view = start_worker(settings, web_log, "web")
+        echo(f"started the live view pid {web_view.pid} (log {web_log})")
     worker_log = settings.run_dir / "logs" / "worker.log"
     worker = start_worker(settings, worker_log)
     echo(f"started stream worker pid {worker.pid} (log {worker_log})")
@@ -103,8 +103,8 @@ def run_demo(
                 caught_up = True
                 break
             if live or time.monotonic() - shown > 5:
-                view = overview(settings, latest=0)
-                consumed = view.counters.get("consumed", 0)
+                now = overview(settings, latest=0)
+                consumed = now.counters.get("consumed", 0)
                 if consumed == 0 and done == 0:
                     status = "waiting for the worker to join its consumer group (a few seconds)"
                 else:
@@ -112,7 +112,7 @@ def run_demo(
                         f"worker catching up: {consumed:,} of {summary.events_sent:,} events, {done} of "
                         f"{partitions} partitions ({summary.partitions} per topic) at the end of the replay"
                     )
-                lines = [status, *overview_lines(view)]
+                lines = [status, *overview_lines(now)]
                 if live:
                     echo("\033[2J\033[H" + "\n".join(lines))
                 else:
@@ -130,16 +130,16 @@ def run_demo(
         if caught_up:
             _demo_retrain(settings, echo)
         echo("more: `segstream segments`, `segstream profile <customer_unique_id>`, `segstream worker`")
-        if view is not None and view.poll() is None and sys.stdin.isatty():
+        if web_view is not None and web_view.poll() is None and sys.stdin.isatty():
             echo(f"the live view keeps running at http://{settings.web_host}:{settings.web_port}/: Ctrl-C stops it")
             with contextlib.suppress(KeyboardInterrupt):
-                view.wait()
+                web_view.wait()
     finally:
         stop_worker(worker)
-        if view is not None:
-            if view.poll() is not None and view.returncode:
-                echo(f"the live view exited with code {view.returncode}; see {web_log}")
-            stop_worker(view)
+        if web_view is not None:
+            if web_view.poll() is not None and web_view.returncode:
+                echo(f"the live view exited with code {web_view.returncode}; see {web_log}")
+            stop_worker(web_view)
         if not keep_services:
             for message in services_down(settings):
                 echo("  " + message)

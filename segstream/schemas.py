@@ -186,6 +186,11 @@ class SegmentChanged(_Event):
     after a crash carries the same id. ``previous_segment`` is empty for a first segment.
     """
 
+    # Output events ignore fields they do not know, and their JSON Schema says so (no
+    # additionalProperties: false): a consumer validating against version 1 must accept a new
+    # optional field, the compatible change docs/events.md promises.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
     event_type: Literal["segment_changed"] = "segment_changed"
     customer_unique_id: str = Field(min_length=1)
     previous_segment: str
@@ -202,6 +207,8 @@ class SegmentChanged(_Event):
 class ChurnChanged(_Event):
     """Published on ``profiles.churn-signals`` when a customer's churn status changes."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore")  # as SegmentChanged
+
     event_type: Literal["churn_changed"] = "churn_changed"
     customer_unique_id: str = Field(min_length=1)
     previous_status: str
@@ -214,7 +221,7 @@ class ChurnChanged(_Event):
 class DeadLetter(BaseModel):
     """A message a worker could not use, on ``segstream.dead-letter``, with the reason."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")  # as SegmentChanged
 
     event_type: Literal["dead_letter"] = "dead_letter"
     reason: str

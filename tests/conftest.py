@@ -9,6 +9,7 @@ segstream's own services module, on free ports, in a temporary run directory.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 import uuid
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
 import pytest
 import redis
+from aiokafka import AIOKafkaConsumer
 
 from replay.producer import ReplaySummary, ensure_topics
 from replay.synth import SynthConfig, synthesize
@@ -28,9 +31,12 @@ from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
 
-__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "save_profiles", "split_checkouts"]
+__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "read_records", "save_profiles", "split_checkouts"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# what consumers are promised: the output events' JSON Schema as published in docs/ (kept equal to
+# the pydantic models by test_schemas), not the models themselves
+PUBLISHED_OUTPUT = json.loads((Path(__file__).parents[1] / "docs" / "events.schema.json").read_text())["output"]
 REAL_SAMPLE = FIXTURES / "olist-real-1000"
 EDGE = FIXTURES / "olist-edge"
 
@@ -135,6 +141,32 @@ def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def read_records(settings: Settings, topics: list[str], expected: int, timeout_s: float = 30) -> list[bytes]:
+    """Every record's value on ``topics`` from the start: at least ``expected`` of them, then until
+    a second passes with nothing new (output topics have no end marker, and the embedded broker's
+    end offsets are short by a batch)."""
+
+    async def read() -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            *topics, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        values: list[bytes] = []
+        deadline, quiet = time.monotonic() + timeout_s, 0
+        try:
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=250)
+                values += [m.value for ms in batch.values() for m in ms]
+                quiet = 0 if batch else quiet + 1
+                if len(values) >= expected and quiet >= 4:
+                    break
+        finally:
+            await consumer.stop()
+        return values
+
+    return asyncio.run(read())
+
+
 @dataclass
 class Workers:
     settings: Settings
@@ -204,6 +236,17 @@ class Workers:
     def counters(self) -> Counter:
         return Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()})
 
+    def assert_published_valid(self) -> int:
+        """The contract test: every record the workers wrote to their output topics (segment
+        changes, churn signals, dead letters) validates against the published JSON Schema."""
+        s, counters = self.settings, self.counters()
+        topics = [s.topic_segment_changes, s.topic_churn_signals, s.topic_dead_letter]
+        values = read_records(s, topics, counters["published"] + counters["dead_lettered"])
+        validator = jsonschema.Draft202012Validator(PUBLISHED_OUTPUT)
+        invalid = [(v[:200], e.message) for v in values for e in validator.iter_errors(json.loads(v))]
+        assert not invalid, f"{len(invalid)} records break the published schema: {invalid[:3]}"
+        return len(values)
+
 
 @pytest.fixture
 def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
@@ -229,3 +272,5 @@ def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
     group = Workers(settings, tmp_path)
     yield group
     group.stop()
+    if group.procs:
+        group.assert_published_valid()

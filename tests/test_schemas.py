@@ -235,3 +235,51 @@ def test_flat_encoder_refuses_what_it_cannot_encode() -> None:
         encode(1.5, "2017-01-01T00:00:00Z", "u", "", "active", [], "time", None)  # a float id
     with pytest.raises(TypeError, match="UTC offset"):
         encode("c", datetime(2017, 1, 1), "u", "", "active", [], "time", None)  # naive time
+
+
+def _breaking(old: dict, new: dict) -> list[str]:
+    """What in ``new`` would break a consumer written against ``old`` (the published output schema):
+    an event or field removed, a field retyped, a required field made optional, a new value in a
+    closed set (``cause``, ``status``: an old consumer's validator refuses it). New events, new
+    optional fields and values no longer sent are compatible."""
+    problems = []
+    for name, before in old["$defs"].items():
+        after = new["$defs"].get(name)
+        if after is None:
+            problems.append(f"{name}: removed")
+            continue
+        for field_name, spec in before["properties"].items():
+            now = after["properties"].get(field_name)
+            if now is None:
+                problems.append(f"{name}.{field_name}: removed")
+                continue
+            shape = {k: v for k, v in spec.items() if k not in ("title", "description", "default", "enum")}
+            if shape != {k: v for k, v in now.items() if k not in ("title", "description", "default", "enum")}:
+                problems.append(f"{name}.{field_name}: type changed")
+            if "enum" in spec and not set(now.get("enum", ())) <= set(spec["enum"]):
+                problems.append(f"{name}.{field_name}: a value added")
+        for field_name in set(before.get("required", [])) - set(after.get("required", [])):
+            problems.append(f"{name}.{field_name}: no longer required")
+    return problems
+
+
+def test_the_published_output_events_stay_compatible_with_version_1_consumers() -> None:
+    v1 = json.loads((Path(__file__).parent / "fixtures" / "output-schema-v1.json").read_text())
+    assert {"SegmentChanged", "ChurnChanged", "DeadLetter"} <= set(v1["$defs"])
+    assert _breaking(v1, event_json_schema()["output"]) == []
+    # the check itself: each kind of breaking change is caught, a compatible one is not
+    changed = json.loads(json.dumps(v1))
+    segment = changed["$defs"]["SegmentChanged"]
+    del segment["properties"]["cause"]
+    segment["properties"]["r"] = {"type": "string"}
+    segment["required"].remove("segment")
+    churn = changed["$defs"]["ChurnChanged"]["properties"]
+    churn["status"]["enum"].append("dormant")
+    churn["cause"]["enum"].remove("rescore")  # no longer sent: old consumers still accept all that is
+    churn["note"] = {"type": "string"}  # new, optional: fine
+    assert sorted(_breaking(v1, changed)) == [
+        "ChurnChanged.status: a value added",
+        "SegmentChanged.cause: removed",
+        "SegmentChanged.r: type changed",
+        "SegmentChanged.segment: no longer required",
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from replay.olist import load_olist
 from replay.producer import replay_history
@@ -23,7 +23,7 @@ from streams.clusters import OnlineClusters
 from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
 from tests import oracle
-from tests.conftest import Workers, free_port, split_checkouts
+from tests.conftest import Workers, free_port, read_records, split_checkouts
 
 pytestmark = pytest.mark.integration
 
@@ -37,23 +37,7 @@ def history_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30) -> list:
-    async def read() -> list:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        records, deadline = [], time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=300)
-                records += [decode_output(m.value) for ms in batch.values() for m in ms]
-                if len(records) >= expected and not batch:
-                    break
-        finally:
-            await consumer.stop()
-        return records
-
-    return asyncio.run(read())
+    return [decode_output(value) for value in read_records(settings, [topic], expected, timeout_s)]
 
 
 def _sequences(events: list, status: bool) -> dict[str, list[tuple]]:

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from models.retrain import retrain_once
 from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
 from segstream.demo import start_worker, stop_worker
@@ -92,6 +95,7 @@ def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         group.stop()
         stop_worker(web)
+    group.assert_published_valid()
 
 
 def test_the_page_loads_empty_and_says_what_to_do(live: Live) -> None:
@@ -148,8 +152,11 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         assert page.evaluate("document.getElementById('customer-profile').dataset.customer") == customer
         stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
         assert stored in page.evaluate("document.getElementById('customer-profile').innerText")
-        charts = page.evaluate("[...document.querySelectorAll('.chart')].map(c => c.dataset.rendered || '')")
-        assert charts == ["1"] * 4
+        charts = page.evaluate(
+            "[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')"
+        )
+        assert charts == ["1", "1", "1", "1", "hidden"]  # CLV by segment: no model yet
+        assert "No CLV model yet" in page.evaluate("document.getElementById('clv-empty').innerText")
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view.png")
 
@@ -209,19 +216,30 @@ def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
         assert answer.json()["error"], answer.text
 
 
+def _calls(client: redis.Redis) -> Counter:
+    """Calls per command since the server started (INFO commandstats)."""
+    return Counter({name.removeprefix("cmdstat_"): v["calls"] for name, v in client.info("commandstats").items()})
+
+
 def test_nothing_the_api_serves_writes_to_redis(live: Live) -> None:
     client = live.workers.redis
-    live.workers.stop()  # no writer left: any change now would be the view's
+    live.workers.stop()  # no writer left: any write now would be the view's
 
-    def state() -> dict[bytes, bytes | None]:  # every key of the run, serialised
-        return {key: client.dump(key) for key in client.scan_iter(match=f"{live.settings.redis_prefix}:*")}
+    def state() -> dict[bytes, bytes | None]:  # every lasting key of the run, serialised
+        keys = client.scan_iter(match=f"{live.settings.redis_prefix}:*")
+        return {key: client.dump(key) for key in keys if client.ttl(key) == -1}  # leases expire by themselves
 
-    before = state()
+    before, calls = state(), _calls(client)
     for path in ("/", "/api/segments", "/api/segments/history", "/api/changes", "/api/health"):
         assert live.get(path).status_code == 200
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         assert httpx.request(method, live.url + "/api/segments", timeout=10).status_code == 405
     time.sleep(2 * live.settings.web_interval_s)  # a few snapshots read meanwhile
+    used = {name for name, n in (_calls(client) - calls).items() if n}
+    assert used, "the view read nothing"
+    flags = {name: client.execute_command("COMMAND", "INFO", name)[name]["flags"] for name in used}
+    writes = {name for name, f in flags.items() if "write" in f or "may-replicate" in f}
+    assert writes == set(), writes
     assert state() == before
 
 
@@ -271,3 +289,47 @@ def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
         "/api/models",
         "/api/customers/{customer}",
     }
+
+
+def test_after_a_retrain_the_page_shows_clv_by_segment_and_each_customers_scores(live: Live) -> None:
+    report = retrain_once(live.settings)
+    assert report.clv == "fitted", report.line()
+    # independently: the scores the retrain wrote, grouped by the segments the profiles hold
+    client, keys = live.workers.redis, live.workers.keys
+    scores = {k.decode(): json.loads(v)["clv"] for k, v in client.hgetall(keys.scores(report.run)).items()}
+    segments = {c: p.segment for c, p in live.workers.profiles().items()}
+    grouped: dict[str, list[float]] = {}
+    for customer, clv in scores.items():
+        grouped.setdefault(segments[customer], []).append(clv)
+    want = {s: [len(v), float(np.percentile(v, 50)), float(np.mean(v))] for s, v in grouped.items()}
+    assert len(want) >= 3
+    models = live.get("/api/models").json()
+    assert models["clv"] == report.run and set(models["clv_by_segment"]) == set(want)
+    with Browser() as browser:
+        page = browser.open(live.url + "/")
+        page.wait_for("!document.getElementById('clv-table').hidden")
+        page.wait_for("document.getElementById('chart-clv').dataset.rendered === '1'")
+        shown = json.loads(
+            page.evaluate(
+                "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#clv-table tbody tr')]"
+                ".map(r => [r.dataset.segment, [...r.cells].slice(1, 4)"
+                ".map(c => Number(c.innerText.replace(/,/g, '')))])))"
+            )
+        )
+        assert set(shown) == set(want)
+        for segment, (customers, median, mean) in want.items():  # shown to the cent
+            assert shown[segment][0] == customers, segment
+            assert shown[segment][1:] == pytest.approx([median, mean], abs=0.006), segment
+        assert f"model run {report.run}" in page.evaluate("document.getElementById('clv-run').innerText")
+        # a customer's own scores in the lookup
+        customer = max(scores, key=scores.get)
+        page.evaluate(f"document.getElementById('customer').value = {customer!r}; 1")
+        page.evaluate("document.getElementById('lookup').requestSubmit(); 1")
+        page.wait_for(f"(document.getElementById('customer-profile') || {{}}).dataset?.customer === {customer!r}")
+        clv_row = page.evaluate(
+            "[...document.querySelectorAll('#customer-profile tr')].find(r => r.cells[0].innerText.startsWith('CLV'))"
+            ".cells[1].innerText"
+        )
+        assert float(clv_row.split(",")[0]) == pytest.approx(scores[customer], abs=0.006)
+        assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
+        page.screenshot(ARTIFACTS / "web-view-with-models.png")

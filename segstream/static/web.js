@@ -5,6 +5,7 @@
   var ORDER = ["Champions", "Loyal", "Potential Loyalists", "New Customers", "Promising", "Need Attention",
     "About to Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"];
   var STATUSES = ["active", "at_risk", "churned"];
+  var STATUS_COLORS = { "active": "#4caf50", "at_risk": "#f59e0b", "churned": "#b91c1c" };
   // one colour per segment in every chart: greens are good, reds need action, greys are gone
   var COLORS = { "Champions": "#1a7f37", "Loyal": "#4caf50", "Potential Loyalists": "#8bc34a", "New Customers": "#2f81f7",
     "Promising": "#7cb7ff", "Need Attention": "#f0b429", "About to Sleep": "#f59e0b", "At Risk": "#e4572e",
@@ -114,7 +115,11 @@
     chart("chart-flows").setOption({
       animation: false,
       tooltip: { trigger: "item" },
-      series: [{ type: "sankey", left: 10, right: 150, data: Object.keys(nodes).map(function (n) { return { name: n }; }),
+      series: [{ type: "sankey", left: 10, right: 150, data: Object.keys(nodes).map(function (n) {
+          var segment = n.replace(/^(from|to) /, "");
+          return { name: n, itemStyle: { color: COLORS[segment] || "#9aa4b2" } };
+        }),
+        lineStyle: { color: "source", opacity: 0.35 },
         links: links, emphasis: { focus: "adjacency" }, label: { fontSize: 11 } }]
     }, true);
   }
@@ -166,9 +171,48 @@
       tooltip: { trigger: "item" },
       xAxis: { type: "value" },
       yAxis: { type: "category", data: STATUSES.slice().reverse() },
-      series: [{ type: "bar", data: STATUSES.slice().reverse().map(function (s) { return churn[s] || 0; }),
-        itemStyle: { color: "#c8553d" } }]
+      series: [{ type: "bar", data: STATUSES.slice().reverse().map(function (s) {
+        return { value: churn[s] || 0, itemStyle: { color: STATUS_COLORS[s] } };
+      }) }]
     });
+  }
+
+  // ---- CLV by segment (written by each retrain that fits a CLV model) ----------------------------
+  var clvShown = null;
+  function showClv(models) {
+    var by = models && models.clv_by_segment;
+    var key = by ? String(models.clv) : null;
+    if (key === clvShown) return;  // the same model: nothing to redraw
+    clvShown = key;
+    $("clv-empty").hidden = !!by;
+    $("chart-clv").hidden = !by;
+    $("clv-table").hidden = !by;
+    $("clv-run").textContent = by ? "model run " + models.clv + ", horizon " + models.clv_horizon_days + " days" : "";
+    if (!by) return;
+    var names = sorted(Object.keys(by));
+    var money = function (v) { return fmt.format(Math.round(v * 100) / 100); };
+    fill($("clv-table").tBodies[0], names.map(function (s) {
+      var d = by[s];
+      var tr = row([s, fmt.format(d.customers), money(d.p50), money(d.mean), money(d.p90)], [1, 2, 3, 4]);
+      tr.dataset.segment = s;
+      return tr;
+    }));
+    chart("chart-clv").resize();
+    chart("chart-clv").setOption({
+      animation: false,
+      grid: { left: 130, right: 30, top: 10, bottom: 30 },
+      tooltip: { trigger: "item", formatter: function (p) {
+        var d = by[p.name];
+        return "<b>" + p.name + "</b> (" + fmt.format(d.customers) + " customers)<br>CLV 10th / 25th / median / 75th / 90th percentile:<br>" +
+          [d.p10, d.p25, d.p50, d.p75, d.p90].map(money).join(" / ") + "<br>mean " + money(d.mean);
+      } },
+      xAxis: { type: "value", name: "CLV" },
+      yAxis: { type: "category", data: names.slice().reverse() },
+      series: [{ type: "boxplot", data: names.slice().reverse().map(function (s) {
+        var d = by[s];
+        return { name: s, value: [d.p10, d.p25, d.p50, d.p75, d.p90], itemStyle: { color: "#fff", borderColor: COLORS[s] || "#4a6fd1" } };
+      }) }]
+    }, true);
   }
 
   // ---- health ----------------------------------------------------------------------------------
@@ -219,6 +263,7 @@
     showChurn(s.churn);
     showFeed(s.changes || []);
     showHealth(s);
+    showClv(s.models);
     onWatermark(s.watermark);
     document.body.dataset.snapshots = String(Number(document.body.dataset.snapshots || 0) + 1);
   }
@@ -242,7 +287,8 @@
         ["evaluated at (event time)", when(p.evaluated_at)],
         ["reviews", p.reviews + (p.review_mean ? ", mean " + p.review_mean.toFixed(2) : "")],
         ["deliveries", p.deliveries + ", " + p.late_deliveries + " late"],
-        ["P(alive)", p.p_alive === null ? "– (no BG/NBD model yet)" : p.p_alive.toFixed(3)],
+        ["P(alive) now", p.p_alive === null ? "– (the workers evaluate it once a retrain has published a BG/NBD model)" : p.p_alive.toFixed(3)],
+        ["P(alive) at the model's cutoff", c.scores ? c.scores.p_alive.toFixed(3) : "–"],
         ["CLV (model run " + (c.models ? c.models.clv : "–") + ")", c.scores ? c.scores.clv.toFixed(2) + ", " +
           c.scores.expected_purchases.toFixed(3) + " expected purchase days" : "– (no CLV model, or no purchase before its cutoff)"],
         ["recommendations", c.recommendations ? c.recommendations.strategy + ": " + c.recommendations.items.join(", ") : "– (no model yet)"],
