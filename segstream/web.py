@@ -176,6 +176,15 @@ class Customer(BaseModel):
     changes_note: str
 
 
+class CustomerHistory(BaseModel):
+    customer_unique_id: str
+    partition: int | None = Field(description="The partition of the output topics that holds the customer.")
+    scanned: int = Field(description="Records read from that partition of both topics.")
+    complete: bool = Field(description="Whether the partitions were read to their end.")
+    segment_changes: list[dict[str, Any]] = Field(description="SegmentChanged events, in the customer's order.")
+    churn_changes: list[dict[str, Any]] = Field(description="ChurnChanged events, in the customer's order.")
+
+
 # ---- the shared snapshot -----------------------------------------------------------------------
 
 
@@ -524,6 +533,30 @@ def create_app(settings: Settings) -> FastAPI:
             "changes_note": f"from the live feed (the last {FEED_KEPT} changes this view has seen); the profile "
             f"counts {found.segment_changes} segment and {found.churn_changes} churn changes in all",
         }
+
+    @app.get(
+        "/api/customers/{customer}/history",
+        response_model=CustomerHistory,
+        responses={404: {"model": Error}, 409: {"model": Error}, 503: {"model": Error}},
+    )
+    async def customer_history(customer: Annotated[str, Path(min_length=4, max_length=64)]) -> dict[str, Any]:
+        """Every segment and churn change of one customer, oldest first, read from the output topics
+        (the record of every change; the live feed keeps only the latest). Takes a second or more:
+        it reads the customer's partition of each topic from its start."""
+        from streams.readmodel import AmbiguousId, customer_changes, read_profile
+
+        try:
+            found = await asyncio.to_thread(read_profile, settings, customer)
+        except AmbiguousId as exc:
+            raise HTTPException(409, str(exc)) from None
+        if found is None:
+            raise HTTPException(404, f"no customer {customer!r}")
+        try:
+            history = await customer_changes(settings, found.customer_unique_id)
+        except Exception as exc:  # the broker away: say so, the rest of the API keeps serving
+            reason = " ".join(str(exc).split()) or repr(exc)
+            raise HTTPException(503, f"cannot read the change topics: {reason}") from None
+        return {"customer_unique_id": found.customer_unique_id, **history}
 
     @app.get("/api/stream", include_in_schema=False)
     async def stream(request: Request) -> StreamingResponse:

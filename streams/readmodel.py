@@ -1,16 +1,20 @@
 """Reading what the workers and the retrain job keep in Redis: one profile, its CLV scores and
-recommendations, segment counts, the latest shifts."""
+recommendations, segment counts, the latest shifts; and one customer's whole history of changes
+from the output topics, the record of every change."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from segstream.kafka import partition_for
 from segstream.keys import Keys
 from segstream.schemas import SegmentChanged
 from segstream.scripts import lua
@@ -21,6 +25,7 @@ __all__ = [
     "AmbiguousId",
     "CustomerModels",
     "Overview",
+    "customer_changes",
     "customer_models",
     "overview",
     "overview_lines",
@@ -263,4 +268,59 @@ def recent_changes(client: redis.Redis, keys: Keys, limit: int = 50, after: str 
         for field, kind in ((b"change", "segment"), (b"churn", "churn")):
             if field in fields:
                 out.append({"kind": kind, "id": entry_id.decode(), **json.loads(fields[field])})
+    return out
+
+
+HISTORY_SCAN_LIMIT = 2_000_000  # records read at most for one customer's history
+
+
+async def customer_changes(
+    settings: Settings, customer: str, limit: int = HISTORY_SCAN_LIMIT, timeout_s: float = 30
+) -> dict[str, Any]:
+    """Every segment change and churn change of ``customer`` (a full id) still on the output
+    topics, oldest first, each once (delivery is at least once: deduplicated by ``event_id``).
+
+    Reads the one partition of each topic that holds the customer (the outbox publishes by the
+    key's murmur2 partition) from its start. The end is where fetches bring nothing more past the
+    end offset, which the embedded broker reports up to a batch short. At most ``limit`` records
+    in all: ``complete`` says whether both partitions were read to their end."""
+    wanted = customer.encode()
+    found: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"scanned": 0, "complete": True, "partition": None}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await consumer.topics()  # the cluster's topics; before any assignment narrows the metadata
+        tps = []
+        for topic in (settings.topic_segment_changes, settings.topic_churn_signals):
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:  # else nothing was published on it yet
+                tps.append(TopicPartition(topic, partition_for(customer, len(partitions))))
+                out["partition"] = tps[-1].partition
+        if tps:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            deadline, empty = time.monotonic() + timeout_s, 0
+            while empty < 2 and time.monotonic() < deadline:
+                batch = await consumer.getmany(*tps, timeout_ms=200, max_records=10_000)
+                records = [r for rs in batch.values() for r in rs]
+                at_end = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+                empty = empty + 1 if not records and at_end else 0
+                for record in records:
+                    if record.key == wanted:
+                        event = json.loads(record.value)
+                        found[event["event_id"]] = event
+                out["scanned"] += len(records)
+                if out["scanned"] >= limit:
+                    break
+            out["complete"] = empty >= 2
+    finally:
+        await consumer.stop()
+    ordered = sorted(found.values(), key=lambda e: (e["event_type"], int(e["event_id"].rsplit(":", 1)[1])))
+    out["segment_changes"] = [e for e in ordered if e["event_type"] == "segment_changed"]
+    out["churn_changes"] = [e for e in ordered if e["event_type"] == "churn_changed"]
     return out

@@ -152,6 +152,13 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         assert page.evaluate("document.getElementById('customer-profile').dataset.customer") == customer
         stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
         assert stored in page.evaluate("document.getElementById('customer-profile').innerText")
+        # and the customer's whole history of changes, read from the change topics
+        page.wait_for("!!(document.getElementById('customer-history') || {dataset: {}}).dataset.segmentChanges")
+        profile = live.workers.profiles()[customer]
+        counted = page.evaluate("({...document.getElementById('customer-history').dataset})")
+        assert counted == {"segmentChanges": str(profile.segment_changes), "churnChanges": str(profile.churn_changes)}
+        shown_rows = page.evaluate("document.querySelectorAll('#customer-history tbody tr').length")
+        assert shown_rows == profile.segment_changes + profile.churn_changes
         charts = page.evaluate(
             "[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')"
         )
@@ -197,11 +204,23 @@ def test_the_api_answers_from_the_workers_state(live: Live) -> None:
     stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
     assert found["profile"]["segment"] == stored
     assert found["changes"] and all(c["customer_unique_id"] == customer for c in found["changes"])
+    # the whole history from the change topics: numbered 1..n as the profile counts, ending where it is
+    history = live.get(f"/api/customers/{customer[:12]}/history").json()
+    profile = live.workers.profiles()[customer]
+    assert history["customer_unique_id"] == customer and history["complete"]
+    for kind, model, count, last, field in (
+        ("segment_changes", SegmentChanged, profile.segment_changes, profile.segment, "segment"),
+        ("churn_changes", ChurnChanged, profile.churn_changes, profile.churn, "status"),
+    ):
+        events = [model.model_validate(e) for e in history[kind]]
+        assert [int(e.event_id.rsplit(":", 1)[1]) for e in events] == list(range(1, count + 1)), kind
+        assert getattr(events[-1], field) == last and {e.customer_unique_id for e in events} == {customer}
 
 
 def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
-    missing = live.get("/api/customers/ffffffffffffffffffffffffff")
-    assert missing.status_code == 404 and "no customer" in missing.json()["error"]
+    for path in ("/api/customers/ffffffffffffffffffffffffff", "/api/customers/ffffffffffffffffffffffffff/history"):
+        missing = live.get(path)
+        assert missing.status_code == 404 and "no customer" in missing.json()["error"]
     assert live.get("/api/models").status_code == 404  # no retrain in this module
     for path, params in [
         ("/api/changes", {"limit": 0}),
@@ -210,6 +229,7 @@ def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
         ("/api/transitions", {"from": "2018-02-01", "to": "2018-01-01"}),
         ("/api/transitions", {"from": "2018-02-01"}),
         ("/api/customers/abc", {}),  # shorter than a usable prefix
+        ("/api/customers/abc/history", {}),
     ]:
         answer = live.get(path, params=params)
         assert answer.status_code == 422, (path, params, answer.text)
@@ -288,6 +308,7 @@ def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
         "/api/health",
         "/api/models",
         "/api/customers/{customer}",
+        "/api/customers/{customer}/history",
     }
 
 

@@ -128,9 +128,22 @@
       if (r.status === 200) showFlows(r.body); else $("window-note").textContent = r.body.error;
     });
   }
+  // The history and the window's transitions are read from one Redis hash per event-day: refetch
+  // them at most every HISTORY_EVERY_MS while the watermark moves (a fast replay moves it every
+  // second), and once more after it stops.
+  var HISTORY_EVERY_MS = 3000, lastFetch = 0, pending = null;
   function onWatermark(watermark) {
     if (!watermark || watermark === lastWatermark) return;
     lastWatermark = watermark;
+    var wait = lastFetch + HISTORY_EVERY_MS - Date.now();
+    if (wait > 0) {
+      if (!pending) pending = setTimeout(function () { pending = null; fetchHistory(lastWatermark); }, wait);
+      return;
+    }
+    fetchHistory(watermark);
+  }
+  function fetchHistory(watermark) {
+    lastFetch = Date.now();
     json("api/segments/history").then(function (r) { if (r.status === 200) showHistory(r.body); });
     if (!windowChosen) {
       var end = new Date(watermark);
@@ -297,14 +310,29 @@
       t.appendChild(body);
       out.appendChild(t);
       out.appendChild(el("h3", {}, "Changes"));
-      out.appendChild(el("p", { class: "hint" }, c.changes_note));
-      var ch = el("table", { class: "compact" });
+      var note = el("p", { class: "hint" }, "reading this customer's changes from the change topics…");
+      out.appendChild(note);
+      var ch = el("table", { class: "compact", id: "customer-history" });
       var chb = el("tbody");
-      (c.changes.length ? c.changes : []).forEach(function (x) { chb.appendChild(row([when(x.event_time), describe(x), x.cause])); });
-      if (!c.changes.length) chb.appendChild(row(["none in the feed", "", ""]));
       ch.appendChild(chb);
       out.appendChild(ch);
+      json("api/customers/" + encodeURIComponent(c.customer_unique_id) + "/history").then(function (h) {
+        if (h.status !== 200) { note.textContent = h.body.error + "; the latest from the live feed:"; showChanges(chb, c.changes); return; }
+        var all = h.body.segment_changes.map(function (x) { return Object.assign({ kind: "segment" }, x); })
+          .concat(h.body.churn_changes.map(function (x) { return Object.assign({ kind: "churn" }, x); }))
+          .sort(function (a, b) { return a.event_time < b.event_time ? 1 : a.event_time > b.event_time ? -1 : 0; });
+        note.textContent = fmt.format(h.body.segment_changes.length) + " segment and " + fmt.format(h.body.churn_changes.length) +
+          " churn changes, newest first, from partition " + h.body.partition + " of the change topics (" +
+          fmt.format(h.body.scanned) + " records read" + (h.body.complete ? ")" : "; not to the end)");
+        showChanges(chb, all);
+        ch.dataset.segmentChanges = String(h.body.segment_changes.length);
+        ch.dataset.churnChanges = String(h.body.churn_changes.length);
+      });
     });
+  }
+  function showChanges(tbody, changes) {
+    fill(tbody, changes.length ? changes.map(function (x) { return row([when(x.event_time), describe(x), x.cause]); })
+      : [row(["none", "", ""])]);
   }
   $("lookup").addEventListener("submit", function (e) { e.preventDefault(); lookup($("customer").value); });
 
