@@ -354,3 +354,13 @@ def test_after_a_retrain_the_page_shows_clv_by_segment_and_each_customers_scores
         assert float(clv_row.split(",")[0]) == pytest.approx(scores[customer], abs=0.006)
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view-with-models.png")
+
+
+def test_a_workers_faust_web_server_binds_this_machine_only_unless_told() -> None:
+    from streams.app import create_app as create_worker_app
+
+    assert create_worker_app(Settings()).conf.web_enabled is False  # off unless a port is given
+    port = free_port()
+    app = create_worker_app(Settings(worker_web_port=port))
+    assert app.conf.web_enabled and app.conf.web_port == port and app.conf.web_bind == "127.0.0.1"
+    assert create_worker_app(Settings(worker_web_port=port, worker_web_host="0.0.0.0")).conf.web_bind == "0.0.0.0"
