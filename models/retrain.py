@@ -47,6 +47,7 @@ from models.clv import ClvFitError, ClvModel, clv_by_segment, rfm_summary
 from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
+from segstream.clients import redis_client
 from segstream.keys import Keys
 from segstream.scoring import DAY
 from segstream.scripts import lua
@@ -123,7 +124,7 @@ class _Stopwatch:
 
 def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.Redis | None = None) -> RetrainReport:
     """Run the job once at ``cutoff`` (epoch seconds, event time; default: the stream's watermark)."""
-    client = client or redis.Redis.from_url(settings.redis_address)
+    client = client or redis_client(settings)
     keys = Keys(settings.redis_prefix)
     if cutoff is None:
         cutoff = watermark(client, keys)
@@ -461,7 +462,7 @@ def retrain_every(
     the same event times whatever the replay speed (boundaries the watermark jumped over are
     skipped, and logged). ``clock="wall"``: every ``every_s`` wall seconds, at the watermark.
     """
-    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    client, keys = redis_client(settings), Keys(settings.redis_prefix)
     made, next_wall = 0, time.monotonic()
     last = current_models(client, keys).get("cutoff")
     next_boundary = None

@@ -29,16 +29,18 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from replay.history import KIND_NAMES, REVIEW, TICK, History
+from segstream.clients import kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.schemas import SENT_AT_HEADER, ClockTick, encode_event, make_event_id
 from segstream.services import describe_kafka
@@ -86,13 +88,15 @@ class ReplaySummary:
 # --- topics -----------------------------------------------------------------------------------
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int) -> dict[str, int]:
+async def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, replication: int, options: Mapping[str, Any] | None = None
+) -> dict[str, int]:
     """Create missing topics; returns each topic's partition count (existing topics keep theirs).
 
     Replay topics keep their records forever (``retention.ms=-1``): on Apache Kafka, time-based
     retention looks at record timestamps, and replayed history is years old.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))  # options: security settings
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -186,8 +190,11 @@ async def replay_history(
     topics = [settings.topic_orders, settings.topic_reviews]
     called = time.monotonic()
     timeline = history.timeline(since, until, settings.replay_tick_seconds, lateness_seconds, seed)
-    cluster_id = await describe_kafka(bootstrap)
-    partition_counts = await ensure_topics(bootstrap, topics, settings.topic_partitions, settings.topic_replication)
+    security = kafka_options(settings)
+    cluster_id = await describe_kafka(bootstrap, options=security)
+    partition_counts = await ensure_topics(
+        bootstrap, topics, settings.topic_partitions, settings.topic_replication, security
+    )
 
     identity = {
         "source": history.source,
@@ -246,7 +253,7 @@ async def replay_history(
         entry_partition[i] = partition
         expected[(topic, partition)] += 1
 
-    producer = batch_producer(bootstrap, f"segstream-replay-{replay_id}")
+    producer = batch_producer(bootstrap, f"segstream-replay-{replay_id}", security)
     await producer.start()
     encode = history.encoder()
     batches = RecordBatches(producer)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
+from segstream.clients import kafka_options
 from segstream.schemas import AnyEvent, ClockTick, decode_event
 from segstream.settings import Settings
 
@@ -50,6 +51,7 @@ async def _read(settings: Settings, replay_id: str, timeout_s: float, keep_recor
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

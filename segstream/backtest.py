@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from segstream.clients import redis_client
 from segstream.keys import Keys
 from segstream.settings import Settings
 
@@ -308,7 +309,7 @@ def run_backtest(
     shutil.rmtree(out / "models", ignore_errors=True)  # this run's registry: run numbers start at 1
     for status in services_up(run):
         echo(status.line())
-    client, keys = redis.Redis.from_url(run.redis_address), Keys(run.redis_prefix)
+    client, keys = redis_client(run), Keys(run.redis_prefix)
     worker_log = out / "worker.log"
     worker = start_worker(run, worker_log)
     echo(f"started stream worker pid {worker.pid} (log {worker_log})")

@@ -714,8 +714,13 @@ def models_show(ctx: click.Context, run: str) -> None:
 @click.pass_context
 def config(ctx: click.Context) -> None:
     """Print the settings in effect (flags > SEGSTREAM_* environment > defaults) as JSON."""
+    from segstream.clients import shown
+
     settings = _settings(ctx)
-    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    values = settings.model_dump(mode="json")  # secrets dump as asterisks
+    if values.get("redis_url"):
+        values["redis_url"] = shown(values["redis_url"])  # a password left inside the URL, too
+    click.echo(json.dumps(values, indent=2))
 
 
 @cli.command()

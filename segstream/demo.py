@@ -150,10 +150,9 @@ def run_demo(
 
 def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
     """One retrain run on what the worker built, and what it says about the biggest spender."""
-    import redis
-
     from models.population import read_population
     from models.retrain import retrain_once
+    from segstream.clients import redis_client
     from segstream.keys import Keys
     from streams.readmodel import customer_models, models_lines
     from streams.thresholds import wait_for_rescore
@@ -171,7 +170,7 @@ def _demo_retrain(settings: Settings, echo: Callable[[str], None]) -> None:
             echo(
                 f"  re-scoring complete: all {settings.topic_partitions} partitions carry thresholds version {version}"
             )
-    population = read_population(redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix))
+    population = read_population(redis_client(settings), Keys(settings.redis_prefix))
     best = population.customers[int(population.monetary.argmax())] if len(population) else None
     if best is not None:
         echo(f"  the biggest spender, {best}:")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -24,10 +26,12 @@ def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def batch_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
-    """An (unstarted) producer for :class:`RecordBatches`: acks from all replicas, 256 KB batches."""
+def batch_producer(bootstrap: str, client_id: str, options: Mapping[str, Any] | None = None) -> AIOKafkaProducer:
+    """An (unstarted) producer for :class:`RecordBatches`: acks from all replicas, 256 KB batches;
+    ``options``: the security settings (``segstream.clients.kafka_options``)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **(options or {}),
         acks="all",
         linger_ms=5,
         max_batch_size=256 * 1024,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -23,11 +24,14 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
+from segstream.clients import kafka_options, redis_options, shown
 from segstream.settings import Settings
 
 __all__ = [
@@ -115,8 +119,9 @@ def _tcp_open(address: str, timeout_s: float) -> bool:
         return False
 
 
-async def describe_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
-    """Ask the broker for its metadata; returns the cluster id or raises ``ServiceError``."""
+async def describe_kafka(bootstrap: str, timeout_s: float = 5.0, options: Mapping[str, Any] | None = None) -> str:
+    """Ask the broker for its metadata; returns the cluster id or raises ``ServiceError``.
+    ``options``: the security settings (``segstream.clients.kafka_options``)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     # Without a listener, aiokafka would log a connection error per attempt; say it once, here.
@@ -125,7 +130,9 @@ async def describe_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
             f"nothing accepts connections at Kafka address {bootstrap}; start the embedded broker with "
             "`segstream services up`, or point SEGSTREAM_KAFKA_BOOTSTRAP at a running one"
         )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(options or {})
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
@@ -139,20 +146,22 @@ async def describe_kafka(bootstrap: str, timeout_s: float = 5.0) -> str:
             await admin.close()
 
 
-def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0) -> str:
+def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0, options: Mapping[str, Any] | None = None) -> str:
     """:func:`describe_kafka` for synchronous callers."""
-    return asyncio.run(describe_kafka(bootstrap, timeout_s))
+    return asyncio.run(describe_kafka(bootstrap, timeout_s, options))
 
 
-def _redis_ping(url: str, timeout_s: float = 2.0) -> None:
+def _redis_ping(url: str, timeout_s: float = 2.0, options: Mapping[str, Any] | None = None) -> None:
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **(options or {})
+        )
         client.ping()
         client.close()
     except redis.BusyLoadingError as exc:
-        raise _StillLoading(f"Redis at {url} is loading its data: {exc}") from None
+        raise _StillLoading(f"Redis at {shown(url)} is loading its data: {exc}") from None
     except redis.RedisError as exc:
-        raise ServiceError(f"Redis at {url} does not answer PING: {exc}") from None
+        raise ServiceError(f"Redis at {shown(url)} does not answer PING: {exc}") from None
 
 
 # --- process bookkeeping ----------------------------------------------------------------------
@@ -313,9 +322,22 @@ def _start_redis(settings: Settings) -> _Spawned:
     data_dir = (settings.run_dir / "redis").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.run_dir / "logs" / "redis.log"
+    config: list[str] = []
+    if settings.redis_password is not None:
+        # in a file only this user reads, not on the command line, where `ps` would show it
+        auth = data_dir / "auth.conf"
+        auth.touch(mode=0o600)
+        auth.chmod(0o600)
+        secret = settings.redis_password.get_secret_value()
+        lines = [f"requirepass {secret}"]
+        if settings.redis_username:
+            lines.append(f"user {settings.redis_username} on >{secret} ~* &* +@all")
+        auth.write_text("\n".join(lines) + "\n")
+        config = [str(auth)]
     proc = _spawn(
         [
             str(redis_server_binary()),
+            *config,
             "--bind",
             host,
             "--port",
@@ -334,7 +356,8 @@ def _start_redis(settings: Settings) -> _Spawned:
         log_path,
         "redis-server",
     )
-    _wait_healthy(proc, lambda: _redis_ping(f"redis://{host}:{port}/0", 1.0), log_path, "redis-server")
+    ping = functools.partial(_redis_ping, f"redis://{host}:{port}/0", 1.0, redis_options(settings))
+    _wait_healthy(proc, ping, log_path, "redis-server")
     return _Spawned(proc.pid, port, host, str(log_path), time.time())
 
 
@@ -390,18 +413,18 @@ def _probe_kafka(settings: Settings, mode: str, pid: int | None) -> ServiceStatu
     if mode == "embedded" and pid is None:
         return ServiceStatus(KAFKA, mode, address, False, None, "not started: segstream services up")
     try:
-        cluster = kafka_cluster_id(address, timeout_s=3.0)
+        cluster = kafka_cluster_id(address, timeout_s=3.0, options=kafka_options(settings))
     except ServiceError as exc:
         return ServiceStatus(KAFKA, mode, address, False, pid, str(exc))
     return ServiceStatus(KAFKA, mode, address, True, pid, f"cluster {cluster}")
 
 
 def _probe_redis(settings: Settings, mode: str, pid: int | None) -> ServiceStatus:
-    address = settings.redis_address
+    address = shown(settings.redis_address)
     if mode == "embedded" and pid is None:
         return ServiceStatus(REDIS, mode, address, False, None, "not started: segstream services up")
     try:
-        _redis_ping(address)
+        _redis_ping(settings.redis_address, options=redis_options(settings))
     except ServiceError as exc:
         return ServiceStatus(REDIS, mode, address, False, pid, str(exc))
     detail = f"AOF in {settings.run_dir / 'redis'}" if mode == "embedded" else ""

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
     )
     kafka_host: str = Field("127.0.0.1", description="Address the embedded broker listens on.")
     kafka_port: int = Field(9092, description="Port of the embedded broker.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password. Never printed.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA certificate (PEM) for the brokers (SSL, SASL_SSL).")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM), for brokers that require one.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
     topic_orders: str = Field("olist.orders", description="Topic for order events.")
     topic_reviews: str = Field("olist.reviews", description="Topic for review events.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics the replay creates.")
@@ -52,6 +63,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="External Redis URL (redis://host:port/db). Unset: use the embedded redis-server."
     )
+    redis_username: str | None = Field(None, description="Redis ACL user (Redis 6+); unset: the default user.")
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password, kept out of the URL so that it is never printed."
+    )
+    redis_ca_file: Path | None = Field(None, description="CA certificate (PEM) to verify Redis over TLS (rediss://).")
     redis_host: str = Field("127.0.0.1", description="Address the embedded redis-server listens on.")
     redis_port: int = Field(6379, description="Port of the embedded redis-server.")
 

@@ -34,12 +34,12 @@ from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Annotated, Any
 
-import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from segstream.clients import async_redis_client, kafka_options, redis_client
 from segstream.keys import Keys
 from segstream.scoring import SEGMENTS, segment_meaning
 from segstream.settings import Settings
@@ -194,7 +194,7 @@ class Snapshots:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.client = aioredis.Redis.from_url(settings.redis_address, socket_timeout=5)
+        self.client = async_redis_client(settings, socket_timeout=5)
         self.snapshot: dict[str, Any] = {}
         self.version = 0
         self.feed: deque[dict[str, Any]] = deque(maxlen=FEED_KEPT)
@@ -320,6 +320,7 @@ class Snapshots:
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_options(self.settings),
             group_id=self.settings.app_id,
             enable_auto_commit=False,
             request_timeout_ms=5_000,
@@ -372,7 +373,7 @@ def _static(name: str) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     snapshots = Snapshots(settings)
-    sync = redis.Redis.from_url(settings.redis_address, socket_timeout=5)
+    sync = redis_client(settings, socket_timeout=5)
     keys = Keys(settings.redis_prefix)
     token = settings.web_token.get_secret_value() if settings.web_token is not None else None
 

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from segstream.clients import async_redis_client, kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
@@ -52,7 +53,7 @@ class StreamHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.client = aioredis.Redis.from_url(settings.redis_address)
+        self.client = async_redis_client(settings)
         self.store: ProfileStore | None = None
         self.watermarks: dict[str, dict[int, float]] = {}
         self.token = uuid.uuid4().hex
@@ -271,7 +272,11 @@ class StreamHandler:
 
     async def _producer(self) -> AIOKafkaProducer:
         if self._kafka is None:
-            self._kafka = batch_producer(self.settings.kafka_bootstrap_servers, f"segstream-publisher-{self.token[:8]}")
+            self._kafka = batch_producer(
+                self.settings.kafka_bootstrap_servers,
+                f"segstream-publisher-{self.token[:8]}",
+                kafka_options(self.settings),
+            )
             await self._kafka.start()
         return self._kafka
 

@@ -21,6 +21,7 @@ import logging
 
 import faust
 
+from segstream.clients import faust_credentials
 from segstream.settings import Settings
 from streams.agents import REDIS_AWAY, StreamHandler
 from streams.consumer import RawSchema, WorkerApp, take_available
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.worker_web_port is not None,
         web_port=settings.worker_web_port or 6066,
         web_bind=settings.worker_web_host,  # Faust's default is every interface
+        broker_credentials=faust_credentials(settings),
         producer_acks=-1,
         stream_buffer_maxsize=settings.worker_buffer,
         # The orders agent may wait for the reviews' watermark (streams/agents.py) while the reviews

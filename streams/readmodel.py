@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from segstream.clients import kafka_options, redis_client
 from segstream.kafka import partition_for
 from segstream.keys import Keys
 from segstream.schemas import SegmentChanged
@@ -39,7 +40,7 @@ __all__ = [
 
 
 def _client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_address)
+    return redis_client(settings)
 
 
 class AmbiguousId(LookupError):
@@ -289,7 +290,7 @@ async def customer_changes(
     out: dict[str, Any] = {"scanned": 0, "complete": True, "partition": None}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
-        request_timeout_ms=10_000,
+        request_timeout_ms=10_000, **kafka_options(settings),
     )  # fmt: skip
     await consumer.start()
     try:

@@ -15,6 +15,7 @@ import time
 
 import redis
 
+from segstream.clients import redis_client
 from segstream.keys import Keys
 from segstream.scoring import RfmScorer, bgnbd_of
 from segstream.settings import Settings
@@ -28,7 +29,7 @@ def current_thresholds(settings: Settings) -> RfmScorer:
 
 def current_scoring(settings: Settings) -> tuple[RfmScorer, tuple[float, float, float, float] | None]:
     """The thresholds in force and the BG/NBD parameters published with them (None before any)."""
-    raw = redis.Redis.from_url(settings.redis_address).get(Keys(settings.redis_prefix).thresholds)
+    raw = redis_client(settings).get(Keys(settings.redis_prefix).thresholds)
     return (RfmScorer.from_json(raw.decode()) if raw else RfmScorer()), bgnbd_of(raw)
 
 
@@ -40,7 +41,7 @@ def publish_thresholds(
 ) -> RfmScorer:
     """Store new thresholds (and BG/NBD parameters; those not given stay) with the next version,
     atomically (WATCH/MULTI), and return the thresholds."""
-    client, key = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix).thresholds
+    client, key = redis_client(settings), Keys(settings.redis_prefix).thresholds
     with client.pipeline() as pipe:
         while True:
             try:
@@ -62,7 +63,7 @@ def publish_thresholds(
 
 def rescore_progress(settings: Settings, version: int) -> list[int]:
     """The partitions that have not finished re-scoring with thresholds ``version`` yet."""
-    done = redis.Redis.from_url(settings.redis_address).hgetall(Keys(settings.redis_prefix).rescored)
+    done = redis_client(settings).hgetall(Keys(settings.redis_prefix).rescored)
     finished = {int(p) for p, v in done.items() if int(v) >= version}
     return [p for p in range(settings.topic_partitions) if p not in finished]
 
