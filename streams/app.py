@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> faust.App:
         fetch_wait_ms=settings.worker_fetch_wait_ms,
         broker=brokers,
         store="memory://",
+        datadir=str(settings.run_dir / "faust"),  # Faust's default is <app id>-data in the working directory
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,

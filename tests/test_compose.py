@@ -54,3 +54,33 @@ def test_dockerfile_installs_every_package() -> None:
     for package in ("segstream", "replay", "streams", "models"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert "pip install" in dockerfile and 'ENTRYPOINT ["segstream"]' in dockerfile
+
+
+def test_compose_is_safe_by_default() -> None:
+    """Published ports on 127.0.0.1 unless BIND_ADDRESS says otherwise; Redis requires a password
+    from .env, which segstream gets in its own setting (not in the URL); the view requires a token;
+    every long-running service has a healthcheck; the image runs as a user, not root."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+        if name != "replay":  # a one-off job
+            assert service["healthcheck"]["test"], name
+    redis = services["redis"]
+    password = redis["command"][redis["command"].index("--requirepass") + 1]
+    assert password.startswith("${REDIS_PASSWORD:?")  # compose refuses to start without it
+    assert "REDIS_PASSWORD" not in " ".join(redis["healthcheck"]["test"])  # redis-cli reads REDISCLI_AUTH
+    for name in ("replay", "worker", "web"):
+        env = services[name]["environment"]
+        assert env["SEGSTREAM_REDIS_PASSWORD"] == "${REDIS_PASSWORD}", name
+        assert "@" not in env["SEGSTREAM_REDIS_URL"], name  # no credentials in the URL
+    web = services["web"]
+    assert web["command"][0] == "web" and web["environment"]["SEGSTREAM_WEB_TOKEN"].startswith("${WEB_TOKEN:?")
+    example = (ROOT / ".env.example").read_text()
+    assert "REDIS_PASSWORD=" in example and "WEB_TOKEN=" in example
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    user_at = max(i for i, line in enumerate(dockerfile) if line.startswith("USER "))
+    assert dockerfile[user_at].split()[1] not in ("root", "0")
+    assert user_at > max(i for i, line in enumerate(dockerfile) if "pip install" in line)  # installs need root

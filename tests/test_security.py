@@ -65,6 +65,8 @@ def test_a_password_protected_redis_serves_every_stage_and_the_password_is_never
             while client.hget(keys.counters, "applied") is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert client.hget(keys.counters, "applied"), (tmp_path / "worker.log").read_text()[-3000:]
+            # Faust's data directory goes under the run directory, not into the working directory
+            assert (settings.run_dir / "faust").is_dir() and not (Path.cwd() / f"{settings.app_id}-data").exists()
             outputs.append(_run(env, "retrain", "--once"))
             outputs.append(_run(env, "segments"))
         finally:
