@@ -30,6 +30,7 @@ import logging
 import os
 import resource
 import socket
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -59,7 +60,7 @@ __all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "wa
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 5_000
-LOCK_SECONDS = 3_600  # a run killed without cleaning up blocks others this long at most
+LOCK_SECONDS = 60  # renewed every third of it while the run lives: a killed run blocks others this long at most
 MONTH_DAYS = 30
 
 
@@ -131,13 +132,14 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
         if cutoff is None:
             raise ValueError("no event-time watermark in Redis yet: replay something, or pass a cutoff")
     holder = f"{socket.gethostname()}:{os.getpid()}"
-    if not client.set(keys.retrain_lock, holder, nx=True, ex=LOCK_SECONDS):
+    if not client.set(keys.retrain_lock, holder, nx=True, px=int(LOCK_SECONDS * 1000)):
         other, ttl = client.get(keys.retrain_lock), client.ttl(keys.retrain_lock)
         raise RetrainBusy(
             f"another retrain run ({(other or b'?').decode()}) holds {keys.retrain_lock} for {ttl} s more; "
             f"if that process is gone (killed), delete the key and run again"
         )
     run = int(client.incr(keys.model_runs))
+    renewal = _renew_while_running(client, keys.retrain_lock, holder)
     try:
         return _run(settings, client, keys, cutoff, run)
     except BaseException:
@@ -146,10 +148,30 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
             client.unlink(keys.scores(run), keys.recommendations(run))
         raise
     finally:
+        renewal.set()
         client.eval(_RELEASE, 1, keys.retrain_lock, holder)  # only our own lock, if it has not expired
 
 
-_RELEASE = lua("models", "release_lock.lua")
+def _renew_while_running(client: redis.Redis, lock: str, holder: str) -> threading.Event:
+    """Renew ``lock`` every third of LOCK_SECONDS from a thread until the returned event is set: a
+    run longer than the TTL keeps it, a killed run loses it within LOCK_SECONDS."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LOCK_SECONDS / 3):
+            try:
+                if not client.eval(_RENEW, 1, lock, holder, int(LOCK_SECONDS * 1000)):
+                    log.warning("the retrain lock %s is no longer ours (expired and taken?)", lock)
+                    return
+            except redis.RedisError as exc:  # Redis away for a moment: the next turn tries again
+                log.warning("could not renew the retrain lock %s: %s", lock, exc)
+
+    threading.Thread(target=renew, name="retrain-lock", daemon=True).start()
+    return done
+
+
+_RELEASE = lua("segstream", "release_lock.lua")
+_RENEW = lua("segstream", "renew_lock.lua")
 
 
 def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run: int) -> RetrainReport:

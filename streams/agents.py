@@ -32,6 +32,7 @@ from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
 from segstream.scoring import ChurnRules, RfmScorer, bgnbd_of
+from segstream.scripts import lua
 from segstream.settings import Settings
 from streams.clusters import OnlineClusters
 from streams.state import ProfileStore
@@ -42,6 +43,8 @@ REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)  # worth waiting 
 DEAD_LETTERS_KEPT = 100  # the latest dead letters kept in Redis for the operations view
 
 log = logging.getLogger(__name__)
+
+_RENEW = lua("segstream", "renew_lock.lua")  # the outbox lease
 
 Record = tuple[int, int, bytes | None, bytes, Any]  # partition, offset, key, value, headers
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value) -> delivery future
@@ -242,11 +245,9 @@ class StreamHandler:
         outbox once Kafka acknowledged them. Returns how many events were published.
         """
         lock = self.keys.outbox_lock
-        if not await self.client.set(lock, self.token, nx=True, px=5_000):
-            holder = await self.client.get(lock)
-            if holder != self.token.encode():
-                return 0
-            await self.client.pexpire(lock, 5_000)
+        taken = await self.client.set(lock, self.token, nx=True, px=5_000)
+        if not taken and not await self.client.eval(_RENEW, 1, lock, self.token, 5_000):  # atomic: ours, renewed
+            return 0
         entries = await self.client.xrange(self.keys.outbox, count=batch)
         if not entries:
             return 0

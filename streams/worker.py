@@ -37,6 +37,7 @@ def run_worker(settings: Settings) -> None:
         _check_port_free(settings.worker_web_host, settings.worker_web_port)
     mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")  # before the app makes its loop
     app = create_app(settings)
+    app.conf.datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     # The worker allocates many short-lived objects per record and keeps many long-lived ones (the
     # profile cache). Each agent freezes what survives its batch (streams/app.py), which resets the
     # young generation's count: with a threshold above what a batch leaves alive, collections

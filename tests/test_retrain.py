@@ -37,6 +37,7 @@ from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.cli import cli
 from segstream.keys import Keys
+from segstream.scripts import lua
 from segstream.settings import Settings
 from streams.profile import Profile
 from streams.readmodel import customer_models
@@ -370,3 +371,30 @@ def test_retrain_without_redis_is_one_line(tmp_path: Path) -> None:
     env = {"SEGSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SEGSTREAM_MODELS_DIR": str(tmp_path)}
     done = CliRunner().invoke(cli, ["retrain", "--once", "--cutoff", "2018-06-30"], env=env)
     assert done.exit_code == 1 and "is not reachable" in done.output and "Traceback" not in done.output
+
+
+def test_the_retrain_lock_is_renewed_while_a_run_lasts_and_lost_when_it_stops(
+    store: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.retrain as retrain
+
+    _save(store, _population(50, repeat_share=0.3))
+    client, keys = _client(store), Keys(store.redis_prefix)
+    monkeypatch.setattr(retrain, "LOCK_SECONDS", 0.6)  # renewed every 0.2 s
+    real_run = retrain._run
+
+    def slow_run(*args, **kwargs):  # a run three times longer than the lock's TTL
+        time.sleep(1.8)
+        assert client.pttl(keys.retrain_lock) > 0  # still held: renewed
+        with pytest.raises(RetrainBusy):
+            retrain_once(store, cutoff=CUTOFF)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(retrain, "_run", slow_run)
+    assert retrain_once(store, cutoff=CUTOFF).run == 1
+    assert client.get(keys.retrain_lock) is None  # released
+    # the renewal only ever extends its own holder's lock (one atomic step, not GET then PEXPIRE)
+    renew = lua("segstream", "renew_lock.lua")
+    client.set(keys.retrain_lock, "other:1", px=10_000)
+    assert client.eval(renew, 1, keys.retrain_lock, "me:2", 60_000) == 0 and client.pttl(keys.retrain_lock) <= 10_000
+    assert client.eval(renew, 1, keys.retrain_lock, "other:1", 60_000) == 1 and client.pttl(keys.retrain_lock) > 10_000
