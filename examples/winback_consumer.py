@@ -86,8 +86,12 @@ class WinBack:
     async def members(self, clv: Clv | None, min_clv: float) -> list[str]:
         if clv is None or clv.run is None:
             return self.candidates()
-        values = [await clv.of(c) for c in self.candidates()]
-        return [c for c, v in zip(self.candidates(), values, strict=True) if v is None or v >= min_clv]
+        members = []
+        for customer in self.candidates():
+            value = await clv.of(customer)
+            if value is None or value >= min_clv:
+                members.append(customer)
+        return members
 
     async def save(self, clv: Clv | None, min_clv: float) -> list[str]:
         members = await self.members(clv, min_clv)

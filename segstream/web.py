@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -43,6 +43,9 @@ from segstream.clients import async_redis_client, kafka_options, redis_client
 from segstream.keys import Keys
 from segstream.scoring import SEGMENTS, segment_meaning
 from segstream.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.profile import Profile
 
 __all__ = ["WebRefused", "check_bind", "create_app"]
 
@@ -505,14 +508,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, "no model yet: run `segstream retrain --once`")
         return json.loads(doc)
 
-    @app.get(
-        "/api/customers/{customer}",
-        response_model=Customer,
-        responses={404: {"model": Error}, 409: {"model": Error}},
-    )
-    async def customer(customer: Annotated[str, Path(min_length=4, max_length=64)]) -> dict[str, Any]:
-        """One customer: a full customer_unique_id, or the start of exactly one."""
-        from streams.readmodel import AmbiguousId, customer_models, read_profile
+    async def lookup(customer: str) -> Profile:
+        """The profile of a full id or of the one id it starts; 404 for none, 409 for several."""
+        from streams.readmodel import AmbiguousId, read_profile
 
         try:
             found = await asyncio.to_thread(read_profile, settings, customer)
@@ -520,6 +518,18 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(409, str(exc)) from None
         if found is None:
             raise HTTPException(404, f"no customer {customer!r}")
+        return found
+
+    @app.get(
+        "/api/customers/{customer}",
+        response_model=Customer,
+        responses={404: {"model": Error}, 409: {"model": Error}},
+    )
+    async def customer(customer: Annotated[str, Path(min_length=4, max_length=64)]) -> dict[str, Any]:
+        """One customer: a full customer_unique_id, or the start of exactly one."""
+        from streams.readmodel import customer_models
+
+        found = await lookup(customer)
         cid = found.customer_unique_id
         modelled = await asyncio.to_thread(customer_models, settings, cid, sync)
         profile = _profile_dict(found)
@@ -544,14 +554,9 @@ def create_app(settings: Settings) -> FastAPI:
         """Every segment and churn change of one customer, oldest first, read from the output topics
         (the record of every change; the live feed keeps only the latest). Takes a second or more:
         it reads the customer's partition of each topic from its start."""
-        from streams.readmodel import AmbiguousId, customer_changes, read_profile
+        from streams.readmodel import customer_changes
 
-        try:
-            found = await asyncio.to_thread(read_profile, settings, customer)
-        except AmbiguousId as exc:
-            raise HTTPException(409, str(exc)) from None
-        if found is None:
-            raise HTTPException(404, f"no customer {customer!r}")
+        found = await lookup(customer)
         try:
             history = await customer_changes(settings, found.customer_unique_id)
         except Exception as exc:  # the broker away: say so, the rest of the API keeps serving

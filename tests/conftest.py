@@ -31,7 +31,17 @@ from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
 
-__all__ = ["EDGE", "REAL_SAMPLE", "Workers", "free_port", "read_records", "save_profiles", "split_checkouts"]
+__all__ = [
+    "EDGE",
+    "REAL_SAMPLE",
+    "Workers",
+    "free_port",
+    "isolated",
+    "read_records",
+    "save_profiles",
+    "split_checkouts",
+    "wait_for_web",
+]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # what consumers are promised: the output events' JSON Schema as published in docs/ (kept equal to
@@ -139,6 +149,31 @@ def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth-small")
     synthesize(SynthConfig(orders=400, seed=11, repeat_share=0.2), out)
     return out
+
+
+def isolated(settings: Settings, name: str) -> Settings:
+    """``settings`` with a consumer group, a Redis prefix and all five topics of their own, named
+    ``<name>-<random tag>``: a test's state and records never meet another's."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    topics = ("orders", "reviews", "segment_changes", "churn_signals", "dead_letter")
+    return settings.model_copy(
+        update={"app_id": tag, "redis_prefix": tag} | {f"topic_{t}": f"{tag}.{t.replace('_', '-')}" for t in topics}
+    )
+
+
+def wait_for_web(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30) -> None:
+    """Until ``segstream web`` at ``url`` answers /api/health (fails if its process ends first)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
 
 
 def read_records(settings: Settings, topics: list[str], expected: int, timeout_s: float = 30) -> list[bytes]:

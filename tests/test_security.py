@@ -24,6 +24,7 @@ from segstream.kafka import batch_producer
 from segstream.keys import Keys
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings, settings_env
+from tests.conftest import isolated
 
 ROOT = Path(__file__).parents[1]
 
@@ -171,19 +172,8 @@ def test_redis_over_tls_with_a_ca_file(synth_small: Path, kafka: Settings, tmp_p
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        tag = uuid.uuid4().hex[:8]
-        settings = kafka.model_copy(
-            update={
-                "redis_url": f"rediss://127.0.0.1:{port}/0",
-                "redis_ca_file": files["ca"],
-                "redis_prefix": f"tls-{tag}",
-                "app_id": f"tls-{tag}",
-                "topic_orders": f"tls-{tag}.orders",
-                "topic_reviews": f"tls-{tag}.reviews",
-                "topic_segment_changes": f"tls-{tag}.segment-changes",
-                "topic_churn_signals": f"tls-{tag}.churn-signals",
-                "topic_dead_letter": f"tls-{tag}.dead-letter",
-            }
+        settings = isolated(kafka, "tls").model_copy(
+            update={"redis_url": f"rediss://127.0.0.1:{port}/0", "redis_ca_file": files["ca"]}
         )
         deadline = time.monotonic() + 20
         while True:

@@ -34,7 +34,7 @@ from segstream.schemas import ChurnChanged, SegmentChanged
 from segstream.settings import Settings
 from segstream.web import WebRefused, check_bind, create_app
 from tests.browser import Browser
-from tests.conftest import Workers, free_port
+from tests.conftest import Workers, free_port, isolated, wait_for_web
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +60,9 @@ class Live:
 @pytest.fixture(scope="module")
 def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("web")
-    tag = uuid.uuid4().hex[:8]
-    settings = services.model_copy(
+    settings = isolated(services, "web").model_copy(
         update={
             "run_dir": tmp / "run",
-            "app_id": f"web-{tag}",
-            "redis_prefix": f"web-{tag}",
-            "topic_orders": f"web-{tag}.orders",
-            "topic_reviews": f"web-{tag}.reviews",
-            "topic_segment_changes": f"web-{tag}.segment-changes",
-            "topic_churn_signals": f"web-{tag}.churn-signals",
-            "topic_dead_letter": f"web-{tag}.dead-letter",
             "worker_batch": 200,
             "web_port": free_port(),
             "web_interval_s": 0.5,
@@ -80,15 +72,7 @@ def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
     web = start_worker(settings, tmp / "web.log", "web")
     url = f"http://127.0.0.1:{settings.web_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert web.poll() is None and time.monotonic() < deadline, (tmp / "web.log").read_text()
-        time.sleep(0.2)
+    wait_for_web(url, web, tmp / "web.log")
     group = Workers(settings, tmp)
     try:
         yield Live(settings, group, url, web)

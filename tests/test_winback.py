@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -22,7 +21,7 @@ from replay.olist import load_olist
 from replay.producer import replay_history
 from segstream.demo import start_worker, stop_worker
 from streams.thresholds import wait_for_rescore
-from tests.conftest import Workers, free_port
+from tests.conftest import Workers, free_port, wait_for_web
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +99,7 @@ def test_the_winback_list_equals_the_redis_state_after_a_kill_and_restart(
     web = start_worker(settings, tmp_path / "web.log", "web")
     try:
         api = f"http://127.0.0.1:{settings.web_port}"
-        deadline = time.monotonic() + 30
-        while not _answers(api + "/api/health") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for_web(api, web, tmp_path / "web.log")
         extra = ("--api", api, "--min-clv", str(bound))
         bounded = _consumer(workers, "winback-clv", tmp_path / "clv.json", idle_s=5, extra=extra)
         out, err = bounded.communicate(timeout=120)
@@ -111,10 +108,3 @@ def test_the_winback_list_equals_the_redis_state_after_a_kill_and_restart(
         stop_worker(web)
     saved = json.loads((tmp_path / "clv.json").read_text())
     assert saved["clv_model_run"] == report.run and saved["win_back"] == worth, out
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
