@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from replay.history import History, LoaderError, LoadReport
+from segstream.schemas import UNKNOWN_CATEGORY
 
 __all__ = ["CANCELED_STATUSES", "OLIST_COLUMNS", "OLIST_FILES", "REQUIRED_FILES", "LoaderError", "load_olist"]
 
@@ -122,7 +123,6 @@ USED_COLUMNS = {
     "categories": OLIST_COLUMNS["categories"],
 }
 CANCELED_STATUSES = frozenset({"canceled", "unavailable"})
-UNKNOWN_CATEGORY = "unknown"
 
 
 # --- reading ----------------------------------------------------------------------------------

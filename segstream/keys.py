@@ -36,6 +36,11 @@ class Keys:
         """Hash: 'previous>new' segment transitions counted per event-day (YYYY-MM-DD)."""
         return f"{self.prefix}:transitions:{day}"
 
+    def analytics(self, name: str) -> str:
+        """Hash: one analytics read model's integer counts (streams/analytics.py: cohorts,
+        weekday_hour, geography, segment_revenue, daily, basket_orders, basket_months)."""
+        return f"{self.prefix}:analytics:{name}"
+
     def scores(self, run: int | str) -> str:
         """Hash: customer -> CLV scores (JSON) of one retrain run (``scores("")``: the prefix)."""
         return f"{self.prefix}:scores:{run}"

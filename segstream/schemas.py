@@ -50,6 +50,7 @@ __all__ = [
     "OutputEvent",
     "ReviewPosted",
     "SegmentChanged",
+    "UNKNOWN_CATEGORY",
     "decode_event",
     "decode_output",
     "encode_event",
@@ -91,6 +92,9 @@ class CustomerEvent(_Event):
 
     customer_unique_id: str = Field(min_length=1)
     order_id: str = Field(min_length=1)
+
+
+UNKNOWN_CATEGORY = "unknown"  # the category of a product the source names none for
 
 
 class Item(BaseModel):

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     worker_cache: int = Field(
         200_000, ge=0, description="Profiles a worker keeps in memory between writes (0: read every one from Redis)."
     )
+    worker_analytics: bool = Field(
+        True,
+        description="Keep the analytics read models (cohorts, weekday x hour, geography, segment revenue, daily "
+        "sales, baskets) with each profile write.",
+    )
     broker_session_timeout: float = Field(
         6.0, gt=0, description="Kafka consumer session timeout (s): how long a dead worker's partitions wait."
     )

@@ -86,6 +86,7 @@ class StreamHandler:
                 churn_topic=self.settings.topic_churn_signals,
                 clusters=clusters,
                 cache_size=self.settings.worker_cache,
+                analytics=self.settings.worker_analytics,
             )
         return self.store
 

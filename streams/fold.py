@@ -25,6 +25,7 @@ import bisect
 import functools
 import heapq
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from segstream.schemas import (
@@ -41,6 +42,7 @@ from segstream.schemas import (
     wire_time,
 )
 from segstream.scoring import ChurnRules, RfmScorer
+from streams.analytics import order_deltas
 from streams.clusters import OnlineClusters, features
 from streams.profile import Profile
 
@@ -86,19 +88,25 @@ class Working:
     churn_changes: list = field(default_factory=list)
     due: float | None = None
     dirty: bool = False
+    # what the batch's applied purchases add to the analytics read models (streams/analytics.py)
+    deltas: Counter = field(default_factory=Counter)
 
 
 class Fold:
     """Folds records into working profiles with the thresholds and rules in force.
 
     ``scorer`` and ``rules`` may be replaced between batches (a threshold republication);
-    ``clusters`` learns from every applied order-topic event.
+    ``clusters`` learns from every applied order-topic event; with ``analytics``, each applied
+    purchase's contribution to the analytics read models is kept in its customer's ``deltas``.
     """
 
-    def __init__(self, scorer: RfmScorer, rules: ChurnRules, clusters: OnlineClusters | None = None) -> None:
+    def __init__(
+        self, scorer: RfmScorer, rules: ChurnRules, clusters: OnlineClusters | None = None, analytics: bool = True
+    ) -> None:
         self.scorer = scorer
         self.rules = rules
         self.clusters = clusters
+        self.analytics = analytics
 
     def fold(
         self,
@@ -170,6 +178,8 @@ class Fold:
             else:
                 now = profile.evaluated_at  # late (behind the clock): takes effect now
             profile.apply(item)
+            if self.analytics and type(item) is OrderPlaced:
+                order_deltas(item, state.deltas)
             self.learn(profile, now)
             self.step(state, now, cause_of(item), item.event_id)
             self.reschedule(state, heap, customer)

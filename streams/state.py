@@ -27,6 +27,7 @@ from segstream.keys import Keys
 from segstream.schemas import ClockTick
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.scripts import lua
+from streams.analytics import READ_MODELS, profile_deltas
 from streams.clusters import OnlineClusters
 from streams.fold import Fold, Working, after, cause_of
 from streams.profile import Profile
@@ -65,10 +66,14 @@ class ProfileStore:
         recent_latencies: int = 50_000,
         clusters: OnlineClusters | None = None,
         cache_size: int = 200_000,
+        analytics: bool = True,
     ) -> None:
         self.client = client
         self.keys = keys
-        self.fold = Fold(scorer, rules, clusters)
+        self.fold = Fold(scorer, rules, clusters, analytics)
+        # the write script's delta names start with the read model's index (one character)
+        self._model_code = {name: str(index) for index, name in enumerate(READ_MODELS)}
+        self._analytics_keys = "\n".join(keys.analytics(name) for name in READ_MODELS)
         self.scripts = ScriptRunner(client)
         self.segment_topic = segment_topic
         self.churn_topic = churn_topic
@@ -311,7 +316,8 @@ class ProfileStore:
             profile.version = expected + 1
             fields = profile.changed_fields(state.base)
             scored = 1 if profile.last_purchase is not None else 0
-            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes) // 3}"
+            deltas = self._deltas(state)
+            counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes) // 3} {len(deltas) // 2}"
             shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
             args += (customer, shape)
             args += chain.from_iterable(fields.items())  # name, value, name, value...
@@ -319,6 +325,7 @@ class ProfileStore:
             args.append("" if state.due is None else repr(state.due))
             args += state.segment_changes
             args += state.churn_changes
+            args += deltas
             planned.append((customer, state))
         if not (planned or only_duplicates or watermark is not None or ticks or sent_at_ms):
             return None, planned, only_duplicates
@@ -326,6 +333,7 @@ class ProfileStore:
             profile_prefix=self.keys.profile(""),
             applied_prefix=self.keys.applied(""),
             transitions_prefix=self.keys.transitions(""),
+            analytics_keys=self._analytics_keys,
             due_prefix=self.keys.due(""),
             segments=self.keys.segments,
             churn_statuses=self.keys.churn_statuses,
@@ -346,6 +354,16 @@ class ProfileStore:
         )
         marks = [] if watermark is None else [partition, repr(watermark)]
         return [*header.args(), *marks, *sent_at_ms, *args], planned, only_duplicates
+
+    def _deltas(self, state: Working) -> list[str]:
+        """The customer's analytics deltas as the write script takes them: (name, integer) pairs,
+        the name being the read model's index and the field. None when analytics are off."""
+        if not self.fold.analytics:
+            return []
+        deltas = state.deltas.copy()
+        profile_deltas(state.profile, state.base, deltas)
+        code = self._model_code
+        return [x for (model, name), n in deltas.items() if n for x in (code[model] + name, str(n))]
 
     async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20, max_passes: int = 10) -> int:
         """Re-derive every scored customer of the partition who does not carry the current

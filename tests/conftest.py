@@ -283,6 +283,18 @@ class Workers:
         return len(values)
 
 
+def assert_read_models_match(group: Workers, data: Path, state: pd.DataFrame | None = None) -> None:
+    """Every analytics read model the workers keep equals the pandas oracle's, field by field."""
+    from tests import oracle
+
+    expected = oracle.read_models(data, state)
+    client = group.redis
+    for name, want in expected.items():
+        got = {k.decode(): int(v) for k, v in client.hgetall(group.keys.analytics(name)).items()}
+        wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        assert not wrong, (name, len(wrong), [(k, got.get(k), want.get(k)) for k in wrong[:5]])
+
+
 @pytest.fixture
 def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
     tag = uuid.uuid4().hex[:8]

@@ -7,6 +7,7 @@ segment and churn status, and every segment transition the stream must publish.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,70 @@ def all_transitions(
 def transitions(data: Path, tick_seconds: int = 86_400, load=load_facts) -> pd.DataFrame:
     """Every segment change: customer, previous, segment, cause, time (epoch seconds)."""
     return all_transitions(data, tick_seconds, load)[0]
+
+
+def read_models(data: Path, state: pd.DataFrame | None = None) -> dict[str, dict[str, int]]:
+    """The analytics read models (docs/definitions.md, "Analytics read models") in batch from the
+    Olist CSVs, as the hash fields the stream keeps (tab-joined parts, money in cents); ``state``:
+    the final state (:func:`final_state`) whose segments they count."""
+    facts = load_facts(data)
+    customers = pd.read_csv(data / "olist_customers_dataset.csv", dtype=str)
+    orders = pd.read_csv(data / "olist_orders_dataset.csv", dtype=str)
+    items = pd.read_csv(data / "olist_order_items_dataset.csv", dtype=str)
+    products = pd.read_csv(data / "olist_products_dataset.csv", dtype=str)
+    names = data / "product_category_name_translation.csv"
+    english = {}
+    if names.exists():
+        table = pd.read_csv(names, dtype=str, encoding="utf-8-sig")
+        english = dict(zip(table["product_category_name"], table["product_category_name_english"], strict=True))
+    category = products.set_index("product_id")["product_category_name"]
+    items["category"] = items["product_id"].map(category).map(lambda c: english.get(c, c) if isinstance(c, str) else c)
+    where = orders.merge(customers, on="customer_id").set_index("order_id")["customer_state"]
+
+    bought = facts["purchases"].copy()
+    bought["cents"] = (bought["value"] * 100).round().astype(int)
+    stamp = pd.to_datetime(bought["time"], unit="s")
+    bought["weekday"], bought["hour"] = stamp.dt.day_of_week, stamp.dt.hour
+    bought["day"], bought["month"] = stamp.dt.strftime("%Y-%m-%d"), stamp.dt.strftime("%Y-%m")
+    bought["state"] = bought["order_id"].map(where)
+    out: dict[str, Counter] = {name: Counter() for name in ("weekday_hour", "geography", "daily", "cohorts")}
+    for model, columns in (("weekday_hour", ["weekday", "hour"]), ("geography", ["state"]), ("daily", ["day"])):
+        for key, group in bought.groupby(columns):
+            label = "\t".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            out[model][f"{label}\torders"] += len(group)
+            out[model][f"{label}\trevenue"] += int(group["cents"].sum())
+
+    index = stamp.dt.year * 12 + stamp.dt.month - 1
+    first = index.groupby(bought["customer_unique_id"]).transform("min")
+    bought["cohort"] = bought["customer_unique_id"].map(bought.groupby("customer_unique_id")["month"].min())
+    bought["since"] = index - first
+    for cohort, n in bought.groupby("cohort")["customer_unique_id"].nunique().items():
+        out["cohorts"][f"{cohort}\tcustomers"] = n
+    for (cohort, since), group in bought.groupby(["cohort", "since"]):
+        out["cohorts"][f"{cohort}\t{since}\tactive"] = group["customer_unique_id"].nunique()
+        out["cohorts"][f"{cohort}\t{since}\trevenue"] = int(group["cents"].sum())
+
+    # the customer's state is their latest purchase's; the segment is the final one
+    state = final_state(data) if state is None else state
+    latest = bought.sort_values(["time"]).drop_duplicates("customer_unique_id", keep="last").set_index("customer_unique_id")
+    for customer, row in latest.iterrows():
+        out["geography"][f"{row['state']}\tcustomers"] += 1
+        out["geography"][f"{row['state']}\tsegment\t{state.loc[customer, 'segment']}"] += 1
+    out["segment_revenue"] = Counter()
+    bought["segment"] = bought["customer_unique_id"].map(state["segment"])
+    for (month, segment), group in bought.groupby(["month", "segment"]):
+        out["segment_revenue"][f"{month}\t{segment}"] = int(group["cents"].sum())
+
+    kept = items[items["order_id"].isin(set(bought["order_id"])) & items["category"].notna()]
+    kept = kept[kept["category"] != "unknown"].merge(bought[["order_id", "customer_unique_id", "month"]])
+    for model, by in (("basket_orders", ["order_id"]), ("basket_months", ["customer_unique_id", "month"])):
+        counts = out[model] = Counter()
+        for _key, group in kept.groupby(by):
+            basket = sorted(set(group["category"]))
+            counts["baskets"] += 1
+            for a in basket:
+                counts[f"item\t{a}"] += 1
+            for i, a in enumerate(basket):
+                for b in basket[i + 1 :]:
+                    counts[f"pair\t{a}\t{b}"] += 1
+    return {name: {k: v for k, v in counts.items() if v} for name, counts in out.items()}

@@ -23,7 +23,7 @@ from streams.clusters import OnlineClusters
 from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
 from tests import oracle
-from tests.conftest import Workers, free_port, read_records, split_checkouts
+from tests.conftest import Workers, assert_read_models_match, free_port, read_records, split_checkouts
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,8 @@ def _assert_matches_oracle(group: Workers, data: Path, **options) -> pd.DataFram
         if got != want:
             mismatches.append((customer, got, want, p.churn_reasons))
     assert not mismatches, "\n".join(map(repr, mismatches[:5]))
+    if options.get("load", oracle.load_facts) is oracle.load_facts:
+        assert_read_models_match(group, data, expected)
     return expected
 
 
