@@ -472,6 +472,32 @@ def segments(ctx: click.Context, latest: int) -> None:
     click.echo("\n".join(overview_lines(overview(_settings(ctx), latest))))
 
 
+@cli.command()
+@click.argument("view", type=click.Choice(["cohorts", "weekday", "geography", "segment-revenue", "daily"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON (as /api/analytics/... serves it).")
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N rows (cohorts, months, days).")
+@click.pass_context
+def analytics(ctx: click.Context, view: str, as_json: bool, last: int | None) -> None:
+    """Print an analytics read model the workers keep live: acquisition cohorts and their
+    retention, purchases by weekday and hour, customers and revenue by state, revenue by segment
+    per month, or daily sales. Definitions: docs/definitions.md."""
+    from streams.readmodel import analytics_lines, analytics_view
+
+    settings = _settings(ctx)
+    table = analytics_view(settings, view)
+    if not (any(map(any, table["orders"])) if view == "weekday" else table):
+        raise click.ClickException(
+            f"nothing in the {view} read model under prefix {settings.redis_prefix!r} yet: replay a history with a "
+            "worker running (SEGSTREAM_WORKER_ANALYTICS must be on)"
+        )
+    if last and view != "weekday":
+        table = table[-last:]
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+    else:
+        click.echo("\n".join(analytics_lines(view, table, settings.currency)))
+
+
 def _four(value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None

@@ -128,6 +128,38 @@ class Transitions(BaseModel):
     transitions: list[Transition]
 
 
+class Cohort(BaseModel):
+    cohort: str = Field(description="Month of the customers' first purchase, YYYY-MM.")
+    customers: int
+    active: list[int] = Field(description="Per month since the first (0 = that month): customers who bought in it.")
+    revenue: list[float] = Field(description="Per month since the first: their purchases' payment total.")
+
+
+class WeekdayHour(BaseModel):
+    timezone: str = Field(description="The clock the hours are of.")
+    orders: list[list[int]] = Field(description="Purchases by weekday (rows, Monday first) and hour (columns, 0-23).")
+    revenue: list[list[float]]
+
+
+class StateRow(BaseModel):
+    state: str
+    customers: int = Field(description="Customers whose latest purchase was there.")
+    orders: int = Field(description="Purchases placed there.")
+    revenue: float
+    segments: dict[str, int] = Field(description="Its customers by segment now.")
+
+
+class MonthRevenue(BaseModel):
+    month: str
+    segments: dict[str, float] = Field(description="The month's revenue by the segment its buyers hold now.")
+
+
+class DaySales(BaseModel):
+    day: str
+    orders: int
+    revenue: float
+
+
 class Change(BaseModel):
     kind: str = Field(description="segment or churn")
     id: str = Field(description="Position in the changes feed (a Redis stream id).")
@@ -375,6 +407,15 @@ def _static(name: str) -> str:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    from streams.analytics import (
+        TIMEZONE_NOTE,
+        cohort_table,
+        daily_table,
+        geography_table,
+        segment_revenue_table,
+        weekday_hour_table,
+    )
+
     snapshots = Snapshots(settings)
     sync = redis_client(settings, socket_timeout=5)
     keys = Keys(settings.redis_prefix)
@@ -493,6 +534,35 @@ def create_app(settings: Settings) -> FastAPI:
         from streams.readmodel import recent_changes
 
         return await asyncio.to_thread(recent_changes, sync, keys, limit)
+
+    def analytics(name: str) -> dict[bytes, bytes]:
+        return sync.hgetall(keys.analytics(name))
+
+    @app.get("/api/analytics/cohorts", response_model=list[Cohort])
+    async def cohorts() -> list[dict[str, Any]]:
+        """Acquisition cohorts: customers by month of first purchase, and per month since, the
+        active customers and their revenue (a late, older first purchase moves a customer's cohort)."""
+        return cohort_table(await asyncio.to_thread(analytics, "cohorts"))
+
+    @app.get("/api/analytics/weekday-hour", response_model=WeekdayHour)
+    async def weekday_hour() -> dict[str, Any]:
+        """Purchases and revenue by weekday and hour of the event time."""
+        return {"timezone": TIMEZONE_NOTE, **weekday_hour_table(await asyncio.to_thread(analytics, "weekday_hour"))}
+
+    @app.get("/api/analytics/geography", response_model=list[StateRow])
+    async def geography() -> list[dict[str, Any]]:
+        """Customers, purchases, revenue and segment mix by state (Olist) or country; by revenue."""
+        return geography_table(await asyncio.to_thread(analytics, "geography"))
+
+    @app.get("/api/analytics/segment-revenue", response_model=list[MonthRevenue])
+    async def segment_revenue() -> list[dict[str, Any]]:
+        """Revenue per event-month by the segment its buyers hold now."""
+        return segment_revenue_table(await asyncio.to_thread(analytics, "segment_revenue"))
+
+    @app.get("/api/analytics/daily", response_model=list[DaySales])
+    async def daily() -> list[dict[str, Any]]:
+        """Purchases and revenue per event-day with a purchase."""
+        return daily_table(await asyncio.to_thread(analytics, "daily"))
 
     @app.get("/api/health", response_model=Health, responses={503: {"model": Error}})
     async def health() -> dict[str, Any]:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "READ_MODELS",
     "SEP",
+    "TIMEZONE_NOTE",
     "basket_counts",
     "basket_table",
     "cents",
@@ -73,6 +74,10 @@ READ_MODELS = (
     "daily",
     "basket_orders",
     "basket_months",
+)
+TIMEZONE_NOTE = (
+    "the event time's own clock, as the source wrote it (Olist: São Paulo local time, which its files give "
+    "without an offset)"
 )
 # Fields join their parts with a tab: segment names hold spaces and apostrophes, categories and
 # states may hold anything a source writes but control characters.

@@ -20,10 +20,14 @@ from segstream.keys import Keys
 from segstream.schemas import SegmentChanged
 from segstream.scripts import lua
 from segstream.settings import Settings
+from streams import analytics
 from streams.profile import Profile
 
 __all__ = [
+    "ANALYTICS_VIEWS",
     "AmbiguousId",
+    "analytics_lines",
+    "analytics_view",
     "CustomerModels",
     "Overview",
     "customer_changes",
@@ -325,3 +329,65 @@ async def customer_changes(
     out["segment_changes"] = [e for e in ordered if e["event_type"] == "segment_changed"]
     out["churn_changes"] = [e for e in ordered if e["event_type"] == "churn_changed"]
     return out
+
+
+# ---- the analytics read models ------------------------------------------------------------------
+
+ANALYTICS_VIEWS = {  # the CLI's name -> the read model and its table (streams/analytics.py)
+    "cohorts": ("cohorts", analytics.cohort_table),
+    "weekday": ("weekday_hour", analytics.weekday_hour_table),
+    "geography": ("geography", analytics.geography_table),
+    "segment-revenue": ("segment_revenue", analytics.segment_revenue_table),
+    "daily": ("daily", analytics.daily_table),
+}
+
+
+def analytics_view(settings: Settings, view: str) -> Any:
+    """One analytics read model as a table (``ANALYTICS_VIEWS``); an empty one if nothing counted yet."""
+    model, table = ANALYTICS_VIEWS[view]
+    return table(_client(settings).hgetall(Keys(settings.redis_prefix).analytics(model)))
+
+
+def analytics_lines(view: str, table: Any, currency: str = "", months: int = 12) -> list[str]:
+    """The text of ``segstream analytics VIEW``: labelled columns, money with its currency."""
+    money = f" ({currency})" if currency else ""
+    if view == "cohorts":
+        width = min(months, max((len(r["active"]) for r in table), default=0))
+        lines = [
+            f"acquisition cohorts: share of each month's new customers buying in month 0..{width - 1} since; "
+            f"revenue{money} over all months",
+            f"{'cohort':<8}{'customers':>10}{'revenue':>14} " + "".join(f"{f'm{k}':>7}" for k in range(width)),
+        ]
+        for r in table:
+            shares = "".join(f"{a / r['customers']:>7.1%}" for a in r["active"][:width])
+            lines.append(f"{r['cohort']:<8}{r['customers']:>10,}{sum(r['revenue']):>14,.2f} {shares}")
+        return lines
+    if view == "weekday":
+        days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+        lines = [
+            f"purchases by weekday and hour of the event time ({analytics.TIMEZONE_NOTE})",
+            f"{'':<4}" + "".join(f"{h:>5}" for h in range(24)) + f"{'total':>8}{'revenue' + money:>16}",
+        ]
+        for d, (orders, revenue) in enumerate(zip(table["orders"], table["revenue"], strict=True)):
+            lines.append(f"{days[d]:<4}" + "".join(f"{n:>5}" for n in orders) + f"{sum(orders):>8,}{sum(revenue):>16,.2f}")
+        return lines
+    if view == "geography":
+        lines = [f"{'state':<12}{'customers':>10}{'orders':>9}{'revenue' + money:>16}  largest segments"]
+        for r in table:
+            top = sorted(r["segments"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            mix = ", ".join(f"{s} {n / max(r['customers'], 1):.0%}" for s, n in top)
+            lines.append(f"{r['state'] or 'n/a':<12}{r['customers']:>10,}{r['orders']:>9,}{r['revenue']:>16,.2f}  {mix}")
+        return lines
+    if view == "segment-revenue":
+        lines = [f"revenue{money} per event-month by the segment its buyers hold now (the three largest)"]
+        lines.append(f"{'month':<8}{'revenue':>14}  segments")
+        for r in table:
+            total = sum(r["segments"].values())
+            top = sorted(r["segments"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            lines.append(f"{r['month']:<8}{total:>14,.2f}  " + ", ".join(f"{s} {v / total:.0%}" for s, v in top))
+        return lines
+    if view == "daily":
+        lines = [f"{'day':<12}{'orders':>8}{'revenue' + money:>16}"]
+        lines += [f"{r['day']:<12}{r['orders']:>8,}{r['revenue']:>16,.2f}" for r in table]
+        return lines
+    raise ValueError(f"no analytics view {view!r}")

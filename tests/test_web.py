@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -31,7 +32,7 @@ from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
 from segstream.demo import start_worker, stop_worker
 from segstream.schemas import ChurnChanged, SegmentChanged
-from segstream.settings import Settings
+from segstream.settings import Settings, settings_env
 from segstream.web import WebRefused, check_bind, create_app
 from tests.browser import Browser
 from tests.conftest import Workers, free_port, isolated, wait_for_web
@@ -143,10 +144,14 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         assert counted == {"segmentChanges": str(profile.segment_changes), "churnChanges": str(profile.churn_changes)}
         shown_rows = page.evaluate("document.querySelectorAll('#customer-history tbody tr').length")
         assert shown_rows == profile.segment_changes + profile.churn_changes
-        charts = page.evaluate(
-            "[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')"
+        # segments now, history, flows, churn, CLV (no model yet), cohorts, weekday x hour, states, segment revenue
+        page.wait_for("[...document.querySelectorAll('.chart')].filter(c => c.dataset.rendered).length >= 8", timeout=20)
+        assert charts_state(page) == ["1", "1", "1", "1", "hidden", "1", "1", "1", "1"]
+        cohorts = live.get("/api/analytics/cohorts").json()
+        drawn = page.evaluate(
+            "echarts.getInstanceByDom(document.getElementById('chart-cohorts')).getOption().series[0].data.length"
         )
-        assert charts == ["1", "1", "1", "1", "hidden"]  # CLV by segment: no model yet
+        assert drawn == sum(min(len(r["active"]), 13) for r in cohorts) > 0  # every cell, from the API
         assert "No CLV model yet" in page.evaluate("document.getElementById('clv-empty').innerText")
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view.png")
@@ -199,6 +204,62 @@ def test_the_api_answers_from_the_workers_state(live: Live) -> None:
         events = [model.model_validate(e) for e in history[kind]]
         assert [int(e.event_id.rsplit(":", 1)[1]) for e in events] == list(range(1, count + 1)), kind
         assert getattr(events[-1], field) == last and {e.customer_unique_id for e in events} == {customer}
+
+
+def charts_state(page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')")
+
+
+def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small: Path) -> None:
+    """The API's tables are the oracle's counts (pandas, from the CSVs) in the documented shapes,
+    and they agree with the backtest's batch analyses of the same history (models/analyses.py)."""
+    from models.analyses import cohorts as batch_cohorts
+    from models.analyses import weekday_hour as batch_weekday_hour
+    from streams import analytics
+    from tests import oracle
+
+    want = oracle.read_models(synth_small)
+    for path, model, table in (
+        ("cohorts", "cohorts", analytics.cohort_table),
+        ("geography", "geography", analytics.geography_table),
+        ("segment-revenue", "segment_revenue", analytics.segment_revenue_table),
+        ("daily", "daily", analytics.daily_table),
+    ):
+        assert live.get(f"/api/analytics/{path}").json() == table(want[model]), path
+    grid = live.get("/api/analytics/weekday-hour").json()
+    assert {k: grid[k] for k in ("orders", "revenue")} == analytics.weekday_hour_table(want["weekday_hour"])
+    assert "São Paulo" in grid["timezone"]
+    # the same definitions as the backtest's batch analyses, computed apart from the stream
+    facts = oracle.load_facts(synth_small)["purchases"]
+    frame = pd.DataFrame({
+        "customer": facts["customer_unique_id"], "spend": facts["value"], "time": pd.to_datetime(facts["time"], unit="s"),
+    })  # fmt: skip
+    served = {r["cohort"]: r for r in live.get("/api/analytics/cohorts").json()}
+    for row in batch_cohorts(frame, months=6):
+        mine = served[row["cohort"]]
+        assert mine["customers"] == row["customers"]
+        padded = (mine["active"] + [0] * 6)[:6]
+        assert [round(a / mine["customers"], 6) for a in padded] == row["retention"]
+        assert [round(v, 2) for v in (mine["revenue"] + [0.0] * 6)[:6]] == pytest.approx(row["revenue"])
+    assert grid["orders"] == [[int(n) for n in day] for day in batch_weekday_hour(frame)["orders"]]
+    # the CLI prints the same, labelled; nothing to show is an error, not an empty table
+    env = {**settings_env(live.settings), "PATH": "/usr/bin:/bin"}
+    for view, label in (("cohorts", "acquisition cohorts"), ("weekday", "Mon"), ("geography", "customers")):
+        done = subprocess.run(
+            [sys.executable, "-m", "segstream", "analytics", view], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0 and label in done.stdout, done.stderr
+    cohort_lines = subprocess.run(
+        [sys.executable, "-m", "segstream", "analytics", "cohorts", "--json"], capture_output=True, text=True,
+        timeout=60, env=env,
+    )  # fmt: skip
+    assert json.loads(cohort_lines.stdout) == list(served.values())
+    empty = subprocess.run(
+        [sys.executable, "-m", "segstream", "analytics", "geography"], capture_output=True, text=True, timeout=60,
+        env={**env, "SEGSTREAM_REDIS_PREFIX": "nothing-here"},
+    )  # fmt: skip
+    assert empty.returncode == 1 and "nothing in the geography read model" in empty.stderr
+    assert "Traceback" not in empty.stderr
 
 
 def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
@@ -293,6 +354,11 @@ def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
         "/api/models",
         "/api/customers/{customer}",
         "/api/customers/{customer}/history",
+        "/api/analytics/cohorts",
+        "/api/analytics/weekday-hour",
+        "/api/analytics/geography",
+        "/api/analytics/segment-revenue",
+        "/api/analytics/daily",
     }
 
 

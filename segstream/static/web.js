@@ -145,6 +145,10 @@
   function fetchHistory(watermark) {
     lastFetch = Date.now();
     json("api/segments/history").then(function (r) { if (r.status === 200) showHistory(r.body); });
+    json("api/analytics/cohorts").then(function (r) { if (r.status === 200) showCohorts(r.body); });
+    json("api/analytics/weekday-hour").then(function (r) { if (r.status === 200) showWeekday(r.body); });
+    json("api/analytics/geography").then(function (r) { if (r.status === 200) showStates(r.body); });
+    json("api/analytics/segment-revenue").then(function (r) { if (r.status === 200) showSegmentRevenue(r.body); });
     if (!windowChosen) {
       var end = new Date(watermark);
       var start = new Date(end.getTime() - 29 * 86400e3);
@@ -154,6 +158,83 @@
     refreshWindow();
   }
   $("window").addEventListener("submit", function (e) { e.preventDefault(); windowChosen = true; refreshWindow(); });
+
+  // ---- analytics read models ------------------------------------------------------------------
+  var money = function (v) { return fmt.format(Math.round(v * 100) / 100); };
+  var COHORT_MONTHS = 13;
+  function showCohorts(rows) {
+    var cells = [], max = 0;
+    rows.forEach(function (r, y) {
+      r.active.slice(0, COHORT_MONTHS).forEach(function (a, k) {
+        var share = a / r.customers;
+        if (k > 0) max = Math.max(max, share);  // month 0 is 100% by definition: scale on the rest
+        cells.push([k, y, Math.round(share * 10000) / 100, a, r.revenue[k]]);
+      });
+    });
+    chart("chart-cohorts").setOption({
+      animation: false,
+      grid: { left: 130, right: 20, top: 10, bottom: 60 },
+      tooltip: { formatter: function (p) {
+        var r = rows[p.value[1]];
+        return "<b>" + r.cohort + "</b> (" + fmt.format(r.customers) + " customers), month " + p.value[0] + ":<br>" +
+          fmt.format(p.value[3]) + " bought (" + p.value[2] + "%), revenue " + money(p.value[4]);
+      } },
+      xAxis: { type: "category", name: "months since the first purchase", nameLocation: "middle", nameGap: 30,
+        data: Array.from({ length: COHORT_MONTHS }, function (_, k) { return String(k); }) },
+      yAxis: { type: "category", inverse: true, data: rows.map(function (r) { return r.cohort + " (" + fmt.format(r.customers) + ")"; }) },
+      visualMap: { min: 0, max: Math.max(Math.ceil(max * 100), 1), dimension: 2, calculable: true, orient: "horizontal",
+        left: "center", bottom: 0, itemHeight: 120, text: ["% buying", ""], inRange: { color: ["#f7fbff", "#08519c"] } },
+      series: [{ type: "heatmap", data: cells, label: { show: false } }]
+    }, true);
+  }
+  var DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+  function showWeekday(grid) {
+    var cells = [], max = 0;
+    grid.orders.forEach(function (hours, d) { hours.forEach(function (n, h) { max = Math.max(max, n); cells.push([h, d, n, grid.revenue[d][h]]); }); });
+    $("weekday-zone").textContent = "hours of " + grid.timezone;
+    chart("chart-weekday").setOption({
+      animation: false,
+      grid: { left: 50, right: 20, top: 10, bottom: 60 },
+      tooltip: { formatter: function (p) { return DAYS[p.value[1]] + " " + p.value[0] + ":00–" + p.value[0] + ":59: " +
+        fmt.format(p.value[2]) + " purchases, revenue " + money(p.value[3]); } },
+      xAxis: { type: "category", data: Array.from({ length: 24 }, function (_, h) { return String(h); }) },
+      yAxis: { type: "category", inverse: true, data: DAYS },
+      visualMap: { min: 0, max: Math.max(max, 1), dimension: 2, orient: "horizontal", left: "center", bottom: 0,
+        itemHeight: 120, text: ["purchases", ""], inRange: { color: ["#fff7ec", "#b30000"] } },
+      series: [{ type: "heatmap", data: cells }]
+    }, true);
+  }
+  function showStates(rows) {
+    var top = rows.slice(0, 27).reverse();
+    chart("chart-states").setOption({
+      animation: false,
+      grid: { left: 60, right: 30, top: 10, bottom: 30 },
+      tooltip: { formatter: function (p) {
+        var r = top[p.dataIndex];
+        var mix = Object.keys(r.segments).sort(function (a, b) { return r.segments[b] - r.segments[a]; }).slice(0, 4)
+          .map(function (s) { return s + " " + Math.round(100 * r.segments[s] / r.customers) + "%"; }).join(", ");
+        return "<b>" + (r.state || "n/a") + "</b>: revenue " + money(r.revenue) + ", " + fmt.format(r.orders) + " purchases, " +
+          fmt.format(r.customers) + " customers<br>" + mix;
+      } },
+      xAxis: { type: "value" },
+      yAxis: { type: "category", data: top.map(function (r) { return r.state || "n/a"; }) },
+      series: [{ type: "bar", data: top.map(function (r) { return Math.round(r.revenue); }), itemStyle: { color: "#3182bd" } }]
+    }, true);
+  }
+  function showSegmentRevenue(months) {
+    var names = sorted(Object.keys(months.reduce(function (all, m) { Object.assign(all, m.segments); return all; }, {})));
+    chart("chart-segment-revenue").setOption({
+      animation: false,
+      legend: { type: "scroll", top: 0 },
+      grid: { left: 70, right: 20, top: 40, bottom: 30 },
+      tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
+      xAxis: { type: "category", data: months.map(function (m) { return m.month; }) },
+      yAxis: { type: "value", name: "revenue" },
+      series: names.map(function (s) {
+        return { name: s, type: "bar", stack: "revenue", data: months.map(function (m) { return Math.round(m.segments[s] || 0); }) };
+      })
+    }, true);
+  }
 
   // ---- feed, churn ------------------------------------------------------------------------------
   function customerLink(id) {
@@ -203,7 +284,6 @@
     $("clv-run").textContent = by ? "model run " + models.clv + ", horizon " + models.clv_horizon_days + " days" : "";
     if (!by) return;
     var names = sorted(Object.keys(by));
-    var money = function (v) { return fmt.format(Math.round(v * 100) / 100); };
     fill($("clv-table").tBodies[0], names.map(function (s) {
       var d = by[s];
       var tr = row([s, fmt.format(d.customers), money(d.p50), money(d.mean), money(d.p90)], [1, 2, 3, 4]);
