@@ -37,6 +37,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 __all__ = [
     "SCHEMA_VERSION",
     "SENT_AT_HEADER",
+    "UNKNOWN_CATEGORY",
     "AnyEvent",
     "ChurnChanged",
     "ClockTick",
@@ -50,7 +51,6 @@ __all__ = [
     "OutputEvent",
     "ReviewPosted",
     "SegmentChanged",
-    "UNKNOWN_CATEGORY",
     "decode_event",
     "decode_output",
     "encode_event",

@@ -193,9 +193,7 @@ def profile_deltas(new: Profile, old: Profile | None, deltas: Deltas) -> None:
 
 
 def _parsed(raw: dict) -> dict[str, int]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items() if int(v)
-    }
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items() if int(v)}
 
 
 def cohort_table(raw: dict) -> list[dict]:
@@ -242,7 +240,9 @@ def geography_table(raw: dict) -> list[dict]:
     rows: dict[str, dict] = {}
     for name, n in counts.items():
         parts = name.split(SEP)
-        row = rows.setdefault(parts[0], {"state": parts[0], "customers": 0, "orders": 0, "revenue": 0.0, "segments": {}})
+        row = rows.setdefault(
+            parts[0], {"state": parts[0], "customers": 0, "orders": 0, "revenue": 0.0, "segments": {}}
+        )
         if parts[1] == "segment":
             row["segments"][parts[2]] = n
         else:

@@ -26,10 +26,10 @@ from streams.profile import Profile
 __all__ = [
     "ANALYTICS_VIEWS",
     "AmbiguousId",
-    "analytics_lines",
-    "analytics_view",
     "CustomerModels",
     "Overview",
+    "analytics_lines",
+    "analytics_view",
     "customer_changes",
     "customer_models",
     "overview",
@@ -369,14 +369,18 @@ def analytics_lines(view: str, table: Any, currency: str = "", months: int = 12)
             f"{'':<4}" + "".join(f"{h:>5}" for h in range(24)) + f"{'total':>8}{'revenue' + money:>16}",
         ]
         for d, (orders, revenue) in enumerate(zip(table["orders"], table["revenue"], strict=True)):
-            lines.append(f"{days[d]:<4}" + "".join(f"{n:>5}" for n in orders) + f"{sum(orders):>8,}{sum(revenue):>16,.2f}")
+            lines.append(
+                f"{days[d]:<4}" + "".join(f"{n:>5}" for n in orders) + f"{sum(orders):>8,}{sum(revenue):>16,.2f}"
+            )
         return lines
     if view == "geography":
         lines = [f"{'state':<12}{'customers':>10}{'orders':>9}{'revenue' + money:>16}  largest segments"]
         for r in table:
             top = sorted(r["segments"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
             mix = ", ".join(f"{s} {n / max(r['customers'], 1):.0%}" for s, n in top)
-            lines.append(f"{r['state'] or 'n/a':<12}{r['customers']:>10,}{r['orders']:>9,}{r['revenue']:>16,.2f}  {mix}")
+            lines.append(
+                f"{r['state'] or 'n/a':<12}{r['customers']:>10,}{r['orders']:>9,}{r['revenue']:>16,.2f}  {mix}"
+            )
         return lines
     if view == "segment-revenue":
         lines = [f"revenue{money} per event-month by the segment its buyers hold now (the three largest)"]

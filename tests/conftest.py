@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
+import pandas
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
@@ -283,7 +284,7 @@ class Workers:
         return len(values)
 
 
-def assert_read_models_match(group: Workers, data: Path, state: pd.DataFrame | None = None) -> None:
+def assert_read_models_match(group: Workers, data: Path, state: pandas.DataFrame | None = None) -> None:
     """Every analytics read model the workers keep equals the pandas oracle's, field by field."""
     from tests import oracle
 

@@ -346,7 +346,9 @@ def read_models(data: Path, state: pd.DataFrame | None = None) -> dict[str, dict
 
     # the customer's state is their latest purchase's; the segment is the final one
     state = final_state(data) if state is None else state
-    latest = bought.sort_values(["time"]).drop_duplicates("customer_unique_id", keep="last").set_index("customer_unique_id")
+    latest = (
+        bought.sort_values(["time"]).drop_duplicates("customer_unique_id", keep="last").set_index("customer_unique_id")
+    )
     for customer, row in latest.iterrows():
         out["geography"][f"{row['state']}\tcustomers"] += 1
         out["geography"][f"{row['state']}\tsegment\t{state.loc[customer, 'segment']}"] += 1

@@ -145,7 +145,9 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         shown_rows = page.evaluate("document.querySelectorAll('#customer-history tbody tr').length")
         assert shown_rows == profile.segment_changes + profile.churn_changes
         # segments now, history, flows, churn, CLV (no model yet), cohorts, weekday x hour, states, segment revenue
-        page.wait_for("[...document.querySelectorAll('.chart')].filter(c => c.dataset.rendered).length >= 8", timeout=20)
+        page.wait_for(
+            "[...document.querySelectorAll('.chart')].filter(c => c.dataset.rendered).length >= 8", timeout=20
+        )
         assert charts_state(page) == ["1", "1", "1", "1", "hidden", "1", "1", "1", "1"]
         cohorts = live.get("/api/analytics/cohorts").json()
         drawn = page.evaluate(
@@ -207,7 +209,9 @@ def test_the_api_answers_from_the_workers_state(live: Live) -> None:
 
 
 def charts_state(page) -> list[str]:
-    return page.evaluate("[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')")
+    return page.evaluate(
+        "[...document.querySelectorAll('.chart')].map(c => c.hidden ? 'hidden' : c.dataset.rendered || '')"
+    )
 
 
 def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small: Path) -> None:
@@ -231,9 +235,8 @@ def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small
     assert "São Paulo" in grid["timezone"]
     # the same definitions as the backtest's batch analyses, computed apart from the stream
     facts = oracle.load_facts(synth_small)["purchases"]
-    frame = pd.DataFrame({
-        "customer": facts["customer_unique_id"], "spend": facts["value"], "time": pd.to_datetime(facts["time"], unit="s"),
-    })  # fmt: skip
+    when = pd.to_datetime(facts["time"], unit="s")
+    frame = pd.DataFrame({"customer": facts["customer_unique_id"], "spend": facts["value"], "time": when})
     served = {r["cohort"]: r for r in live.get("/api/analytics/cohorts").json()}
     for row in batch_cohorts(frame, months=6):
         mine = served[row["cohort"]]
