@@ -1,7 +1,8 @@
 """The model registry: one directory per retrain run, in formats that load without running code.
 
 ``<models_dir>/run-000007/`` holds ``meta.json`` (run number, event-time cutoff, what each model
-did, customers and items used, fit diagnostics, durations), ``clv.json`` (BG/NBD and Gamma-Gamma
+did, customers and items used, fit diagnostics, durations), ``rules.json`` (the market basket
+rules of both kinds), ``forecast.json`` (the sales forecast), ``clv.json`` (BG/NBD and Gamma-Gamma
 parameters, when the CLV fit succeeded) and ``als.npz`` (the ALS item factors with their product
 ids, when the ALS fit succeeded; ``numpy.load(..., allow_pickle=False)`` reads it). No pickle:
 a registry directory can be shared without trusting whoever wrote it.
@@ -42,6 +43,8 @@ class Registry:
         meta: dict[str, Any],
         clv: dict[str, Any] | None = None,
         als: dict[str, np.ndarray] | None = None,
+        rules: dict[str, Any] | None = None,
+        forecast: dict[str, Any] | None = None,
     ) -> Path:
         final = self.path(run)
         staging = self.root / f".{final.name}.{os.getpid()}.tmp"
@@ -49,6 +52,9 @@ class Registry:
         staging.mkdir(parents=True)
         if clv is not None:
             (staging / "clv.json").write_text(json.dumps(clv, indent=2))
+        for name, document in (("rules", rules), ("forecast", forecast)):
+            if document is not None:
+                (staging / f"{name}.json").write_text(json.dumps(document, indent=2))
         if als is not None:
             np.savez(staging / "als.npz", **als)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))

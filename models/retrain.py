@@ -44,7 +44,9 @@ import pandas as pd
 import redis
 
 from models.als import AlsRecommender, dense_factors, interaction_matrix
+from models.basket import rules_of_counts
 from models.clv import ClvFitError, ClvModel, clv_by_segment, rfm_summary
+from models.forecast import daily_series, forecast
 from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
@@ -53,6 +55,7 @@ from segstream.keys import Keys
 from segstream.scoring import DAY
 from segstream.scripts import lua
 from segstream.settings import Settings
+from streams.analytics import daily_table
 from streams.thresholds import current_thresholds
 
 __all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "watermark"]
@@ -83,6 +86,8 @@ class RetrainReport:
     thresholds: str = "not run"
     clv_diagnostics: dict[str, Any] = field(default_factory=dict)
     strategies: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)  # market basket rules found, per kind
+    forecast: str = "not run"
     models: dict[str, Any] = field(default_factory=dict)  # the models document after the run
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
@@ -93,7 +98,7 @@ class RetrainReport:
         return (
             f"run {self.run}{when}: {self.customers:,} customers, {self.products:,} products in "
             f"{self.seconds.get('total', 0.0):.1f} s; CLV {self.clv}; recommendations {self.recommendations}; "
-            f"thresholds {self.thresholds}"
+            f"thresholds {self.thresholds}; sales forecast {self.forecast}"
         )
 
 
@@ -185,7 +190,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         population = read_population(client, keys)
     report.customers, report.scored_customers = len(population), int(population.scored.sum())
 
-    kept = ("clv", "recommendations", "bgnbd", "clv_horizon_days", "clv_by_segment")  # a failed fit keeps these
+    kept = ("clv", "recommendations", "bgnbd", "clv_horizon_days", "clv_by_segment", "forecast")  # kept on a failed fit
     models = {key: before[key] for key in kept if key in before}
     clv_artifact: dict[str, Any] | None = None
     with watch("clv"):
@@ -223,6 +228,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             report.thresholds = f"published version {scorer.version}" if scorer else "unchanged"
 
     als_artifact: dict[str, np.ndarray] | None = None
+    sales: dict[str, Any] | None = None
     with watch("recommendations"):
         try:
             lists, als_artifact = _recommendations(settings, population, cutoff, run, report)
@@ -234,6 +240,22 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             models["recommendations"] = run
             report.recommendations = "fitted"
 
+    with watch("rules"):
+        rules = _basket_rules(settings, client, keys, report)
+        client.set(keys.rules(run), json.dumps(rules))
+        models["rules"] = run
+
+    with watch("forecast"):
+        try:
+            sales = _sales_forecast(settings, client, keys, cutoff, report)
+        except ValueError as exc:  # too short a history
+            report.forecast = f"kept run {before.get('forecast', 'none')}: {exc}"
+            log.warning("sales forecast not refitted: %s", exc)
+        else:
+            client.set(keys.forecast(run), json.dumps(sales))
+            models["forecast"] = run
+            report.forecast = "fitted"
+
     with watch("publish"):
         models.update(run=run, cutoff=report.cutoff, thresholds_version=current_thresholds(settings).version)
         client.set(keys.models, json.dumps(models))  # the switch: readers see the new runs from here
@@ -241,7 +263,9 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
     report.models = models
     report.seconds["total"] = round(time.perf_counter() - started, 3)
     report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    Registry(settings.models_path).save(run, asdict(report), clv=clv_artifact, als=als_artifact)
+    Registry(settings.models_path).save(
+        run, asdict(report), clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales
+    )
     log.info(
         "retrain run %d done in %.1f s: %d customers, CLV %s, recommendations %s, thresholds %s",
         run,
@@ -252,6 +276,39 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         report.thresholds,
     )
     return report
+
+
+# ---- market basket rules -------------------------------------------------------------------------
+
+
+def _basket_rules(settings: Settings, client: redis.Redis, keys: Keys, report: RetrainReport) -> dict[str, Any]:
+    """Both kinds' rules from the counts the stream keeps (as of the stream's watermark)."""
+    pipe = client.pipeline(transaction=False)
+    for model in ("basket_orders", "basket_months"):
+        pipe.hgetall(keys.analytics(model))
+    counts = dict(zip(("basket_orders", "basket_months"), pipe.execute(), strict=True))
+    rules = rules_of_counts(
+        counts, settings.basket_min_support, settings.basket_min_confidence, settings.basket_rules_kept
+    )
+    report.rules = {kind: f"{r['rules_found']} rules from {r['baskets']:,} baskets" for kind, r in rules.items()}
+    return {"run": report.run, "min_support": settings.basket_min_support,
+            "min_confidence": settings.basket_min_confidence, **rules}  # fmt: skip
+
+
+def _sales_forecast(
+    settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, report: RetrainReport
+) -> dict[str, Any]:
+    """Daily purchases and revenue over the forecast horizon after the cutoff's day (models/forecast.py)."""
+    until = datetime.fromtimestamp(cutoff, tz=UTC).date()
+    series = daily_series(daily_table(client.hgetall(keys.analytics("daily"))), until)
+    horizon, level = settings.forecast_horizon_days, settings.forecast_level
+    out: dict[str, Any] = {"run": report.run, "until": until.isoformat(), "horizon_days": horizon, "level": level}
+    out["method"] = "statsmodels ETS(A, Ad, A) with a weekly season"
+    for column in ("orders", "revenue"):
+        predicted = forecast(series[column], horizon, level)
+        out[column] = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}
+                       for row in predicted.to_dict("records")]  # fmt: skip
+    return out
 
 
 # ---- CLV -----------------------------------------------------------------------------------------
@@ -445,9 +502,12 @@ def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str 
 
 
 def _drop_unreferenced(client: redis.Redis, keys: Keys, before: dict[str, Any], after: dict[str, Any]) -> None:
-    old = {keys.scores(before["clv"]) if "clv" in before else None}
-    old |= {keys.recommendations(before["recommendations"]) if "recommendations" in before else None}
-    new = {keys.scores(after.get("clv")), keys.recommendations(after.get("recommendations"))}
+    named = (
+        ("clv", keys.scores), ("recommendations", keys.recommendations), ("rules", keys.rules),
+        ("forecast", keys.forecast),
+    )  # fmt: skip
+    old = {key(before[name]) for name, key in named if name in before}
+    new = {key(after[name]) for name, key in named if name in after}
     stale = [key for key in old - new if key]
     if stale:
         client.unlink(*stale)

@@ -116,6 +116,8 @@ class Frozen:
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)  # customer ("*": default) -> list
     models: dict[str, Any] = field(default_factory=dict)
     clv_params: dict[str, Any] | None = None
+    rules: dict[str, Any] = field(default_factory=dict)  # the market basket rules in force
+    forecast: dict[str, Any] = field(default_factory=dict)  # the sales forecast in force
     retrain: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,6 +167,10 @@ def _freeze(client: redis.Redis, keys: Keys, day: date, with_models: bool, regis
         if registry is not None:
             path = registry / f"run-{frozen.models['clv']:06d}" / "clv.json"
             frozen.clv_params = json.loads(path.read_text()) if path.exists() else None
+    for name, key in (("rules", keys.rules), ("forecast", keys.forecast)):
+        if name in frozen.models:
+            raw = client.get(key(frozen.models[name]))
+            setattr(frozen, name, json.loads(raw) if raw else {})
     if "recommendations" in frozen.models:
         entries = client.hgetall(keys.recommendations(frozen.models["recommendations"]))
         frozen.lists = {k.decode(): json.loads(v) for k, v in entries.items()}
@@ -659,6 +665,8 @@ def _score_cutoff(
 
     # ---- recommendations
     result["recommendations"] = _score_lists(at, lines, cutoff, horizon_days, settings.recs_top_n, ranking)
+    result["basket_rules"] = {k: v for k, v in at.rules.items() if k != "run"}  # in force at the cutoff
+    result["forecast"] = _score_forecast(at, orders, cutoff, horizon_days)
 
     # ---- every frozen prediction next to what happened (predictions/<cutoff>.csv)
     table = pd.DataFrame(
@@ -680,6 +688,75 @@ def _score_cutoff(
     table = table.join(act[["purchases", "spend", "bought_again"]].add_prefix("actual_"))
     table.index.name = "customer"
     return result, table
+
+
+def _score_forecast(at: Frozen, orders: pd.DataFrame, cutoff: date, horizon_days: int) -> dict[str, Any]:
+    """The sales forecast in force at the cutoff against the source's daily purchases and revenue
+    over the days both cover, next to the seasonal naive forecast (same weekday last week)."""
+    from models.forecast import errors, seasonal_naive
+
+    if not at.forecast:
+        return {"error": f"no sales forecast in force at {cutoff}: {at.retrain.get('forecast')}"}
+    placed = orders.assign(day=orders["time"].dt.normalize())
+    daily = placed.groupby("day").agg(orders=("spend", "size"), revenue=("spend", "sum"))
+    start = daily.index.min() if len(daily) else pd.Timestamp(cutoff)
+    daily = daily.reindex(pd.date_range(start, pd.Timestamp(cutoff + timedelta(days=horizon_days)), freq="D"))
+    daily = daily.fillna(0.0)
+    days = min(at.forecast["horizon_days"], horizon_days)
+    history = daily[daily.index <= pd.Timestamp(cutoff)]
+    ahead = daily[daily.index > pd.Timestamp(cutoff)].iloc[:days]
+    out: dict[str, Any] = {"method": at.forecast["method"], "days": days, "level": at.forecast["level"]}
+    for column in ("orders", "revenue"):
+        rows = at.forecast[column][:days]
+        predicted = np.array([r["mean"] for r in rows])
+        actual = ahead[column].to_numpy()
+        inside = [r["lower"] <= y <= r["upper"] for r, y in zip(rows, actual, strict=True)]
+        out[column] = {
+            "forecast": errors(actual, predicted, history[column].to_numpy()),
+            "baseline_seasonal_naive": errors(
+                actual, seasonal_naive(history[column], days), history[column].to_numpy()
+            ),
+            "interval_coverage": round(float(np.mean(inside)), 6),
+            "series": [
+                {
+                    "day": r["day"],
+                    "actual": round(float(y), 2),
+                    "mean": r["mean"],
+                    "lower": r["lower"],
+                    "upper": r["upper"],
+                }
+                for r, y in zip(rows, actual, strict=True)
+            ],
+        }
+    return out
+
+
+def _bought_together_lists(
+    at: Frozen, cutoff: date, k: int, default: list[str]
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Each customer's ``bought_together`` list at the cutoff (models/basket.py): from the rules in
+    force (both kinds) and the categories of their last purchase day up to the cutoff, filled up
+    with the default list as a served list would be, for the customers a rule applies to; and
+    each product's category."""
+    from models.basket import bought_together, top_products_by_category
+
+    rules = [r for kind in ("orders", "months") for r in at.rules.get(kind, {}).get("rules", [])]
+    until = cutoff.isoformat()
+    best = top_products_by_category(at.purchases.values(), until, 2 * k)
+    out = {}
+    for customer, days in at.purchases.items():
+        past = [d for d in days if d <= until]
+        if not past:
+            continue
+        bought = {p for d in past for p in days[d][1]}
+        picks = bought_together(days[max(past)][2], rules, best, bought, k)
+        if picks:  # a rule applies to the last basket: else the strategy has nothing to say
+            out[customer] = (picks + [p for p in default if p not in picks and p not in bought])[:k]
+    category_of: dict[str, str] = {}
+    for days in at.purchases.values():
+        for _, bought_products, bought_categories in days.values():
+            category_of.update(zip(bought_products, bought_categories, strict=True))
+    return out, category_of
 
 
 def _expected_by_day(params: dict[str, Any], summary: pd.DataFrame, horizon_days: int) -> dict[int, float]:
@@ -739,6 +816,21 @@ def _score_lists(
             "baseline_default_list": {
                 "product": ranking(popular, mine, k),
                 "category": ranking(popular_categories, theirs, k),
+            },
+        }
+    # rivals scored beside the served lists, each on the horizon buyers it has a list for (for
+    # bought_together: a rule applies to their last basket), against the default list for them
+    out["rivals"] = {}
+    together, category_of = _bought_together_lists(at, cutoff, k, default["items"])
+    who = {c: products[c] for c in products if c in together}
+    if who:
+        together_categories = {c: list(dict.fromkeys(category_of.get(p, "") for p in together[c])) for c in who}
+        out["rivals"]["bought_together"] = {
+            "product": ranking(together, who, k),
+            "category": ranking(together_categories, {c: categories[c] for c in who}, k),
+            "baseline_default_list": {
+                "product": ranking(popular, who, k),
+                "category": ranking(popular_categories, {c: categories[c] for c in who}, k),
             },
         }
     # the popularity baseline for everyone: the default list shown to every horizon buyer

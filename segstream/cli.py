@@ -473,17 +473,30 @@ def segments(ctx: click.Context, latest: int) -> None:
 
 
 @cli.command()
-@click.argument("view", type=click.Choice(["cohorts", "weekday", "geography", "segment-revenue", "daily"]))
+@click.argument(
+    "view", type=click.Choice(["cohorts", "weekday", "geography", "segment-revenue", "daily", "rules", "forecast"])
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON (as /api/analytics/... serves it).")
 @click.option("--last", type=click.IntRange(min=1), help="Only the last N rows (cohorts, months, days).")
 @click.pass_context
 def analytics(ctx: click.Context, view: str, as_json: bool, last: int | None) -> None:
     """Print an analytics read model the workers keep live: acquisition cohorts and their
     retention, purchases by weekday and hour, customers and revenue by state, revenue by segment
-    per month, or daily sales. Definitions: docs/definitions.md."""
-    from streams.readmodel import analytics_lines, analytics_view
+    per month, daily sales; or, from the retrain run in force, the market basket rules and the
+    sales forecast. Definitions: docs/definitions.md."""
+    from segstream.clients import redis_client
+    from segstream.keys import Keys
+    from streams.readmodel import analytics_lines, analytics_view, forecast_lines, rules_lines, run_document
 
     settings = _settings(ctx)
+    if view in ("rules", "forecast"):
+        found = run_document(redis_client(settings), Keys(settings.redis_prefix), view)
+        if found is None:
+            what = "market basket rules" if view == "rules" else "sales forecast"
+            raise click.ClickException(f"no {what} yet: run `segstream retrain --once` beside the workers")
+        lines = rules_lines(found, last or 15) if view == "rules" else forecast_lines(found, settings.currency)
+        click.echo(json.dumps(found, indent=2) if as_json else "\n".join(lines))
+        return
     table = analytics_view(settings, view)
     if not (any(map(any, table["orders"])) if view == "weekday" else table):
         raise click.ClickException(

@@ -41,6 +41,14 @@ class Keys:
         weekday_hour, geography, segment_revenue, daily, basket_orders, basket_months)."""
         return f"{self.prefix}:analytics:{name}"
 
+    def rules(self, run: int | str) -> str:
+        """String: one retrain run's market basket rules (JSON, models/basket.py)."""
+        return f"{self.prefix}:rules:{run}"
+
+    def forecast(self, run: int | str) -> str:
+        """String: one retrain run's sales forecast (JSON, models/forecast.py)."""
+        return f"{self.prefix}:forecast:{run}"
+
     def scores(self, run: int | str) -> str:
         """Hash: customer -> CLV scores (JSON) of one retrain run (``scores("")``: the prefix)."""
         return f"{self.prefix}:scores:{run}"

@@ -108,6 +108,27 @@ def _bars(x: list[Any], series: dict[str, list[Any]], y_name: str) -> dict[str, 
     }
 
 
+def _band(series: list[dict[str, Any]], y_name: str, level: float) -> dict[str, Any]:
+    """Actual against forecast, the prediction interval as a band (a stacked area on the lower bound)."""
+    days = [r["day"] for r in series]
+    return {
+        "legend": {"top": 22, "data": ["actual", "forecast", f"{level:.0%} interval"]},
+        "tooltip": {"trigger": "axis"},
+        "grid": {"top": 60, "left": 70, "right": 20, "bottom": 60},
+        "xAxis": {"type": "category", "data": days, "axisLabel": {"rotate": 30}},
+        "yAxis": {"type": "value", "name": y_name},
+        "series": [
+            {"name": "lower", "type": "line", "data": [r["lower"] for r in series], "stack": "band",
+             "lineStyle": {"opacity": 0}, "symbol": "none", "tooltip": {"show": False}},
+            {"name": f"{level:.0%} interval", "type": "line", "stack": "band", "symbol": "none",
+             "data": [round(r["upper"] - r["lower"], 2) for r in series], "lineStyle": {"opacity": 0},
+             "areaStyle": {"opacity": 0.25}},
+            {"name": "forecast", "type": "line", "data": [r["mean"] for r in series]},
+            {"name": "actual", "type": "line", "data": [r["actual"] for r in series]},
+        ],
+    }  # fmt: skip
+
+
 def _heatmap(x: list[Any], y: list[Any], cells: list[list[Any]], label: str) -> dict[str, Any]:
     data = [[i, j, v] for j, row in enumerate(cells) for i, v in enumerate(row)]
     values = [v for row in cells for v in row] or [0]
@@ -270,16 +291,17 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
     page.add(f"<h3>Recommendations at k = {recs.get('k', '')} against the horizon's purchases</h3>")
     if "overall" in recs:
         rows = []
+        paired = {**recs["by_strategy"], **{f"{n} (rival, not served)": r for n, r in recs.get("rivals", {}).items()}}
         groups = [
             ("overall", recs["overall"]),
-            *recs["by_strategy"].items(),
+            *paired.items(),
             ("default list for every buyer", recs["baseline_default_list"]),
         ]
         for name, r in groups:
             for level in ("product", "category"):
                 m = r[level]
                 rows.append([name, level, m["customers"], m["precision"], m["recall"], m["hit_rate"], m["ndcg"]])
-                if name in recs["by_strategy"]:
+                if name in paired:
                     b = r["baseline_default_list"][level]
                     rows.append(
                         [
@@ -293,22 +315,62 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
                         ]
                     )
         page.add(_table(["strategy", "level", "customers", "precision", "recall", "hit rate", "NDCG"], rows))
-        strategies = list(recs["by_strategy"])
+        strategies = list(paired)
         page.chart(
             "Product hit rate by strategy, against the default list dealt to the same customers",
             _bars(
                 strategies,
                 {
-                    "strategy's lists": [recs["by_strategy"][s]["product"]["hit_rate"] for s in strategies],
-                    "default list": [
-                        recs["by_strategy"][s]["baseline_default_list"]["product"]["hit_rate"] for s in strategies
-                    ],
+                    "strategy's lists": [paired[s]["product"]["hit_rate"] for s in strategies],
+                    "default list": [paired[s]["baseline_default_list"]["product"]["hit_rate"] for s in strategies],
                 },
                 "hit rate",
             ),
         )
     else:
         page.add(f"<p>{_fmt(recs.get('error'))}</p>")
+    _forecast_section(page, c)
+    rules = c.get("basket_rules") or {}
+    for kind, title in (("orders", "bought in one order"), ("months", "bought by one customer in one month")):
+        found = rules.get(kind)
+        if not found:
+            continue
+        page.add(
+            f"<h3>Market basket rules: categories {title}</h3><p>{found['rules_found']:,} rules from "
+            f"{found['baskets']:,} baskets ({found['categories']:,} categories, {found['pairs']:,} pairs), minimum "
+            f"support {_fmt(rules.get('min_support'))} and confidence {_fmt(rules.get('min_confidence'))}; the "
+            "strongest by lift:</p>"
+        )
+        page.add(
+            _table(
+                ["if", "then", "baskets", "support", "confidence", "lift", "leverage"],
+                [[r[c] for c in RULE_COLUMNS] for r in found["rules"][:15]],
+            )
+        )
+
+
+def _forecast_section(page: _Page, c: dict[str, Any]) -> None:
+    sales = c.get("forecast") or {}
+    page.add("<h3>Sales forecast against the horizon's daily purchases and revenue</h3>")
+    if "error" in sales or not sales:
+        page.add(f"<p>{_fmt(sales.get('error', 'no forecast'))}</p>")
+        return
+    rows = []
+    for column in ("orders", "revenue"):
+        f = sales[column]
+        for name, e in (("forecast", f["forecast"]), ("seasonal naive", f["baseline_seasonal_naive"])):
+            coverage = f["interval_coverage"] if name == "forecast" else ""
+            rows.append([column, name, e["mape"], e["mase"], coverage])
+    page.add(
+        f"<p>{_fmt(sales['method'])}, {sales['days']} days; seasonal naive = the same weekday of the last week "
+        "before the cutoff. MASE below 1 beats the in-sample seasonal naive error.</p>"
+    )
+    page.add(_table(["series", "model", "MAPE", "MASE", "interval coverage"], rows))
+    for column in ("orders", "revenue"):
+        page.chart(f"Daily {column}: forecast and actual", _band(sales[column]["series"], column, sales["level"]))
+
+
+RULE_COLUMNS = ("antecedent", "consequent", "baskets", "support", "confidence", "lift", "leverage")
 
 
 def write_report(path: Path, figures: dict[str, Any], run: dict[str, Any]) -> None:

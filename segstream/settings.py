@@ -179,6 +179,15 @@ class Settings(BaseSettings):
     recs_min_reviews: int = Field(
         3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."
     )
+    basket_min_support: float = Field(
+        0.0005, ge=0, le=1, description="Fewest baskets, as a share of all, for a market basket rule."
+    )
+    basket_min_confidence: float = Field(
+        0.05, ge=0, le=1, description="Lowest confidence (share of the antecedent's baskets) of a market basket rule."
+    )
+    basket_rules_kept: int = Field(200, ge=1, description="Market basket rules kept per kind, by lift.")
+    forecast_horizon_days: int = Field(30, ge=1, le=365, description="Days of the sales forecast (retrain).")
+    forecast_level: float = Field(0.9, gt=0, lt=1, description="Coverage of the sales forecast's prediction intervals.")
     als_factors: int = Field(32, ge=1, description="ALS latent factors.")
     als_iterations: int = Field(10, ge=1, description="ALS sweeps.")
     als_threads: int = Field(

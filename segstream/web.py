@@ -160,6 +160,49 @@ class DaySales(BaseModel):
     revenue: float
 
 
+class Rule(BaseModel):
+    antecedent: str
+    consequent: str
+    baskets: int = Field(description="Baskets holding both.")
+    support: float
+    confidence: float
+    lift: float
+    leverage: float
+
+
+class RuleKind(BaseModel):
+    baskets: int
+    categories: int
+    pairs: int
+    rules_found: int
+    rules: list[Rule] = Field(description="The strongest rules by lift (SEGSTREAM_BASKET_RULES_KEPT at most).")
+
+
+class Rules(BaseModel):
+    run: int = Field(description="The retrain run that derived them.")
+    min_support: float
+    min_confidence: float
+    orders: RuleKind = Field(description="Categories bought in one order.")
+    months: RuleKind = Field(description="Categories bought by one customer in one calendar month.")
+
+
+class ForecastDay(BaseModel):
+    day: str
+    mean: float
+    lower: float
+    upper: float
+
+
+class Forecast(BaseModel):
+    run: int
+    until: str = Field(description="The last event-day of the history it was fitted on.")
+    horizon_days: int
+    level: float = Field(description="Coverage of the prediction intervals.")
+    method: str
+    orders: list[ForecastDay]
+    revenue: list[ForecastDay]
+
+
 class Change(BaseModel):
     kind: str = Field(description="segment or churn")
     id: str = Field(description="Position in the changes feed (a Redis stream id).")
@@ -563,6 +606,27 @@ def create_app(settings: Settings) -> FastAPI:
     async def daily() -> list[dict[str, Any]]:
         """Purchases and revenue per event-day with a purchase."""
         return daily_table(await asyncio.to_thread(analytics, "daily"))
+
+    @app.get("/api/analytics/rules", response_model=Rules, responses={404: {"model": Error}})
+    async def rules() -> dict[str, Any]:
+        """Market basket rules between categories, of the retrain run in force."""
+
+        from streams.readmodel import run_document
+
+        found = await asyncio.to_thread(run_document, sync, keys, "rules")
+        if found is None:
+            raise HTTPException(404, "no market basket rules yet: run `segstream retrain --once`")
+        return found
+
+    @app.get("/api/analytics/forecast", response_model=Forecast, responses={404: {"model": Error}})
+    async def sales_forecast() -> dict[str, Any]:
+        """The sales forecast of the retrain run in force: daily purchases and revenue after its cutoff."""
+        from streams.readmodel import run_document
+
+        found = await asyncio.to_thread(run_document, sync, keys, "forecast")
+        if found is None:
+            raise HTTPException(404, "no sales forecast yet: run `segstream retrain --once`")
+        return found
 
     @app.get("/api/health", response_model=Health, responses={503: {"model": Error}})
     async def health() -> dict[str, Any]:

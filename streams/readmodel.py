@@ -32,12 +32,15 @@ __all__ = [
     "analytics_view",
     "customer_changes",
     "customer_models",
+    "forecast_lines",
     "overview",
     "overview_lines",
     "profile_lines",
     "read_profile",
     "recent_changes",
     "replay_consumed",
+    "rules_lines",
+    "run_document",
     "segment_history",
     "transitions_between",
 ]
@@ -346,6 +349,57 @@ def analytics_view(settings: Settings, view: str) -> Any:
     """One analytics read model as a table (``ANALYTICS_VIEWS``); an empty one if nothing counted yet."""
     model, table = ANALYTICS_VIEWS[view]
     return table(_client(settings).hgetall(Keys(settings.redis_prefix).analytics(model)))
+
+
+def run_document(client: redis.Redis, keys: Keys, name: str) -> dict[str, Any] | None:
+    """A document of the retrain run in force: ``rules`` (the market basket rules,
+    models/basket.py) or ``forecast`` (the sales forecast, models/forecast.py); None before any."""
+    key = {"rules": keys.rules, "forecast": keys.forecast}[name]
+    for _attempt in range(3):  # a retrain may switch runs, and drop the old one, between the two reads
+        doc = client.get(keys.models)
+        run = json.loads(doc).get(name) if doc else None
+        if run is None:
+            return None
+        found = client.get(key(run))
+        if found is not None:
+            return json.loads(found)
+    return None
+
+
+def rules_lines(rules: dict[str, Any], top: int = 15) -> list[str]:
+    """The text of ``segstream analytics rules``: both kinds, the strongest rules by lift."""
+    lines = [
+        f"market basket rules of retrain run {rules['run']} (minimum support {rules['min_support']:g}, "
+        f"confidence {rules['min_confidence']:g})"
+    ]
+    for kind, title in (("orders", "categories bought in one order"), ("months", "by one customer in one month")):
+        found = rules[kind]
+        lines.append(
+            f"{title}: {found['rules_found']:,} rules from {found['baskets']:,} baskets, {found['categories']:,} "
+            f"categories, {found['pairs']:,} pairs"
+        )
+        if found["rules"]:
+            lines.append(f"  {'if':<32}{'then':<32}{'baskets':>8}{'support':>9}{'confidence':>11}{'lift':>8}")
+        for r in found["rules"][:top]:
+            lines.append(
+                f"  {r['antecedent'][:31]:<32}{r['consequent'][:31]:<32}{r['baskets']:>8,}{r['support']:>9.4f}"
+                f"{r['confidence']:>11.3f}{r['lift']:>8.2f}"
+            )
+    return lines
+
+
+def forecast_lines(sales: dict[str, Any], currency: str = "") -> list[str]:
+    """The text of ``segstream analytics forecast``: each day's forecast with its interval."""
+    money = f" ({currency})" if currency else ""
+    lines = [
+        f"sales forecast of retrain run {sales['run']} after {sales['until']}: {sales['method']}, "
+        f"{sales['level']:.0%} prediction intervals",
+        f"{'day':<12}{'orders':>8}{'interval':>16}{'revenue' + money:>16}{'interval':>26}",
+    ]
+    for o, r in zip(sales["orders"], sales["revenue"], strict=True):
+        orders, revenue = (f"{x['lower']:,.0f}-{x['upper']:,.0f}" for x in (o, r))
+        lines.append(f"{o['day']:<12}{o['mean']:>8,.1f}{orders:>16}{r['mean']:>16,.2f}{revenue:>26}")
+    return lines
 
 
 def analytics_lines(view: str, table: Any, currency: str = "", months: int = 12) -> list[str]:

@@ -10,7 +10,11 @@ The planted history (a transaction log written here, replayed through ``--source
 - light buyers, every 40 to 100 days, who keep buying;
 - everyone buys two products per order from their own group of 100 products (three groups), so
   the products of a customer's group are what ALS should find, and a list of the month's most
-  bought products is two-thirds other groups' products.
+  bought products is two-thirds other groups' products;
+- with ``baskets``, a fourth group of 100 products in five categories of 20 (``g3-c0`` to
+  ``g3-c4``), bought every 10 to 20 days by *pair* buyers, each order one product of each category of a planted pair
+  (``g3-c0`` with ``g3-c1``, or ``g3-c2`` with ``g3-c3``), and by *noise* buyers, each order two
+  products of the group at random: the planted pairs are the market basket rules to find.
 
 At the cutoff 2018-01-15 the stoppers have been silent 45 days: a heavy buyer silent that long is
 likely gone, a light buyer is not, which recency alone cannot tell apart (many light buyers are
@@ -42,6 +46,7 @@ pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 STOP = date(2017, 12, 1)
+PAIRS = (("g3-c0", "g3-c1"), ("g3-c2", "g3-c3"))
 CUTOFF = "2018-01-15"
 MAPPING = """
 [columns]
@@ -55,7 +60,7 @@ source = "planted"
 """
 
 
-def planted_log(path: Path, seed: int = 5) -> dict[str, str]:
+def planted_log(path: Path, seed: int = 5, baskets: bool = False) -> dict[str, str]:
     """Write the planted transaction log; returns each customer's kind."""
     rng = np.random.default_rng(seed)
     start, end = date(2017, 1, 1), date(2018, 5, 31)
@@ -63,16 +68,25 @@ def planted_log(path: Path, seed: int = 5) -> dict[str, str]:
     kinds |= {f"medium-{i:03d}": "medium" for i in range(40)}
     kinds |= {f"stopper-{i:03d}": "stopper" for i in range(40)}
     kinds |= {f"light-{i:03d}": "light" for i in range(100)}
-    gaps = {"heavy": (4, 9), "stopper": (4, 9), "medium": (12, 20), "light": (40, 100)}
+    if baskets:  # apart: 90 more steady buyers would change the BG/NBD fit the churn plant rests on
+        kinds |= {f"pair-{i:03d}": "pair" for i in range(60)}
+        kinds |= {f"noise-{i:03d}": "noise" for i in range(30)}
+    gaps = {"heavy": (4, 9), "stopper": (4, 9), "medium": (12, 20), "light": (40, 100), "pair": (10, 20)}
+    gaps["noise"] = gaps["pair"]
     rows, order = [], 0
     for customer, kind in kinds.items():
-        group = int(rng.integers(3))
+        group = 3 if kind in ("pair", "noise") else int(rng.integers(3))
+        pair = PAIRS[int(rng.integers(len(PAIRS)))]
         day = start + timedelta(days=int(rng.integers(0, 60)))
         last = STOP if kind == "stopper" else end
         while day < last:
             order += 1
             stamp = f"{day.isoformat()} {int(rng.integers(8, 22)):02d}:{int(rng.integers(60)):02d}:00"
-            for product in rng.choice(100, size=2, replace=False):
+            if kind == "pair":  # one product of each planted category: 20 products each
+                chosen = [20 * int(c[-1]) + int(rng.integers(20)) for c in pair]
+            else:
+                chosen = rng.choice(100, size=2, replace=False)
+            for product in chosen:
                 rows.append(
                     (customer, f"o{order:06d}", stamp, float(rng.integers(20, 120)), f"g{group}-p{product:03d}")
                 )
@@ -80,6 +94,8 @@ def planted_log(path: Path, seed: int = 5) -> dict[str, str]:
             day += timedelta(days=int(rng.integers(low, high + 1)))
     frame = pd.DataFrame(rows, columns=["customer", "order", "time", "amount", "product"])
     frame["category"] = frame["product"].str[:2]
+    in_four = frame["category"] == "g3"  # the fourth group's five categories of 20 products
+    frame.loc[in_four, "category"] = "g3-c" + (frame.loc[in_four, "product"].str[-3:].astype(int) // 20).astype(str)
     frame.to_csv(path, index=False)
     return kinds
 
@@ -170,6 +186,33 @@ def test_planted_groups_give_als_a_hit_rate_above_popularity(planted) -> None:
     assert ranking(dealt, mine, 10)["hit_rate"] < als["product"]["hit_rate"] - 0.1
 
 
+@pytest.fixture(scope="module")
+def planted_baskets(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("planted-baskets")
+    log, mapping = tmp / "planted.csv", tmp / "planted.toml"
+    planted_log(log, baskets=True)
+    mapping.write_text(MAPPING)
+    out = tmp / "out"
+    args = ["--data", str(log), "--source", "transactions", "--mapping", str(mapping)]
+    _backtest(_env(services, tmp), *args, "--cutoffs", CUTOFF, "--horizon", "90d", "--out", str(out))
+    return json.loads((out / "figures.json").read_text())
+
+
+def test_planted_pairs_are_the_top_basket_rules_and_bought_together_beats_popularity(planted_baskets) -> None:
+    figures = planted_baskets
+    cutoff = figures["cutoffs"][0]
+    rules = cutoff["basket_rules"]
+    planted_rules = {(a, b) for a, b in PAIRS} | {(b, a) for a, b in PAIRS}
+    top = rules["orders"]["rules"][: len(planted_rules)]
+    assert {(r["antecedent"], r["consequent"]) for r in top} == planted_rules, top
+    assert all(r["lift"] > 1 for r in top)
+    # the next rule (noise pairs of the same group) is clearly weaker
+    assert rules["orders"]["rules"][len(planted_rules)]["lift"] < min(r["lift"] for r in top)
+    rival = cutoff["recommendations"]["rivals"]["bought_together"]
+    assert rival["product"]["customers"] == 90  # every pair and noise buyer, and only them
+    assert rival["product"]["hit_rate"] > rival["baseline_default_list"]["product"]["hit_rate"] + 0.1, rival
+
+
 class _Rendered(HTMLParser):
     """The body's data attributes, and per chart div its attributes and the SVG paths drawn in it."""
 
@@ -222,6 +265,11 @@ def test_two_runs_with_als_lists_give_identical_figures(olist_like: tuple[Path, 
     for cutoff in figures["cutoffs"]:
         assert cutoff["recommendations"]["by_strategy"]["als"]["product"]["customers"] > 0
         assert cutoff["purchases"]["served"]["customers"] == cutoff["customers"]["scored"] > 500
+        # the sales forecast in force, scored over the horizon against the seasonal naive forecast
+        sales = cutoff["forecast"]
+        assert sales["days"] == 30 and len(sales["orders"]["series"]) == 30
+        for column in ("orders", "revenue"):
+            assert sales[column]["forecast"]["mase"] > 0 and sales[column]["baseline_seasonal_naive"]["mase"] > 0
     assert one == two
 
 
@@ -240,10 +288,11 @@ def test_report_renders_every_plot_in_headless_chromium(olist_like_report: Path)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = _Rendered()
     page.feed(dom.stdout)
-    # every kind of plot the report draws: 6 per cutoff with recommendations and transitions, and
-    # segment mix, cohorts, weekday x hour, states, review score (two cutoffs here)
-    assert len(page.charts) == text.count('<div class="chart" id=') == 17
-    assert page.body.get("data-charts") == "17"  # report.js saw them all
+    # every kind of plot the report draws: 8 per cutoff with recommendations, transitions and the
+    # sales forecast (orders, revenue), and segment mix, cohorts, weekday x hour, states, review
+    # score (two cutoffs here)
+    assert len(page.charts) == text.count('<div class="chart" id=') == 21
+    assert page.body.get("data-charts") == "21"  # report.js saw them all
     assert page.body.get("data-errors") == "", page.body.get("data-errors")  # no error reached the page
     assert "Uncaught" not in dom.stderr and ":CONSOLE" not in dom.stderr, dom.stderr[-2000:]
     unfinished = [c["id"] for c in page.charts if c.get("data-rendered") != "1"]

@@ -144,11 +144,13 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         assert counted == {"segmentChanges": str(profile.segment_changes), "churnChanges": str(profile.churn_changes)}
         shown_rows = page.evaluate("document.querySelectorAll('#customer-history tbody tr').length")
         assert shown_rows == profile.segment_changes + profile.churn_changes
-        # segments now, history, flows, churn, CLV (no model yet), cohorts, weekday x hour, states, segment revenue
+        # segments now, history, flows, churn, CLV (no model yet), cohorts, weekday x hour, states,
+        # segment revenue, daily sales (no forecast before a retrain)
         page.wait_for(
-            "[...document.querySelectorAll('.chart')].filter(c => c.dataset.rendered).length >= 8", timeout=20
+            "[...document.querySelectorAll('.chart')].filter(c => c.dataset.rendered).length >= 9", timeout=20
         )
-        assert charts_state(page) == ["1", "1", "1", "1", "hidden", "1", "1", "1", "1"]
+        assert charts_state(page) == ["1", "1", "1", "1", "hidden", "1", "1", "1", "1", "1"]
+        assert not page.evaluate("document.getElementById('rules-empty').hidden")
         cohorts = live.get("/api/analytics/cohorts").json()
         drawn = page.evaluate(
             "echarts.getInstanceByDom(document.getElementById('chart-cohorts')).getOption().series[0].data.length"
@@ -269,7 +271,9 @@ def test_the_api_refuses_bad_requests_with_json_errors(live: Live) -> None:
     for path in ("/api/customers/ffffffffffffffffffffffffff", "/api/customers/ffffffffffffffffffffffffff/history"):
         missing = live.get(path)
         assert missing.status_code == 404 and "no customer" in missing.json()["error"]
-    assert live.get("/api/models").status_code == 404  # no retrain in this module
+    assert live.get("/api/models").status_code == 404  # no retrain in this module yet
+    for path in ("/api/analytics/rules", "/api/analytics/forecast"):
+        assert live.get(path).status_code == 404 and "retrain" in live.get(path).json()["error"]
     for path, params in [
         ("/api/changes", {"limit": 0}),
         ("/api/changes", {"limit": "many"}),
@@ -362,6 +366,8 @@ def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
         "/api/analytics/geography",
         "/api/analytics/segment-revenue",
         "/api/analytics/daily",
+        "/api/analytics/rules",
+        "/api/analytics/forecast",
     }
 
 
@@ -405,6 +411,20 @@ def test_after_a_retrain_the_page_shows_clv_by_segment_and_each_customers_scores
             ".cells[1].innerText"
         )
         assert float(clv_row.split(",")[0]) == pytest.approx(scores[customer], abs=0.006)
+        # the retrain's market basket rules and sales forecast, as the API serves them
+        rules = live.get("/api/analytics/rules").json()
+        assert rules["run"] == report.run and rules["orders"]["baskets"] > 0
+        page.wait_for("!document.getElementById('rules').hidden")
+        shown_rules = page.evaluate("document.querySelectorAll('#rules tbody tr[data-kind]').length")
+        assert shown_rules == min(10, len(rules["orders"]["rules"])) + min(10, len(rules["months"]["rules"]))
+        sales = live.get("/api/analytics/forecast").json()
+        assert sales["run"] == report.run and len(sales["orders"]) == live.settings.forecast_horizon_days
+        assert all(d["lower"] <= d["mean"] <= d["upper"] for d in sales["orders"] + sales["revenue"])
+        page.wait_for("(document.getElementById('forecast-run').innerText || '').includes('forecast of retrain run')")
+        drawn = page.evaluate(
+            "echarts.getInstanceByDom(document.getElementById('chart-daily')).getOption().series.map(s => s.name)"
+        )
+        assert drawn == ["purchases", "lower", "90% interval", "forecast"]
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view-with-models.png")
 

@@ -149,6 +149,7 @@
     json("api/analytics/weekday-hour").then(function (r) { if (r.status === 200) showWeekday(r.body); });
     json("api/analytics/geography").then(function (r) { if (r.status === 200) showStates(r.body); });
     json("api/analytics/segment-revenue").then(function (r) { if (r.status === 200) showSegmentRevenue(r.body); });
+    json("api/analytics/daily").then(function (r) { if (r.status === 200) { daily = r.body; showDaily(); } });
     if (!windowChosen) {
       var end = new Date(watermark);
       var start = new Date(end.getTime() - 29 * 86400e3);
@@ -234,6 +235,63 @@
         return { name: s, type: "bar", stack: "revenue", data: months.map(function (m) { return Math.round(m.segments[s] || 0); }) };
       })
     }, true);
+  }
+
+  var daily = [], sales = null, modelRuns = "";
+  function showDaily() {
+    var shown = daily.slice(-120);
+    var days = shown.map(function (d) { return d.day; });
+    var ahead = sales ? sales.orders : [];  // may overlap the history: a retrain at a past cutoff
+    var all = days.concat(ahead.map(function (f) { return f.day; }).filter(function (d) { return days.indexOf(d) < 0; }));
+    var at = function (list, key) {
+      var by = {}; list.forEach(function (x) { by[x.day] = x[key]; });
+      return all.map(function (d) { return by[d] === undefined ? null : by[d]; });
+    };
+    var series = [{ name: "purchases", type: "bar", data: at(shown, "orders"), itemStyle: { color: "#6baed6" } }];
+    if (sales) {
+      var level = Math.round(sales.level * 100) + "% interval";
+      series.push({ name: "lower", type: "line", stack: "band", symbol: "none", lineStyle: { opacity: 0 }, data: at(ahead, "lower"), tooltip: { show: false } });
+      series.push({ name: level, type: "line", stack: "band", symbol: "none", lineStyle: { opacity: 0 }, areaStyle: { opacity: 0.25, color: "#fd8d3c" },
+        data: at(ahead.map(function (f) { return { day: f.day, width: Math.round((f.upper - f.lower) * 10) / 10 }; }), "width") });
+      series.push({ name: "forecast", type: "line", symbol: "none", data: at(ahead, "mean"), itemStyle: { color: "#e6550d" } });
+    }
+    chart("chart-daily").setOption({
+      animation: false,
+      legend: { top: 0, data: series.map(function (x) { return x.name; }).filter(function (n) { return n !== "lower"; }) },
+      grid: { left: 60, right: 20, top: 40, bottom: 30 },
+      tooltip: { trigger: "axis" },
+      xAxis: { type: "category", data: all },
+      yAxis: { type: "value", name: "purchases" },
+      series: series
+    }, true);
+  }
+  function showRules(rules) {
+    $("rules-empty").hidden = !!rules;
+    $("rules").hidden = !rules;
+    if (!rules) return;
+    $("rules-run").textContent = "retrain run " + rules.run;
+    var rows = [];
+    [["orders", "one order"], ["months", "one customer-month"]].forEach(function (kind) {
+      rules[kind[0]].rules.slice(0, 10).forEach(function (r) {
+        var tr = row([kind[1], r.antecedent, r.consequent, fmt.format(r.baskets), r.support.toFixed(4), r.confidence.toFixed(3), r.lift.toFixed(2)], [3, 4, 5, 6]);
+        tr.dataset.kind = kind[0];
+        rows.push(tr);
+      });
+    });
+    fill($("rules").tBodies[0], rows.length ? rows : [row(["no rule reaches the minimum support and confidence", "", "", "", "", "", ""])]);
+  }
+  function onModels(models) {
+    var runs = models ? [models.rules, models.forecast].join("/") : "";
+    if (runs === modelRuns) return;
+    modelRuns = runs;
+    if (models && models.rules !== undefined) json("api/analytics/rules").then(function (r) { showRules(r.status === 200 ? r.body : null); });
+    if (models && models.forecast !== undefined) {
+      json("api/analytics/forecast").then(function (r) {
+        sales = r.status === 200 ? r.body : null;
+        $("forecast-run").textContent = sales ? "forecast of retrain run " + sales.run + " after " + sales.until + " (" + sales.method + ")" : "";
+        showDaily();
+      });
+    }
   }
 
   // ---- feed, churn ------------------------------------------------------------------------------
@@ -357,6 +415,7 @@
     showFeed(s.changes || []);
     showHealth(s);
     showClv(s.models);
+    onModels(s.models);
     onWatermark(s.watermark);
     document.body.dataset.snapshots = String(Number(document.body.dataset.snapshots || 0) + 1);
   }
