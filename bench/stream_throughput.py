@@ -25,6 +25,11 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    The embedded broker's fetches slow down as a partition's record batches accumulate (tansu
    0.6.0 memory engine; see the README, Benchmarks), so no consumer beats that floor.
 6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
+7. analytics cost (``--analytics-cost``, or alone with ``--analytics-only``): the end-to-end run
+   of (1) three times on topics and prefixes of their own, with the analytics read models, without
+   them (``SEGSTREAM_WORKER_ANALYTICS=false``), and with them again, so the two runs with them
+   bracket the one without in time; the ratio is to their mean. Then MEMORY USAGE of each read
+   model's hash, in total and per customer.
 """
 
 from __future__ import annotations
@@ -221,6 +226,49 @@ def _bare_faust(
     return result["count"], result["seconds"]
 
 
+def _end_to_end(settings: Settings, history, workdir: Path, name: str) -> tuple[int, float]:
+    """(customer events, seconds) of one end-to-end run (phase 1) on ``settings``' own topics."""
+    _create_topics(settings)
+    log = workdir / f"{name}-worker.log"
+    worker = start_worker(settings, log)
+    _wait_ready(log)
+    started = time.monotonic()
+    summary = asyncio.run(replay_history(history, settings))
+    _, finished = _wait_consumed(settings, summary.replay_id, summary.run_id, 2 * settings.topic_partitions)
+    stop_worker(worker)
+    return summary.events_total, finished - started
+
+
+def _analytics_cost(base: Settings, history, workdir: Path, tag: str, figures: dict) -> None:
+    from streams.analytics import READ_MODELS
+
+    rates = {}
+    for name, on in (("with", True), ("without", False), ("with_again", True)):
+        run = _variant(base, f"an{name[:4]}{tag}{int(on)}{len(rates)}").model_copy(
+            update={
+                "topic_orders": f"{tag}.an{len(rates)}.orders",
+                "topic_reviews": f"{tag}.an{len(rates)}.reviews",
+                "worker_analytics": on,
+            }
+        )
+        events, seconds = _end_to_end(run, history, workdir, f"analytics-{name}")
+        rates[name] = events / seconds
+        print(f"end-to-end {name} analytics: {rates[name]:,.0f} events/s", file=sys.stderr)
+        if name == "with":
+            client, keys = redis.Redis.from_url(run.redis_address), Keys(run.redis_prefix)
+            sizes = {model: client.memory_usage(keys.analytics(model)) or 0 for model in READ_MODELS}
+            fields = {model: client.hlen(keys.analytics(model)) for model in READ_MODELS}
+            customers = sum(1 for _ in client.scan_iter(match=keys.profiles_pattern, count=1000))
+            figures["analytics_redis_bytes"] = sizes
+            figures["analytics_redis_fields"] = fields
+            figures["analytics_redis_bytes_total"] = sum(sizes.values())
+            figures["analytics_redis_bytes_per_customer"] = round(sum(sizes.values()) / max(customers, 1), 2)
+    with_mean = (rates["with"] + rates["with_again"]) / 2
+    figures["analytics_end_to_end_events_per_s"] = {k: round(v) for k, v in rates.items()}
+    figures["ratio_with_analytics_to_without"] = round(with_mean / rates["without"], 3)
+    print(json.dumps(figures, indent=2), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=100_000)
@@ -229,6 +277,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--dump-latencies", type=Path, help="write the latency run's samples (ms) to this file")
     parser.add_argument("--latency-only", action="store_true", help="only the paced latency run (5); skip 1-4 and 6")
+    parser.add_argument("--analytics-cost", action="store_true", help="also the analytics cost runs (7)")
+    parser.add_argument("--analytics-only", action="store_true", help="only the analytics cost runs (7)")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -241,6 +291,13 @@ def main() -> None:
     try:
         history = load_olist(data)
         tag = uuid.uuid4().hex[:6]
+        if args.analytics_only or args.analytics_cost:
+            _analytics_cost(base, history, workdir, tag, figures)
+        if args.analytics_only:
+            print(json.dumps(figures, indent=2))
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2))
+            return
         if not args.latency_only:
             e2e = _variant(base, f"e2e{tag}").model_copy(
                 update={"topic_orders": f"{tag}.orders", "topic_reviews": f"{tag}.reviews"}

@@ -81,12 +81,13 @@ def descriptive(orders: pd.DataFrame, reviews: pd.DataFrame, until: date) -> dic
     end = pd.Timestamp(until + timedelta(days=1))
     orders = orders[orders["time"] < end]
     reviews = reviews[reviews["event_time"] < end]
-    first_state = orders.sort_values("time").drop_duplicates("customer")
+    # a customer counts in the state of their latest purchase, as the live read model counts them
+    latest_state = orders.sort_values("time").drop_duplicates("customer", keep="last")
     by_state = (
         orders.groupby("state")["spend"]
         .sum()
         .to_frame("revenue")
-        .join(first_state.groupby("state").size().rename("customers"))
+        .join(latest_state.groupby("state").size().rename("customers"))
     )
     by_state = by_state.fillna(0).sort_values(["revenue", "customers"], ascending=False)
     return {
