@@ -25,7 +25,7 @@ import bisect
 import functools
 import heapq
 import math
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from segstream.schemas import (
@@ -89,7 +89,7 @@ class Working:
     due: float | None = None
     dirty: bool = False
     # what the batch's applied purchases add to the analytics read models (streams/analytics.py)
-    deltas: Counter = field(default_factory=Counter)
+    deltas: defaultdict = field(default_factory=lambda: defaultdict(int))
 
 
 class Fold:

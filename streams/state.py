@@ -16,7 +16,7 @@ next changes their R score or churn status. A clock tick at T reads the customer
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -71,8 +71,6 @@ class ProfileStore:
         self.client = client
         self.keys = keys
         self.fold = Fold(scorer, rules, clusters, analytics)
-        # the write script's delta names start with the read model's index (one character)
-        self._model_code = {name: str(index) for index, name in enumerate(READ_MODELS)}
         self._analytics_keys = "\n".join(keys.analytics(name) for name in READ_MODELS)
         self.scripts = ScriptRunner(client)
         self.segment_topic = segment_topic
@@ -357,13 +355,13 @@ class ProfileStore:
 
     def _deltas(self, state: Working) -> list[str]:
         """The customer's analytics deltas as the write script takes them: (name, integer) pairs,
-        the name being the read model's index and the field. None when analytics are off."""
+        the name being the read model's index and the field (streams/analytics.py). None when
+        analytics are off."""
         if not self.fold.analytics:
             return []
-        deltas = state.deltas.copy()
+        deltas = defaultdict(int, state.deltas)
         profile_deltas(state.profile, state.base, deltas)
-        code = self._model_code
-        return [x for (model, name), n in deltas.items() if n for x in (code[model] + name, str(n))]
+        return [x for name, n in deltas.items() if n for x in (name, str(n))]
 
     async def rescore(self, partition: int, chunk: int = 500, max_rounds: int = 20, max_passes: int = 10) -> int:
         """Re-derive every scored customer of the partition who does not carry the current

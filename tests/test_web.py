@@ -425,6 +425,18 @@ def test_after_a_retrain_the_page_shows_clv_by_segment_and_each_customers_scores
             "echarts.getInstanceByDom(document.getElementById('chart-daily')).getOption().series.map(s => s.name)"
         )
         assert drawn == ["purchases", "lower", "90% interval", "forecast"]
+        env = {**settings_env(live.settings), "PATH": "/usr/bin:/bin"}
+        for view, want in (("rules", rules), ("forecast", sales)):
+            shown = subprocess.run(
+                [sys.executable, "-m", "segstream", "analytics", view, "--json"], capture_output=True, text=True,
+                timeout=60, env=env,
+            )  # fmt: skip
+            assert shown.returncode == 0 and json.loads(shown.stdout) == want, shown.stderr
+        text = subprocess.run(
+            [sys.executable, "-m", "segstream", "analytics", "forecast"], capture_output=True, text=True, timeout=60,
+            env=env,
+        ).stdout  # fmt: skip
+        assert f"sales forecast of retrain run {report.run}" in text and sales["orders"][0]["day"] in text
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view-with-models.png")
 
