@@ -34,6 +34,7 @@ from segstream.settings import Settings, settings_env
 def headline(cutoff: dict) -> dict:
     """The figures a reader checks first, per cutoff."""
     purchases, churn, recs = cutoff["purchases"], cutoff["churn"], cutoff["recommendations"]
+    together, sales = recs.get("rivals", {}).get("bought_together", {}), cutoff.get("forecast", {})
     served = purchases.get("served", {})
     return {
         "cutoff": cutoff["cutoff"],
@@ -60,6 +61,25 @@ def headline(cutoff: dict) -> dict:
             **{s: r["product"]["hit_rate"] for s, r in recs.get("by_strategy", {}).items()},
         },
         "recs_customers": recs.get("overall", {}).get("product", {}).get("customers"),
+        "bought_together": {
+            "customers": together.get("product", {}).get("customers"),
+            "hit_rate": together.get("product", {}).get("hit_rate"),
+            "default_list_hit_rate": together.get("baseline_default_list", {}).get("product", {}).get("hit_rate"),
+        },
+        "basket_rules_found": {
+            kind: r.get("rules_found") for kind, r in cutoff.get("basket_rules", {}).items() if isinstance(r, dict)
+        },
+        "forecast": {
+            column: {
+                "mape": sales[column]["forecast"]["mape"],
+                "mase": sales[column]["forecast"]["mase"],
+                "seasonal_naive_mape": sales[column]["baseline_seasonal_naive"]["mape"],
+                "seasonal_naive_mase": sales[column]["baseline_seasonal_naive"]["mase"],
+                "interval_coverage": sales[column]["interval_coverage"],
+            }
+            for column in ("orders", "revenue")
+            if column in sales
+        },
     }
 
 

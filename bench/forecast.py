@@ -40,31 +40,31 @@ def _daily(data: Path) -> pd.DataFrame:
     return daily.asfreq("D", fill_value=0).astype(float)
 
 
-def _sarimax(train: np.ndarray) -> np.ndarray:
+def _sarimax(train: pd.Series) -> np.ndarray:
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
-    fitted = SARIMAX(train, order=(1, 1, 1), seasonal_order=(0, 1, 1, 7)).fit(disp=False)
+    fitted = SARIMAX(train.to_numpy(), order=(1, 1, 1), seasonal_order=(0, 1, 1, 7)).fit(disp=False)
     return np.asarray(fitted.get_forecast(HORIZON).predicted_mean)
 
 
-def _river(model_name: str) -> Callable[[np.ndarray], np.ndarray]:
-    def run(train: np.ndarray) -> np.ndarray:
+def _river(model_name: str) -> Callable[[pd.Series], np.ndarray]:
+    def run(train: pd.Series) -> np.ndarray:
         from river import time_series
 
         if model_name == "snarimax":
             model = time_series.SNARIMAX(p=1, d=1, q=1, m=7, sp=0, sd=1, sq=1)
         else:
             model = time_series.HoltWinters(alpha=0.3, beta=0.1, gamma=0.5, seasonality=7)
-        for value in train:  # as each event day closes
+        for value in train.to_numpy():  # as each event day closes
             model.learn_one(value)
         return np.asarray(model.forecast(horizon=HORIZON))
 
     return run
 
 
-MODELS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "seasonal_naive": lambda train: seasonal_naive(pd.Series(train), HORIZON),
-    "ets (models/forecast.py)": lambda train: forecast(pd.Series(train), HORIZON, 0.9)["mean"].to_numpy(),
+MODELS: dict[str, Callable[[pd.Series], np.ndarray]] = {
+    "seasonal_naive": lambda train: seasonal_naive(train, HORIZON),
+    "ets (models/forecast.py)": lambda train: forecast(train, HORIZON, 0.9)["mean"].to_numpy(),
     "sarimax(1,1,1)(0,1,1,7)": _sarimax,
     "river SNARIMAX(1,1,1)(0,1,1,7)": _river("snarimax"),
     "river HoltWinters": _river("holtwinters"),
@@ -87,12 +87,12 @@ def main() -> None:
         for column in ("orders", "revenue"):
             scores, seconds = [], 0.0
             for origin in origins:
-                train = daily.loc[:origin, column].to_numpy()
+                train = daily.loc[:origin, column]
                 actual = daily.loc[origin + pd.Timedelta(days=1) :, column].to_numpy()[:HORIZON]
                 started = time.perf_counter()
                 predicted = model(train)
                 seconds += time.perf_counter() - started
-                scores.append(errors(actual, predicted, train)["mase"])
+                scores.append(errors(actual, predicted, train.to_numpy())["mase"])
             row[column] = {
                 "mase": round(float(np.mean(scores)), 3),
                 "seconds_per_fit": round(seconds / len(origins), 3),

@@ -8,10 +8,10 @@ The model is statsmodels' ETS with additive errors, a damped additive trend and 
 season (``ETSModel(error="add", trend="add", damped_trend=True, seasonal="add",
 seasonal_periods=7)``), chosen by measurement (docs/benchmarks.md, ``bench/forecast.py``): on a
 generated 100k-order history, 30-day horizons from ten rolling origins, its MASE was 1.16 on
-orders and 1.08 on revenue, against SARIMAX(1,1,1)(0,1,1,7) 1.13 and 1.04 at four times the fit
-time (and convergence warnings at several origins), the seasonal naive forecast (same weekday last
-week) 1.51 and 1.46, and river's online models far behind (SNARIMAX 4.5 and 4.7, HoltWinters 1.7
-and 2.0). A fit at retrain also sees the late events that corrected past days, which an online
+orders and 1.08 on revenue in 0.25 s a fit, against SARIMAX(1,1,1)(0,1,1,7) 1.13 and 1.04 in
+0.65 s (with convergence warnings at several origins), the seasonal naive forecast (same weekday
+last week) 1.51 and 1.46, and river's online models far behind (SNARIMAX 4.5 and 4.7,
+HoltWinters 1.7 and 2.0). A fit at retrain also sees the late events that corrected past days, which an online
 model updated as each day closes would have learnt without. Intervals are the model's own
 prediction intervals at ``SEGSTREAM_FORECAST_LEVEL``; forecasts and bounds below zero are cut to zero.
 
