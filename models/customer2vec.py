@@ -93,4 +93,3 @@ class Customer2Vec:
             "products": len(self.products_),
         }  # fmt: skip
         return arrays, params
-

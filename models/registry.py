@@ -4,7 +4,9 @@
 did, customers and items used, fit diagnostics, durations), ``rules.json`` (the market basket
 rules of both kinds), ``forecast.json`` (the sales forecast), ``clv.json`` (BG/NBD and Gamma-Gamma
 parameters, when the CLV fit succeeded) and ``als.npz`` (the ALS item factors with their product
-ids, when the ALS fit succeeded; ``numpy.load(..., allow_pickle=False)`` reads it). No pickle:
+ids, when the ALS fit succeeded; ``numpy.load(..., allow_pickle=False)`` reads it) and, when a
+segment is mapped to it, ``customer2vec.npz`` (product output vectors and ids) with
+``customer2vec.json`` (its parameters). No pickle:
 a registry directory can be shared without trusting whoever wrote it.
 
 A run is written to a temporary directory and renamed into place, so a reader never finds half
@@ -45,6 +47,7 @@ class Registry:
         als: dict[str, np.ndarray] | None = None,
         rules: dict[str, Any] | None = None,
         forecast: dict[str, Any] | None = None,
+        customer2vec: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     ) -> Path:
         final = self.path(run)
         staging = self.root / f".{final.name}.{os.getpid()}.tmp"
@@ -55,6 +58,9 @@ class Registry:
         for name, document in (("rules", rules), ("forecast", forecast)):
             if document is not None:
                 (staging / f"{name}.json").write_text(json.dumps(document, indent=2))
+        if customer2vec is not None:  # vectors as arrays, parameters as JSON: gensim's own save is pickle
+            np.savez(staging / "customer2vec.npz", **customer2vec[0])
+            (staging / "customer2vec.json").write_text(json.dumps(customer2vec[1], indent=2))
         if als is not None:
             np.savez(staging / "als.npz", **als)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -46,6 +46,7 @@ import redis
 from models.als import AlsRecommender, dense_factors, interaction_matrix
 from models.basket import rules_of_counts
 from models.clv import ClvFitError, ClvModel, clv_by_segment, rfm_summary
+from models.customer2vec import Customer2Vec
 from models.forecast import daily_series, forecast
 from models.population import Population, read_population
 from models.registry import Registry
@@ -229,9 +230,10 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
 
     als_artifact: dict[str, np.ndarray] | None = None
     sales: dict[str, Any] | None = None
+    c2v: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
     with watch("recommendations"):
         try:
-            lists, als_artifact = _recommendations(settings, population, cutoff, run, report)
+            lists, als_artifact, c2v = _recommendations(settings, population, cutoff, run, report)
         except ValueError as exc:  # an empty matrix
             report.recommendations = f"kept run {before.get('recommendations', 'none')}: {exc}"
             log.warning("ALS not refitted, run %s stays in force: %s", before.get("recommendations", "none"), exc)
@@ -264,7 +266,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
     report.seconds["total"] = round(time.perf_counter() - started, 3)
     report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     Registry(settings.models_path).save(
-        run, asdict(report), clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales
+        run, asdict(report), clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales, customer2vec=c2v
     )
     log.info(
         "retrain run %d done in %.1f s: %d customers, CLV %s, recommendations %s, thresholds %s",
@@ -367,7 +369,9 @@ def _clv(
 
 def _recommendations(
     settings: Settings, population: Population, cutoff: float, run: int, report: RetrainReport
-) -> tuple[Iterator[tuple[str, bytes]], dict[str, np.ndarray]]:
+) -> tuple[Iterator[tuple[str, bytes]], dict[str, np.ndarray], tuple[dict[str, np.ndarray], dict[str, Any]] | None]:
+    """Each customer's list, by the strategy map (``SEGSTREAM_RECS_STRATEGY_MAP``) or the default
+    rules; the ALS arrays and, when a segment is mapped to it, Customer2Vec's."""
     top_n = settings.recs_top_n
     until = datetime.fromtimestamp(cutoff, tz=UTC).date().isoformat()  # purchase days up to the cutoff's
     product_baskets, category_baskets = population.baskets(until)
@@ -383,20 +387,32 @@ def _recommendations(
     category_matrix, _, categories = interaction_matrix(category_baskets)
     report.categories = len(categories)
     best = top_rated_by_category(population, settings.recs_min_reviews)
-    seeded: dict[str, list[str]] = {}
-    for row in np.flatnonzero(_big_spenders(population)):
+    mapped = settings.recs_strategy_map
+    rows_of = {strategy: [r for r, s in enumerate(population.segments) if mapped.get(s) == strategy]
+               for strategy in set(mapped.values())}  # fmt: skip
+
+    def top_rated(row: int) -> list[str]:
         start, end = category_matrix.indptr[row], category_matrix.indptr[row + 1]
         counts = zip(category_matrix.data[start:end].tolist(), category_matrix.indices[start:end].tolist(), strict=True)
         own = [name for _, name in sorted((-count, categories[c]) for count, c in counts)]  # most bought first
         mine = {p for _, bought, _ in population.purchases[row].values() for p in bought}  # all, even later
         picks = [p for category in own for p in best.get(category, [])[: top_n + len(mine)] if p not in mine]
-        if picks:
-            seeded[population.customers[row]] = list(dict.fromkeys(picks))[:top_n]
+        return list(dict.fromkeys(picks))[:top_n]
 
-    # ALS for every buyer whose list the seed did not fill (rows follow the population)
+    seeded: dict[str, list[str]] = {}
+    spenders = np.flatnonzero(_big_spenders(population)).tolist()
+    for row in [r for r in spenders if population.segments[r] not in mapped] + rows_of.get("top_rated", []):
+        picks = top_rated(row)
+        if picks:
+            seeded[population.customers[row]] = picks
+
+    # ALS for every buyer whose list the seed did not fill (rows follow the population), except
+    # the segments the strategy map gives another strategy
+    elsewhere = {s for s, strategy in mapped.items() if strategy not in ("als", "top_rated")}
     with watch("als_rank"):
         full = np.asarray([len(seeded.get(customer, ())) == top_n for customer in customers], dtype=bool)
-        buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full)
+        other = np.asarray([segment in elsewhere for segment in population.segments], dtype=bool)
+        buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full & ~other)
         lists: dict[str, tuple[list[str], str]] = {customer: (picks, "top_rated") for customer, picks in seeded.items()}
         for start in range(0, len(buyers), 10_000):
             rows = buyers[start : start + 10_000]
@@ -408,6 +424,11 @@ def _recommendations(
                 else:  # a big spender with fewer top-rated products than wanted: ALS fills up
                     filler = [p for p in items if p not in picks]
                     lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
+
+    c2v_artifact = None
+    if rows_of.get("customer2vec"):
+        with watch("customer2vec"):
+            c2v_artifact = _customer2vec(settings, population, until, rows_of["customer2vec"], lists)
 
     default, default_strategy = popular_this_month(population, cutoff, top_n)
     report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
@@ -428,7 +449,25 @@ def _recommendations(
         "item_factors": np.asarray(dense_factors(als.model_.item_factors), dtype=np.float32),
         "products": np.asarray(products, dtype=str),
     }
-    return entries(), artifact
+    return entries(), artifact, c2v_artifact
+
+
+def _customer2vec(
+    settings: Settings, population: Population, until: str, rows: list[int], lists: dict[str, tuple[list[str], str]]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Customer2Vec lists for the customers of ``rows`` with a purchase day up to ``until`` (models/customer2vec.py),
+    trained on everyone's purchase days up to it; the model's arrays and parameters."""
+    days = {
+        customer: [own[day][1] for day in sorted(own) if day <= until]
+        for customer, own in zip(population.customers, population.purchases, strict=True)
+    }
+    model = Customer2Vec(seed=1).fit(days)
+    wanted = [population.customers[r] for r in rows if days[population.customers[r]]]
+    bought = [{p for day in days[c] for p in day} for c in wanted]
+    for customer, items in zip(wanted, model.recommend(wanted, settings.recs_top_n, bought), strict=True):
+        if items:
+            lists[customer] = (items, "customer2vec")
+    return model.artifact()
 
 
 def _big_spenders(population: Population) -> np.ndarray:

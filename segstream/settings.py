@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     clv_monthly_discount: float = Field(0.01, ge=0, description="Monthly discount rate of the CLV.")
     clv_min_repeat_buyers: int = Field(20, ge=1, description="Fewest repeat buyers to fit the CLV models at all.")
     recs_top_n: int = Field(10, ge=1, description="Recommendations kept per customer.")
+    recs_strategy_map: dict[str, Literal["als", "customer2vec", "top_rated", "popular_month"]] = Field(
+        default_factory=dict,
+        description="Segment -> recommendation strategy (JSON, e.g. {\"Champions\": \"customer2vec\"}); segments not "
+        "named keep the default: top-rated for big spenders, ALS for other buyers.",
+    )
     recs_min_reviews: int = Field(
         3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."
     )

@@ -15,7 +15,8 @@ def test_configuration_table_lists_every_setting() -> None:
     for name, field in Settings.model_fields.items():
         row = next((line for line in README.splitlines() if line.startswith(f"| `SEGSTREAM_{name.upper()}` |")), None)
         assert row is not None, f"README lacks SEGSTREAM_{name.upper()}"
-        default = "unset" if field.default is None else f"`{field.default}`"
+        value = field.get_default(call_default_factory=True)
+        default = "unset" if value is None else f"`{value}`"
         assert f"| {default} |" in row, row
 
 

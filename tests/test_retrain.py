@@ -152,6 +152,34 @@ def test_big_spenders_get_top_rated_products_of_their_categories(store: Settings
     assert not set(recs["items"]) & set(spender.products)
 
 
+def test_the_strategy_map_serves_customer2vec_and_the_default_list_to_the_segments_it_names(store: Settings) -> None:
+    profiles = _population(600, repeat_share=0.3)  # Champions: 4+ purchase days; Promising: the rest
+    _save(store, profiles)
+    mapped = store.model_copy(update={"recs_strategy_map": {"Champions": "customer2vec", "Promising": "als"}})
+    report = retrain_once(mapped, cutoff=CUTOFF)
+    champions = [p for p in profiles if p.segment == "Champions"]
+    assert champions and report.strategies["customer2vec"] == len(champions), report.strategies
+    for p in champions:
+        recs = customer_models(mapped, p.customer_unique_id).recommendations
+        assert recs["strategy"] == "customer2vec" and len(recs["items"]) == store.recs_top_n
+        assert not set(recs["items"]) & set(p.products)
+        group = int(p.customer_unique_id[1:]) % 4  # their own taste group's products come first
+        assert recs["items"][0].startswith(f"g{group}-"), recs
+    promising = next(p for p in profiles if p.segment == "Promising")
+    assert customer_models(mapped, promising.customer_unique_id).recommendations["strategy"] == "als"
+    files = set(Registry(store.models_path).show(report.run)["files"])
+    assert {"customer2vec.npz", "customer2vec.json"} <= files
+    with np.load(store.models_path / f"run-{report.run:06d}" / "customer2vec.npz", allow_pickle=False) as c2v:
+        assert c2v["product_vectors"].shape[0] == len(c2v["products"]) == report.products
+    # the default list for a whole segment
+    popular = store.model_copy(
+        update={"recs_strategy_map": {"Champions": "popular_month", "Promising": "popular_month"}}
+    )
+    report = retrain_once(popular, cutoff=CUTOFF)
+    assert set(report.strategies) <= {"popular_month (default)", "popular (default)"}, report.strategies
+    assert customer_models(popular, champions[0].customer_unique_id).recommendations["strategy"].startswith("popular")
+
+
 def test_failed_fits_keep_the_model_in_force(store: Settings, caplog: pytest.LogCaptureFixture) -> None:
     client, keys = _client(store), Keys(store.redis_prefix)
     profiles = _population(600, repeat_share=0.3)
