@@ -88,6 +88,8 @@ class RetrainReport:
     clv_diagnostics: dict[str, Any] = field(default_factory=dict)
     strategies: dict[str, int] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)  # market basket rules found, per kind
+    rivals: dict[str, int] = field(default_factory=dict)  # with recs_rivals: lists per strategy
+    rival_lists: dict[str, dict[str, list[str]]] | None = field(default=None, repr=False)
     forecast: str = "not run"
     models: dict[str, Any] = field(default_factory=dict)  # the models document after the run
     seconds: dict[str, float] = field(default_factory=dict)
@@ -241,6 +243,14 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             _write_hash(client, keys.recommendations(run), lists)
             models["recommendations"] = run
             report.recommendations = "fitted"
+            if report.rival_lists is not None:
+                rivals = report.rival_lists
+                report.rival_lists = None  # not in meta.json
+                entries = (
+                    (f"{s}:{c}", orjson.dumps(items)) for s, found in rivals.items() for c, items in found.items()
+                )
+                _write_hash(client, keys.rivals(run), entries)
+                models["rivals"] = run
 
     with watch("rules"):
         rules = _basket_rules(settings, client, keys, report)
@@ -425,10 +435,30 @@ def _recommendations(
                     filler = [p for p in items if p not in picks]
                     lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
 
-    c2v_artifact = None
-    if rows_of.get("customer2vec"):
+    c2v_artifact, c2v_model = None, None
+    everyone = [r for r, days in enumerate(population.purchases) if any(day <= until for day in days)]
+    if rows_of.get("customer2vec") or settings.recs_rivals:
         with watch("customer2vec"):
-            c2v_artifact = _customer2vec(settings, population, until, rows_of["customer2vec"], lists)
+            c2v_model, days = _customer2vec(population, until)
+            wanted = [population.customers[r] for r in rows_of.get("customer2vec", [])]
+            for customer, items in _c2v_lists(c2v_model, days, wanted, top_n).items():
+                lists[customer] = (items, "customer2vec")
+            c2v_artifact = c2v_model.artifact()
+    if settings.recs_rivals:  # every strategy's list for every buyer, for a backtest to score per segment
+        with watch("rivals"):
+            rivals: dict[str, dict[str, list[str]]] = {"top_rated": {}, "als": {}}
+            for row in everyone:
+                picks = top_rated(row)
+                if picks:
+                    rivals["top_rated"][population.customers[row]] = picks
+            rows = np.asarray([r for r in everyone if matrix.indptr[r + 1] > matrix.indptr[r]], dtype=np.int64)
+            for start in range(0, len(rows), 10_000):
+                chunk = rows[start : start + 10_000]
+                for row, items in zip(chunk.tolist(), als.recommend(chunk, top_n, labels=products), strict=True):
+                    rivals["als"][customers[row]] = items
+            rivals["customer2vec"] = _c2v_lists(c2v_model, days, [population.customers[r] for r in everyone], top_n)
+        report.rivals = {strategy: len(found) for strategy, found in rivals.items()}
+        report.rival_lists = rivals  # written by the caller, then dropped from the report
 
     default, default_strategy = popular_this_month(population, cutoff, top_n)
     report.strategies = dict(Counter(strategy for _, strategy in lists.values()))
@@ -452,22 +482,22 @@ def _recommendations(
     return entries(), artifact, c2v_artifact
 
 
-def _customer2vec(
-    settings: Settings, population: Population, until: str, rows: list[int], lists: dict[str, tuple[list[str], str]]
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Customer2Vec lists for the customers of ``rows`` with a purchase day up to ``until`` (models/customer2vec.py),
-    trained on everyone's purchase days up to it; the model's arrays and parameters."""
+def _customer2vec(population: Population, until: str) -> tuple[Customer2Vec, dict[str, list[list[str]]]]:
+    """Customer2Vec (models/customer2vec.py) trained on everyone's purchase days up to ``until``."""
     days = {
         customer: [own[day][1] for day in sorted(own) if day <= until]
         for customer, own in zip(population.customers, population.purchases, strict=True)
     }
-    model = Customer2Vec(seed=1).fit(days)
-    wanted = [population.customers[r] for r in rows if days[population.customers[r]]]
+    return Customer2Vec(seed=1).fit(days), days
+
+
+def _c2v_lists(
+    model: Customer2Vec, days: dict[str, list[list[str]]], wanted: list[str], n: int
+) -> dict[str, list[str]]:
+    """Customer2Vec's lists of the ``wanted`` customers with a purchase day (none for the others)."""
+    wanted = [c for c in wanted if days[c]]
     bought = [{p for day in days[c] for p in day} for c in wanted]
-    for customer, items in zip(wanted, model.recommend(wanted, settings.recs_top_n, bought), strict=True):
-        if items:
-            lists[customer] = (items, "customer2vec")
-    return model.artifact()
+    return {c: items for c, items in zip(wanted, model.recommend(wanted, n, bought), strict=True) if items}
 
 
 def _big_spenders(population: Population) -> np.ndarray:
@@ -543,7 +573,7 @@ def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str 
 def _drop_unreferenced(client: redis.Redis, keys: Keys, before: dict[str, Any], after: dict[str, Any]) -> None:
     named = (
         ("clv", keys.scores), ("recommendations", keys.recommendations), ("rules", keys.rules),
-        ("forecast", keys.forecast),
+        ("forecast", keys.forecast), ("rivals", keys.rivals),
     )  # fmt: skip
     old = {key(before[name]) for name, key in named if name in before}
     new = {key(after[name]) for name, key in named if name in after}

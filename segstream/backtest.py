@@ -32,6 +32,7 @@ import math
 import shutil
 import sys
 import time
+import typing
 import uuid
 import warnings
 from collections import Counter, defaultdict
@@ -118,6 +119,7 @@ class Frozen:
     clv_params: dict[str, Any] | None = None
     rules: dict[str, Any] = field(default_factory=dict)  # the market basket rules in force
     forecast: dict[str, Any] = field(default_factory=dict)  # the sales forecast in force
+    rivals: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # strategy -> customer -> list
     retrain: dict[str, Any] = field(default_factory=dict)
 
 
@@ -171,6 +173,10 @@ def _freeze(client: redis.Redis, keys: Keys, day: date, with_models: bool, regis
         if name in frozen.models:
             raw = client.get(key(frozen.models[name]))
             setattr(frozen, name, json.loads(raw) if raw else {})
+    if "rivals" in frozen.models:
+        for name, items in client.hgetall(keys.rivals(frozen.models["rivals"])).items():
+            strategy, customer = name.decode().split(":", 1)
+            frozen.rivals.setdefault(strategy, {})[customer] = json.loads(items)
     if "recommendations" in frozen.models:
         entries = client.hgetall(keys.recommendations(frozen.models["recommendations"]))
         frozen.lists = {k.decode(): json.loads(v) for k, v in entries.items()}
@@ -309,6 +315,7 @@ def run_backtest(
             "models_dir": out / "models",
             "clv_horizon_days": float(horizon_days),
             "als_threads": 1,  # bit-for-bit reproducible fits
+            "recs_rivals": True,  # every strategy's list for every buyer: scored per segment
         }
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -401,6 +408,10 @@ def run_backtest(
     figures["segstream_version"] = package_version("segstream")
     figures = _sorted(figures)
     (out / "figures.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    # the last cutoff's proposal, as `segstream retrain --strategy-map` (or SEGSTREAM_RECS_STRATEGY_MAP) takes it
+    proposal = figures["cutoffs"][-1]["recommendations"].get("proposed_map") if figures["cutoffs"] else None
+    if proposal:
+        (out / "strategy-map.json").write_text(json.dumps(proposal, indent=1, sort_keys=True) + "\n")
     total = time.monotonic() - started
     run_info = {
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(total, 1)},
@@ -731,6 +742,58 @@ def _score_forecast(at: Frozen, orders: pd.DataFrame, cutoff: date, horizon_days
     return out
 
 
+SERVED = typing.get_args(typing.get_args(Settings.model_fields["recs_strategy_map"].annotation)[1])
+MIN_CUSTOMERS = 30  # fewer horizon buyers in a segment: its proposal is marked as resting on too few
+
+
+def _by_segment(
+    at: Frozen,
+    products: dict[str, set[str]],
+    together: dict[str, list[str]],
+    default: list[str],
+    k: int,
+    ranking: Callable[..., dict],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every strategy scored on the same customers of each segment (its horizon buyers who had a
+    purchase day up to the cutoff, by their segment at the cutoff); a strategy with no list for a
+    customer shows them the default list, as serving it would. The proposed map takes, per
+    segment, the best hit rate (then NDCG); its note says when the lead is within two standard
+    errors of the runner-up's (binomial, the two rates' variances summed) or rests on fewer than
+    MIN_CUSTOMERS customers."""
+    # a strategy with no list at all (top_rated without reviews) is scored too: as the default list
+    candidates = {**dict.fromkeys(SERVED, {}), **at.rivals, "bought_together": together, "popular_month": {}}
+    segments = at.profiles["segment"]
+    calibration = set(at.profiles.index[at.profiles["last_purchase"].notna()])
+    by_segment: dict[str, Any] = {}
+    proposed: dict[str, str] = {}
+    who_by: dict[str, list[str]] = {}
+    for customer in sorted(products):
+        if customer in calibration and segments.get(customer):
+            who_by.setdefault(segments[customer], []).append(customer)
+    for segment, who in sorted(who_by.items()):
+        relevant = {c: products[c] for c in who}
+        scores = {}
+        for strategy, lists in sorted(candidates.items()):
+            shown = {c: (lists.get(c, []) + [p for p in default if p not in lists.get(c, [])])[:k] for c in who}
+            scores[strategy] = {key: ranking(shown, relevant, k)[key] for key in ("hit_rate", "ndcg", "precision")}
+        # only strategies the retrain can serve are proposed (bought_together is scored beside them)
+        ranked = [
+            s for s in sorted(scores, key=lambda s: (-scores[s]["hit_rate"], -scores[s]["ndcg"], s)) if s in SERVED
+        ]
+        best, runner_up = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+        p1, p2, n = scores[best]["hit_rate"], scores[runner_up]["hit_rate"], len(who)
+        error = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+        if n < MIN_CUSTOMERS:
+            note = f"rests on {n} customers (fewer than {MIN_CUSTOMERS})"
+        elif p1 - p2 <= 2 * error:
+            note = f"not significant: {p1:.3f} against {runner_up} {p2:.3f}, within two standard errors ({error:.3f})"
+        else:
+            note = f"{p1:.3f} against {runner_up} {p2:.3f}, more than two standard errors ({error:.3f})"
+        by_segment[segment] = {"customers": n, "strategies": scores, "best": best, "runner_up": runner_up, "note": note}
+        proposed[segment] = best
+    return by_segment, proposed
+
+
 def _bought_together_lists(
     at: Frozen, cutoff: date, k: int, default: list[str]
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -833,6 +896,7 @@ def _score_lists(
                 "category": ranking(popular_categories, {c: categories[c] for c in who}, k),
             },
         }
+    out["by_segment"], out["proposed_map"] = _by_segment(at, products, together, default["items"], k, ranking)
     # the popularity baseline for everyone: the default list shown to every horizon buyer
     out["baseline_default_list"] = {
         "strategy": default["strategy"],

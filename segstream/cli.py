@@ -581,6 +581,12 @@ def thresholds(ctx: click.Context, recency: str | None, monetary: str | None, wa
     type=click.Choice(["bgnbd", "modified_bgnbd", "pareto_nbd"]),
     help="Purchase model of the CLV [env SEGSTREAM_CLV_MODEL; default bgnbd].",
 )
+@click.option(
+    "--strategy-map",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file: segment -> recommendation strategy (a backtest writes one: strategy-map.json) "
+    "[env SEGSTREAM_RECS_STRATEGY_MAP].",
+)
 @click.option("--top-n", "recs_top_n", type=click.IntRange(min=1), help="Recommendations per customer [default 10].")
 @click.pass_context
 def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutoff: str | None, **flags: Any) -> None:
@@ -595,6 +601,14 @@ def retrain(ctx: click.Context, once: bool, every: str | None, clock: str, cutof
 
     if once == (every is not None):
         raise click.UsageError("give exactly one of --once or --every")
+    strategy_map = flags.pop("strategy_map", None)
+    if strategy_map is not None:
+        try:
+            flags["recs_strategy_map"] = json.loads(strategy_map.read_text())
+        except (OSError, ValueError) as exc:
+            raise _BadValue(
+                f"{strategy_map} is not a JSON file: {_one_line(exc)}", param_hint="--strategy-map"
+            ) from None
     settings = _settings(ctx, **flags)
 
     def show(report) -> None:

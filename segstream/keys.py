@@ -45,6 +45,11 @@ class Keys:
         """String: one retrain run's market basket rules (JSON, models/basket.py)."""
         return f"{self.prefix}:rules:{run}"
 
+    def rivals(self, run: int | str) -> str:
+        """Hash: '<strategy>:<customer>' -> that strategy's list (JSON) in one retrain run, written
+        with SEGSTREAM_RECS_RIVALS for backtests."""
+        return f"{self.prefix}:rivals:{run}"
+
     def forecast(self, run: int | str) -> str:
         """String: one retrain run's sales forecast (JSON, models/forecast.py)."""
         return f"{self.prefix}:forecast:{run}"

@@ -327,6 +327,7 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
                 "hit rate",
             ),
         )
+        _segments_section(page, recs)
     else:
         page.add(f"<p>{_fmt(recs.get('error'))}</p>")
     _forecast_section(page, c)
@@ -347,6 +348,22 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
                 [[r[c] for c in RULE_COLUMNS] for r in found["rules"][:15]],
             )
         )
+
+
+def _segments_section(page: _Page, recs: dict[str, Any]) -> None:
+    by_segment = recs.get("by_segment") or {}
+    if not by_segment:
+        return
+    strategies = sorted({s for row in by_segment.values() for s in row["strategies"]})
+    page.add(
+        "<h4>Product hit rate of every strategy per segment (the same customers each), and the strategy "
+        "proposed for it (written to strategy-map.json)</h4>"
+    )
+    rows = [
+        [segment, row["customers"], *(row["strategies"][s]["hit_rate"] for s in strategies), row["best"], row["note"]]
+        for segment, row in by_segment.items()
+    ]
+    page.add(_table(["segment", "customers", *strategies, "proposed", "note"], rows))
 
 
 def _forecast_section(page: _Page, c: dict[str, Any]) -> None:

@@ -178,8 +178,13 @@ class Settings(BaseSettings):
     recs_top_n: int = Field(10, ge=1, description="Recommendations kept per customer.")
     recs_strategy_map: dict[str, Literal["als", "customer2vec", "top_rated", "popular_month"]] = Field(
         default_factory=dict,
-        description="Segment -> recommendation strategy (JSON, e.g. {\"Champions\": \"customer2vec\"}); segments not "
+        description='Segment -> recommendation strategy (JSON, e.g. {"Champions": "customer2vec"}); segments not '
         "named keep the default: top-rated for big spenders, ALS for other buyers.",
+    )
+    recs_rivals: bool = Field(
+        False,
+        description="Also write every strategy's list for every buyer (als, customer2vec, top_rated), for a "
+        "backtest to score them per segment; off in service (one more list per buyer and strategy).",
     )
     recs_min_reviews: int = Field(
         3, ge=1, description="Fewest reviewing buyers for a product to count as top-rated (big spenders' seed)."

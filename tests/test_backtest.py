@@ -213,6 +213,30 @@ def test_planted_pairs_are_the_top_basket_rules_and_bought_together_beats_popula
     assert rival["product"]["hit_rate"] > rival["baseline_default_list"]["product"]["hit_rate"] + 0.1, rival
 
 
+def test_every_strategy_is_scored_per_segment_and_the_best_is_proposed(planted) -> None:
+    out, figures, _ = planted
+    recs = figures["cutoffs"][0]["recommendations"]
+    by_segment, proposed = recs["by_segment"], recs["proposed_map"]
+    assert by_segment and set(proposed) == set(by_segment)
+    for segment, row in by_segment.items():
+        assert set(row["strategies"]) == {"als", "customer2vec", "top_rated", "popular_month", "bought_together"}
+        served = {s: v for s, v in row["strategies"].items() if s != "bought_together"}
+        best = max(served, key=lambda s: (served[s]["hit_rate"], served[s]["ndcg"]))
+        assert proposed[segment] == row["best"] and served[best]["hit_rate"] == served[row["best"]]["hit_rate"]
+        assert row["note"]  # says whether the lead is significant, or rests on few customers
+    # the planted groups: each model beats popularity over the segments' customers (not that one wins)
+    total = sum(row["customers"] for row in by_segment.values())
+    assert total > 100
+
+    def rate(strategy: str) -> float:
+        return sum(row["strategies"][strategy]["hit_rate"] * row["customers"] for row in by_segment.values()) / total
+
+    assert rate("als") > rate("popular_month") + 0.1
+    assert rate("customer2vec") > rate("popular_month") + 0.1
+    # the proposal is written as the file `segstream retrain --strategy-map` takes
+    assert json.loads((out / "strategy-map.json").read_text()) == proposed
+
+
 class _Rendered(HTMLParser):
     """The body's data attributes, and per chart div its attributes and the SVG paths drawn in it."""
 

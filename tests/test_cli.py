@@ -71,6 +71,17 @@ def test_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_bad_strategy_map_file_is_one_line_without_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "map.json"
+    broken.write_text("{not json")
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream.cli", "retrain", "--once", "--strategy-map", str(broken)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "is not a JSON file" in done.stderr
+
+
 def test_replay_without_a_broker_says_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "SEGSTREAM_RUN_DIR": str(tmp_path), "SEGSTREAM_KAFKA_PORT": str(free_port())}
     env.pop("SEGSTREAM_KAFKA_BOOTSTRAP", None)
