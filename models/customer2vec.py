@@ -69,18 +69,24 @@ class Customer2Vec:
         self.customer_vectors_ = np.asarray(model.dv.vectors, dtype=np.float32)
         return self
 
-    def recommend(self, customers: Sequence[str], n: int, exclude: Sequence[set[str]]) -> list[list[str]]:
+    def recommend(
+        self, customers: Sequence[str], n: int, exclude: Sequence[set[str]], chunk: int = 512
+    ) -> list[list[str]]:
         """Per customer, the ``n`` products their vector predicts best, not in their ``exclude`` set
-        (empty for a customer the model has no vector for)."""
-        out: list[list[str]] = []
-        for customer, bought in zip(customers, exclude, strict=True):
-            row = self.customers_.get(customer)
-            if row is None:
-                out.append([])
-                continue
-            scores = self.product_vectors_ @ self.customer_vectors_[row]
-            head = np.argsort(-scores, kind="stable")[: n + len(bought)]
-            out.append([p for p in (self.products_[i] for i in head) if p not in bought][:n])
+        (empty for a customer the model has no vector for). Scored ``chunk`` customers at a time
+        (one matrix product each: one dot product per customer and product cost ~1.5 ms a
+        customer at 25k products)."""
+        out: list[list[str]] = [[] for _ in customers]
+        known = [(i, self.customers_[c]) for i, c in enumerate(customers) if c in self.customers_]
+        for start in range(0, len(known), chunk):
+            part = known[start : start + chunk]
+            scores = self.customer_vectors_[[row for _, row in part]] @ self.product_vectors_.T
+            for (i, _), row in zip(part, scores, strict=True):
+                bought = exclude[i]
+                head = min(n + len(bought), len(row))
+                top = np.argpartition(-row, head - 1)[:head] if head < len(row) else np.arange(len(row))
+                top = top[np.lexsort((top, -row[top]))]  # best first; ties by product order
+                out[i] = [p for p in (self.products_[j] for j in top) if p not in bought][:n]
         return out
 
     def artifact(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -275,8 +275,9 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
     report.models = models
     report.seconds["total"] = round(time.perf_counter() - started, 3)
     report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    meta = {k: v for k, v in asdict(report).items() if k != "rival_lists"}
     Registry(settings.models_path).save(
-        run, asdict(report), clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales, customer2vec=c2v
+        run, meta, clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales, customer2vec=c2v
     )
     log.info(
         "retrain run %d done in %.1f s: %d customers, CLV %s, recommendations %s, thresholds %s",

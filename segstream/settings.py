@@ -15,6 +15,7 @@ False
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,9 +242,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
     >>> settings_env(Settings(kafka_port=19092))["SEGSTREAM_KAFKA_PORT"]
     '19092'
+    >>> settings_env(Settings(recs_strategy_map={"Champions": "als"}))["SEGSTREAM_RECS_STRATEGY_MAP"]
+    '{"Champions": "als"}'
     """
     env = {
-        f"SEGSTREAM_{name.upper()}": str(value)
+        # a dict or list as JSON, the form the settings read back (str() of a dict is not)
+        f"SEGSTREAM_{name.upper()}": json.dumps(value) if isinstance(value, dict | list) else str(value)
         for name, value in settings.model_dump(mode="json").items()
         if value is not None
     }
