@@ -761,7 +761,7 @@ def _by_segment(
     errors of the runner-up's (binomial, the two rates' variances summed) or rests on fewer than
     MIN_CUSTOMERS customers."""
     # a strategy with no list at all (top_rated without reviews) is scored too: as the default list
-    candidates = {**{strategy: {} for strategy in SERVED}, **at.rivals, "bought_together": together, "popular_month": {}}
+    candidates = {**{s: {} for s in SERVED}, **at.rivals, "bought_together": together, "popular_month": {}}
     segments = at.profiles["segment"]
     calibration = set(at.profiles.index[at.profiles["last_purchase"].notna()])
     by_segment: dict[str, Any] = {}
