@@ -607,26 +607,24 @@ def create_app(settings: Settings) -> FastAPI:
         """Purchases and revenue per event-day with a purchase."""
         return daily_table(await asyncio.to_thread(analytics, "daily"))
 
+    async def run_doc(name: str, what: str) -> dict[str, Any]:
+        """The document `name` of the retrain run in force; 404 naming `what` before any retrain."""
+        from streams.readmodel import run_document
+
+        found = await asyncio.to_thread(run_document, sync, keys, name)
+        if found is None:
+            raise HTTPException(404, f"no {what} yet: run `segstream retrain --once`")
+        return found
+
     @app.get("/api/analytics/rules", response_model=Rules, responses={404: {"model": Error}})
     async def rules() -> dict[str, Any]:
         """Market basket rules between categories, of the retrain run in force."""
-
-        from streams.readmodel import run_document
-
-        found = await asyncio.to_thread(run_document, sync, keys, "rules")
-        if found is None:
-            raise HTTPException(404, "no market basket rules yet: run `segstream retrain --once`")
-        return found
+        return await run_doc("rules", "market basket rules")
 
     @app.get("/api/analytics/forecast", response_model=Forecast, responses={404: {"model": Error}})
     async def sales_forecast() -> dict[str, Any]:
         """The sales forecast of the retrain run in force: daily purchases and revenue after its cutoff."""
-        from streams.readmodel import run_document
-
-        found = await asyncio.to_thread(run_document, sync, keys, "forecast")
-        if found is None:
-            raise HTTPException(404, "no sales forecast yet: run `segstream retrain --once`")
-        return found
+        return await run_doc("forecast", "sales forecast")
 
     @app.get("/api/health", response_model=Health, responses={503: {"model": Error}})
     async def health() -> dict[str, Any]:
