@@ -48,6 +48,7 @@ class Registry:
         rules: dict[str, Any] | None = None,
         forecast: dict[str, Any] | None = None,
         customer2vec: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+        uplift: dict[str, Any] | None = None,
     ) -> Path:
         final = self.path(run)
         staging = self.root / f".{final.name}.{os.getpid()}.tmp"
@@ -55,7 +56,7 @@ class Registry:
         staging.mkdir(parents=True)
         if clv is not None:
             (staging / "clv.json").write_text(json.dumps(clv, indent=2))
-        for name, document in (("rules", rules), ("forecast", forecast)):
+        for name, document in (("rules", rules), ("forecast", forecast), ("uplift", uplift)):
             if document is not None:
                 (staging / f"{name}.json").write_text(json.dumps(document, indent=2))
         if customer2vec is not None:  # vectors as arrays, parameters as JSON: gensim's own save is pickle

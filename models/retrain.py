@@ -13,7 +13,9 @@ One run (:func:`retrain_once`):
    products not bought, with the seeds: new customers get the products most bought in the 30
    event-days before the cutoff; big spenders (top monetary decile, or Champions) get the
    best-rated products of their own categories (customer x category matrix), filled up by ALS;
-5. writes scores and lists into hashes of this run, then switches readers to them with one
+5. fits the uplift model on the campaign sends whose response window closed (``models.uplift``)
+   and scores every buyer for the next campaign, with a targeting list;
+6. writes scores and lists into hashes of this run, then switches readers to them with one
    ``SET`` of the models document; hashes no longer referenced are removed afterwards.
 
 Readers (``streams.readmodel.customer_models``) read the document and the customer's entries in one
@@ -51,6 +53,7 @@ from models.forecast import daily_series, forecast
 from models.population import Population, read_population
 from models.registry import Registry
 from models.thresholds import refresh_thresholds
+from models.uplift import fit_targeting, parse_sends
 from segstream.clients import redis_client
 from segstream.keys import Keys
 from segstream.scoring import DAY
@@ -91,6 +94,7 @@ class RetrainReport:
     rivals: dict[str, int] = field(default_factory=dict)  # with recs_rivals: lists per strategy
     rival_lists: dict[str, dict[str, list[str]]] | None = field(default=None, repr=False)
     forecast: str = "not run"
+    uplift: str = "not run"
     models: dict[str, Any] = field(default_factory=dict)  # the models document after the run
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
@@ -101,7 +105,7 @@ class RetrainReport:
         return (
             f"run {self.run}{when}: {self.customers:,} customers, {self.products:,} products in "
             f"{self.seconds.get('total', 0.0):.1f} s; CLV {self.clv}; recommendations {self.recommendations}; "
-            f"thresholds {self.thresholds}; sales forecast {self.forecast}"
+            f"thresholds {self.thresholds}; sales forecast {self.forecast}; uplift {self.uplift}"
         )
 
 
@@ -153,7 +157,7 @@ def retrain_once(settings: Settings, cutoff: float | None = None, client: redis.
     except BaseException:
         in_force = current_models(client, keys)
         if run not in (in_force.get("clv"), in_force.get("recommendations")):  # never switched to
-            client.unlink(keys.scores(run), keys.recommendations(run))
+            client.unlink(keys.scores(run), keys.recommendations(run), keys.uplift(run), keys.targeting(run))
         raise
     finally:
         renewal.set()
@@ -193,7 +197,17 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
         population = read_population(client, keys)
     report.customers, report.scored_customers = len(population), int(population.scored.sum())
 
-    kept = ("clv", "recommendations", "bgnbd", "clv_horizon_days", "clv_by_segment", "forecast")  # kept on a failed fit
+    # kept on a failed fit
+    kept = (
+        "clv",
+        "recommendations",
+        "bgnbd",
+        "clv_horizon_days",
+        "clv_by_segment",
+        "forecast",
+        "uplift",
+        "uplift_window_days",
+    )
     models = {key: before[key] for key in kept if key in before}
     clv_artifact: dict[str, Any] | None = None
     with watch("clv"):
@@ -268,6 +282,33 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
             models["forecast"] = run
             report.forecast = "fitted"
 
+    targeting: dict[str, Any] | None = None
+    with watch("uplift"):
+        sends = parse_sends(client.hgetall(keys.campaign_sends))
+        if sends.empty:
+            report.uplift = "no campaign sends"
+        else:
+            try:
+                entries, targeting = fit_targeting(
+                    sends,
+                    population.customers,
+                    population.purchases,
+                    population.segments,
+                    cutoff,
+                    settings.uplift_window_days,
+                    settings.uplift_min_sends,
+                    settings.uplift_targets,
+                )
+            except ValueError as exc:
+                report.uplift = f"kept run {before.get('uplift', 'none')}: {exc}"
+                log.warning("uplift not refitted: %s", exc)
+            else:
+                targeting = {"run": run, "cutoff": report.cutoff, **targeting}
+                _write_hash(client, keys.uplift(run), entries)
+                client.set(keys.targeting(run), json.dumps(targeting))
+                models["uplift"], models["uplift_window_days"] = run, settings.uplift_window_days
+                report.uplift = f"fitted on {targeting['trained_on']['sends']:,} sends"
+
     with watch("publish"):
         models.update(run=run, cutoff=report.cutoff, thresholds_version=current_thresholds(settings).version)
         client.set(keys.models, json.dumps(models))  # the switch: readers see the new runs from here
@@ -277,7 +318,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
     report.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     meta = {k: v for k, v in asdict(report).items() if k != "rival_lists"}
     Registry(settings.models_path).save(
-        run, meta, clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales, customer2vec=c2v
+        run, meta, clv=clv_artifact, als=als_artifact, rules=rules, forecast=sales, customer2vec=c2v, uplift=targeting
     )
     log.info(
         "retrain run %d done in %.1f s: %d customers, CLV %s, recommendations %s, thresholds %s",
@@ -574,7 +615,7 @@ def _write_hash(client: redis.Redis, key: str, entries: Iterable[tuple[str, str 
 def _drop_unreferenced(client: redis.Redis, keys: Keys, before: dict[str, Any], after: dict[str, Any]) -> None:
     named = (
         ("clv", keys.scores), ("recommendations", keys.recommendations), ("rules", keys.rules),
-        ("forecast", keys.forecast), ("rivals", keys.rivals),
+        ("forecast", keys.forecast), ("rivals", keys.rivals), ("uplift", keys.uplift), ("uplift", keys.targeting),
     )  # fmt: skip
     old = {key(before[name]) for name, key in named if name in before}
     new = {key(after[name]) for name, key in named if name in after}

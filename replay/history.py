@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from segstream.schemas import (
+    CampaignSent,
     CustomerEvent,
     Item,
     OrderCanceled,
@@ -37,16 +38,17 @@ from segstream.schemas import (
     make_event_id,
 )
 
-__all__ = ["TICK", "History", "LoadReport", "LoaderError", "Reject", "Timeline", "empty_frame"]
+__all__ = ["CAMPAIGN", "TICK", "History", "LoadReport", "LoaderError", "Reject", "Timeline", "empty_frame"]
 
 # Kind codes in the timeline; their order is the tie-break rank at equal event times.
-TICK, PLACED, DELIVERED, CANCELED, REVIEW, RETURNED = 0, 1, 2, 3, 4, 5
+TICK, PLACED, DELIVERED, CANCELED, REVIEW, RETURNED, CAMPAIGN = 0, 1, 2, 3, 4, 5, 6
 KIND_NAMES = {
     PLACED: "order_placed",
     DELIVERED: "order_delivered",
     CANCELED: "order_canceled",
     REVIEW: "review_posted",
     RETURNED: "order_returned",
+    CAMPAIGN: "campaign_sent",
 }
 # Columns of the items frame, in the order of Item's fields.
 ITEM_FIELDS = ("product_id", "category", "price", "freight", "seller_id")
@@ -75,6 +77,13 @@ _EMPTY = {
         "score": "int64",
         "comment_length": "int64",
         "comment_present": "bool",
+    },
+    "campaigns": {
+        "campaign_id": "object",
+        "customer_unique_id": "object",
+        "event_time": "datetime64[ns]",
+        "offer": "object",
+        "group": "object",
     },
     "returned": {
         "order_id": "object",
@@ -199,6 +208,8 @@ class History:
       comment_length, comment_present
     - ``returned``: order_id, customer_unique_id, event_time, amount, item_start, item_end (rows of
       ``items``, prices positive): cancellations of purchases (Online Retail ``C`` invoices)
+    - ``campaigns``: campaign_id, customer_unique_id, event_time (sent), offer, group ('treatment' or
+      'control'): campaign sends, from a campaign log (``replay.transactions.load_campaigns``)
     """
 
     source: str
@@ -209,6 +220,8 @@ class History:
     reviews: pd.DataFrame
     report: LoadReport
     returned: pd.DataFrame = field(default_factory=lambda: empty_frame("returned"))
+    campaigns: pd.DataFrame = field(default_factory=lambda: empty_frame("campaigns"))
+    campaign_source: str = "campaigns"  # the prefix of the campaign sends' event ids
 
     # ---- counts ------------------------------------------------------------------------------
 
@@ -219,6 +232,7 @@ class History:
             "order_canceled": len(self.canceled),
             "review_posted": len(self.reviews),
             "order_returned": len(self.returned),
+            "campaign_sent": len(self.campaigns),
         }
 
     # ---- timeline ----------------------------------------------------------------------------
@@ -243,10 +257,16 @@ class History:
             (CANCELED, self.canceled, "order_id"),
             (REVIEW, self.reviews, "review_id"),
             (RETURNED, self.returned, "order_id"),
+            (CAMPAIGN, self.campaigns, "campaign_id"),
         ]
         parts = []
         for kind, frame, id_column in frames:
-            ids = frame[id_column] if kind != REVIEW else frame["review_id"] + ":" + frame["order_id"]
+            if kind == REVIEW:
+                ids = frame["review_id"] + ":" + frame["order_id"]
+            elif kind == CAMPAIGN:
+                ids = frame["campaign_id"] + ":" + frame["customer_unique_id"]
+            else:
+                ids = frame[id_column]
             parts.append(
                 pd.DataFrame(
                     {
@@ -295,14 +315,16 @@ class History:
 
     # ---- materialisation ---------------------------------------------------------------------
 
-    def events(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[CustomerEvent]:
+    def events(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[CustomerEvent | CampaignSent]:
         """Customer events in event-time order (no ticks): what a replay sends, as objects."""
         timeline = self.timeline(since, until, tick_seconds=None)
         builder = self.builder()
         for kind, row in zip(timeline.kind.tolist(), timeline.row.tolist(), strict=True):
             yield builder(kind, row)
 
-    def builder(self) -> Callable[[int, int], CustomerEvent]:
+    def builder(self) -> Callable[[int, int], CustomerEvent | CampaignSent]:
         """A function ``(kind, row) -> event`` over this history's frames (columns pre-extracted)."""
         items = _columns(self.items)
         product, category, price, freight, seller = (items[name] for name in ITEM_FIELDS)
@@ -364,7 +386,7 @@ class History:
 
         return encode
 
-    def _factory(self, lines: Callable[[int, int], list]) -> Callable[[int, int], CustomerEvent]:
+    def _factory(self, lines: Callable[[int, int], list]) -> Callable[[int, int], CustomerEvent | CampaignSent]:
         """The event builder of :meth:`builder` and :meth:`encoder`, with ``lines(start, end)`` giving
         an order's items (rows ``start:end`` of the items frame)."""
         placed = _columns(self.placed)
@@ -372,9 +394,10 @@ class History:
         canceled = _columns(self.canceled)
         reviews = _columns(self.reviews)
         returned = _columns(self.returned)
-        source = self.source
+        campaigns = _columns(self.campaigns)
+        source, campaign_source = self.source, self.campaign_source
 
-        def build(kind: int, i: int) -> CustomerEvent:
+        def build(kind: int, i: int) -> CustomerEvent | CampaignSent:
             if kind == PLACED:
                 order_id = placed["order_id"][i]
                 types = placed["payment_types"][i]
@@ -438,14 +461,24 @@ class History:
                     amount=returned["amount"][i],
                     items=lines(returned["item_start"][i], returned["item_end"][i]),
                 )
+            if kind == CAMPAIGN:
+                campaign, customer = campaigns["campaign_id"][i], campaigns["customer_unique_id"][i]
+                return CampaignSent(
+                    event_id=make_event_id(campaign_source, "campaign", campaign, customer),
+                    event_time=campaigns["event_time"][i],
+                    customer_unique_id=customer,
+                    campaign_id=campaign,
+                    offer=campaigns["offer"][i],
+                    group=campaigns["group"][i],
+                )
             raise ValueError(f"no customer event of kind {kind}")
 
         return build
 
 
 def empty_frame(name: str) -> pd.DataFrame:
-    """An empty ``delivered``, ``canceled``, ``reviews`` or ``returned`` frame, for a source that has
-    no such events (Olist has no returns; a transaction log has only orders and returns)."""
+    """An empty ``delivered``, ``canceled``, ``reviews``, ``returned`` or ``campaigns`` frame, for a
+    source that has no such events (Olist has no returns; a transaction log has only orders and returns)."""
     return pd.DataFrame({column: pd.Series(dtype=kind) for column, kind in _EMPTY[name].items()})
 
 

@@ -1,10 +1,11 @@
 """Replay a :class:`~replay.history.History` onto Kafka in event-time order, at any speed.
 
-- Customer events go to ``Settings.topic_orders`` (placed, delivered, canceled) or
-  ``Settings.topic_reviews``, keyed by ``customer_unique_id`` with the Kafka record timestamp set to
+- Customer events go to ``Settings.topic_orders`` (placed, delivered, canceled, returned),
+  ``Settings.topic_reviews`` or, for a history with a campaign log, ``Settings.topic_campaigns``
+  (campaign sends), keyed by ``customer_unique_id`` with the Kafka record timestamp set to
   the event time, ``acks=all``. Partitions are chosen like the Java client's default partitioner
   (murmur2 of the key), so any Kafka client agrees on where a customer lives.
-- Clock ticks go to every partition of both topics at each multiple of the tick interval, and a
+- Clock ticks go to every partition of every topic fed at each multiple of the tick interval, and a
   final tick per partition closes the replay with that partition's expected event count
   (``docs/events.md``).
 - ``speed`` is event seconds per wall second (``None``: as fast as possible); ``rate`` instead sends
@@ -39,7 +40,7 @@ import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from replay.history import KIND_NAMES, REVIEW, TICK, History
+from replay.history import CAMPAIGN, KIND_NAMES, REVIEW, TICK, History
 from segstream.clients import kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.schemas import SENT_AT_HEADER, ClockTick, encode_event, make_event_id
@@ -65,6 +66,7 @@ class ReplaySummary:
     topics: list[str]
     partitions: int
     events_total: int  # customer events in the window
+    topic_partitions: int = 0  # partitions of all the topics fed: each gets a final tick
     sent_by_type: Counter = field(default_factory=Counter)
     ticks_sent: int = 0
     resumed_from: int = 0  # timeline position this run started at
@@ -188,6 +190,8 @@ async def replay_history(
         raise ValueError(f"rate must be positive events per second, and not given with a speed: {rate}")
     bootstrap = settings.kafka_bootstrap_servers
     topics = [settings.topic_orders, settings.topic_reviews]
+    if len(history.campaigns):
+        topics.append(settings.topic_campaigns)
     called = time.monotonic()
     timeline = history.timeline(since, until, settings.replay_tick_seconds, lateness_seconds, seed)
     security = kafka_options(settings)
@@ -220,6 +224,7 @@ async def replay_history(
         bootstrap=bootstrap,
         topics=topics,
         partitions=max(partition_counts.values()),
+        topic_partitions=sum(partition_counts.values()),
         events_total=int(is_event.sum()),
         resumed_from=checkpoint.position,
         positions=len(timeline),
@@ -241,7 +246,8 @@ async def replay_history(
 
     # Partition of every customer event, and how many events each partition gets in the window.
     partition_of: dict[str, int] = {}
-    topic_of_kind = {kind: settings.topic_reviews if kind == REVIEW else settings.topic_orders for kind in KIND_NAMES}
+    topic_of_kind = {kind: settings.topic_orders for kind in KIND_NAMES}
+    topic_of_kind[REVIEW], topic_of_kind[CAMPAIGN] = settings.topic_reviews, settings.topic_campaigns
     expected: Counter = Counter()
     entry_partition = np.full(len(timeline), -1, dtype="int64")
     for i in np.flatnonzero(is_event).tolist():
@@ -389,6 +395,7 @@ def run_replay(
     progress: bool = True,
     source: str = "olist",
     mapping: Path | None = None,
+    campaigns: Path | None = None,
 ) -> tuple[History, ReplaySummary]:
     """Load ``location`` as ``source`` (replay.sources) and replay it, with a progress bar on stderr."""
     from tqdm import tqdm
@@ -396,7 +403,7 @@ def run_replay(
     from replay.sources import check_history, load_source, source_files
 
     started = time.monotonic()
-    history = load_source(source, location, mapping)
+    history = load_source(source, location, mapping, campaigns)
     log.info(
         "loaded %s in %.1f s: %s; %d rows rejected",
         location,
@@ -408,7 +415,7 @@ def run_replay(
         written = history.report.write_rejects(rejects_path)
         log.info("wrote %d rejected/partial rows to %s", written, rejects_path)
     check_history(history, location, settings.replay_max_reject_share)
-    files = source_files(source, location) + ([mapping] if mapping is not None else [])
+    files = source_files(source, location, campaigns) + ([mapping] if mapping is not None else [])
     bar = tqdm(desc="replay", unit="entry", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     last = {"sent": 0, "at": time.monotonic(), "logged": time.monotonic()}
 

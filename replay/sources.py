@@ -17,25 +17,40 @@ __all__ = ["SOURCES", "check_history", "load_source", "source_files"]
 SOURCES = ("olist", "transactions", "online-retail")
 
 
-def load_source(source: str, data: Path, mapping: Path | None = None) -> History:
-    """Load ``data`` as ``source`` (``transactions`` needs a ``mapping`` TOML file)."""
+def load_source(source: str, data: Path, mapping: Path | None = None, campaigns: Path | None = None) -> History:
+    """Load ``data`` as ``source`` (``transactions`` needs a ``mapping`` TOML file), with the campaign
+    log ``campaigns`` if given (its columns from the mapping's ``[campaigns]`` table, else the
+    defaults); Olist data is read with the ``campaigns.csv`` beside its files, if there is one."""
+    from replay.campaigns import add_campaigns, load_campaign_mapping
     from replay.history import LoaderError
 
     if source == "olist":
         from replay.olist import load_olist
 
-        return load_olist(data)
-    if source == "online-retail":
+        history = load_olist(data)
+    elif source == "online-retail":
         from replay.transactions import load_online_retail
 
-        return load_online_retail(data)
-    if source == "transactions":
+        history = load_online_retail(data)
+    elif source == "transactions":
         from replay.transactions import load_mapping, load_transactions
 
         if mapping is None:
             raise LoaderError("--source transactions needs --mapping FILE (see docs/mapping.toml)")
-        return load_transactions(data, load_mapping(mapping))
-    raise LoaderError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
+        history = load_transactions(data, load_mapping(mapping))
+    else:
+        raise LoaderError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
+    campaigns = campaigns or _campaigns_beside(source, data)
+    if campaigns is not None:
+        add_campaigns(history, campaigns, load_campaign_mapping(mapping) if mapping else None)
+    return history
+
+
+def _campaigns_beside(source: str, data: Path) -> Path | None:
+    from replay.campaigns import CAMPAIGN_FILE
+
+    found = data / CAMPAIGN_FILE
+    return found if source == "olist" and data.is_dir() and found.is_file() else None
 
 
 def check_history(history: History, data: Path, max_reject_share: float) -> None:
@@ -50,10 +65,11 @@ def check_history(history: History, data: Path, max_reject_share: float) -> None
         raise LoaderError(f"{data} gives no events ({read}{'; rejected: ' + reasons if reasons else ''})")
 
 
-def source_files(source: str, data: Path) -> list[Path]:
+def source_files(source: str, data: Path, campaigns: Path | None = None) -> list[Path]:
     """The files a load of ``data`` reads (they fingerprint a replay)."""
+    extra = [found] if (found := campaigns or _campaigns_beside(source, data)) else []
     if data.is_file():
-        return [data]
+        return [data, *extra]
     from replay.olist import OLIST_FILES
 
-    return [data / name for name in OLIST_FILES.values() if (data / name).exists()]
+    return [data / name for name in OLIST_FILES.values() if (data / name).exists()] + extra

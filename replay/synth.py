@@ -11,6 +11,9 @@ shaped like the real data where it matters to segstream:
   orders, orders with two reviews, unavailable orders without items, an order without payments,
   delivered orders without a delivery date, products without a category.
 
+With ``campaigns`` > 0 it also plants marketing campaigns whose effect is known (``campaigns.csv``
+beside the Olist files; :func:`plant_campaigns` says how).
+
 The loader reads the output exactly like the real files (tests check both).
 """
 
@@ -23,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from replay.campaigns import CAMPAIGN_FILE
 from replay.olist import OLIST_COLUMNS, OLIST_FILES
 
-__all__ = ["SynthConfig", "synthesize"]
+__all__ = ["PLANTED", "SynthConfig", "plant_campaigns", "planted_type", "synthesize"]
 
 START = np.datetime64("2016-09-04T00:00:00", "s")
 END = np.datetime64("2018-10-17T00:00:00", "s")
@@ -124,6 +128,8 @@ class SynthConfig:
     seed: int = 0
     repeat_share: float = 0.03  # share of people with more than one order
     late_share: float = 0.08  # share of delivered orders that arrive after the estimated day
+    campaigns: int = 0  # planted campaigns (campaigns.csv), 0: none
+    campaign_reach: float = 0.3  # share of the customers who bought before a campaign that it picks
 
     def __post_init__(self) -> None:
         if self.orders < 1:
@@ -132,6 +138,9 @@ class SynthConfig:
             raise ValueError(f"repeat_share must be in [0, 1), not {self.repeat_share}")
         if not 0 <= self.late_share < 1:
             raise ValueError(f"late_share must be in [0, 1), not {self.late_share}")
+        if self.campaigns < 0 or not 0 < self.campaign_reach <= 1:
+            raise ValueError(f"campaigns must be >= 0 and campaign_reach in (0, 1], not {self.campaigns}, "
+                             f"{self.campaign_reach}")  # fmt: skip
 
 
 def _hex_ids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -341,6 +350,11 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
         }
     )
 
+    if config.campaigns:
+        sends, orders, customers, items, payments = plant_campaigns(
+            rng, config, orders, customers, items, payments, products, sellers, order_value
+        )
+        sends.to_csv(out / CAMPAIGN_FILE, index=False, date_format="%Y-%m-%d %H:%M:%S")
     tables = {
         "customers": customers,
         "items": items,
@@ -356,7 +370,169 @@ def synthesize(config: SynthConfig, out: str | Path) -> dict[str, int]:
         assert list(frame.columns) == OLIST_COLUMNS[name], name
         frame.to_csv(out / OLIST_FILES[name], index=False, date_format="%Y-%m-%d %H:%M:%S", float_format="%.2f")
         written[OLIST_FILES[name]] = len(frame)
+    if config.campaigns:
+        written[CAMPAIGN_FILE] = len(sends)
     return written
+
+
+# ---- planted campaigns ------------------------------------------------------------------------------
+
+CAMPAIGN_OFFERS = np.array(["10% off", "free shipping", "20% off the next order"])
+# The planted response: P(a purchase in the 30 days after the send) for treatment and control,
+# by what the customer looks like on the send's day (purchases before it only).
+PLANTED = {
+    # bought in the 30 days before: the message annoys them away from a purchase they would make
+    "sleeping_dog": (0.03, 0.15),
+    # two or more orders: buy anyway, message or not
+    "sure_thing": (0.25, 0.25),
+    # one order 30-180 days before, of 120 or more: buy mostly because of the message
+    "persuadable": (0.30, 0.04),
+    # everyone else: rarely buy either way
+    "lost_cause": (0.02, 0.02),
+}
+
+
+def planted_type(days_since_last: np.ndarray, orders: np.ndarray, spent: np.ndarray) -> np.ndarray:
+    """The planted response type of customers with a purchase before a send (see PLANTED).
+
+    >>> days, orders = np.array([10, 60, 60, 60, 400]), np.array([1, 3, 1, 1, 1])
+    >>> planted_type(days, orders, np.array([50, 50, 200, 50, 200])).tolist()
+    ['sleeping_dog', 'sure_thing', 'persuadable', 'lost_cause', 'lost_cause']
+    """
+    kind = np.full(len(orders), "lost_cause", dtype="<U12")
+    persuadable = (orders == 1) & (days_since_last >= 30) & (days_since_last <= 180) & (spent >= 120)
+    kind[persuadable] = "persuadable"
+    kind[(orders >= 2) & (days_since_last >= 30)] = "sure_thing"
+    kind[days_since_last < 30] = "sleeping_dog"
+    return kind
+
+
+def plant_campaigns(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    orders: pd.DataFrame,
+    customers: pd.DataFrame,
+    items: pd.DataFrame,
+    payments: pd.DataFrame,
+    products: pd.DataFrame,
+    sellers: pd.DataFrame,
+    order_value: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Campaigns whose effect is known, and the orders they cause; returns the sends and the tables
+    with those orders added.
+
+    ``config.campaigns`` campaigns, evenly spaced over the last 60% of the window (the last ends
+    30 days before its end), each sent at 10:00 to a random ``campaign_reach`` of the people who
+    bought before it, every one of them put in treatment or control with probability 1/2. Each
+    customer's planted type (:func:`planted_type`, from their purchases before the send, including
+    those earlier campaigns caused) sets their chance of a purchase in the 30 days after it, with
+    and without the message (PLANTED): that purchase is added as a delivered order 1-29 days after
+    the send. ``campaigns.csv`` has one row per send with the planted type beside it (the truth a
+    backtest scores against; the loader does not read it).
+    """
+    person_of = dict(zip(customers["customer_id"], customers["customer_unique_id"], strict=True))
+    bought = ~orders["order_status"].isin(["canceled", "unavailable"]).to_numpy()
+    people = orders["customer_id"].map(person_of).to_numpy()[bought]
+    when = orders["order_purchase_timestamp"].to_numpy("datetime64[s]")[bought]
+    value = order_value[bought]
+    first = START + 0.4 * (END - START)
+    seconds = np.linspace(0, (END - np.timedelta64(30 * DAY, "s") - first) / np.timedelta64(1, "s"), config.campaigns)
+    days = (first + seconds.astype("int64").astype("timedelta64[s]")).astype("datetime64[D]")
+    moments = (days + np.timedelta64(10, "h")).astype("datetime64[s]")
+    place = customers.drop_duplicates("customer_unique_id").set_index("customer_unique_id")
+    sends, added = [], []
+    for number, sent in enumerate(moments.tolist(), start=1):
+        sent = np.datetime64(sent, "s")
+        before = when < sent
+        frame = pd.DataFrame({"person": people[before], "when": when[before], "value": value[before]})
+        summary = frame.groupby("person").agg(last=("when", "max"), orders=("when", "size"), spent=("value", "sum"))
+        picked = summary[rng.random(len(summary)) < config.campaign_reach]
+        days = ((sent - picked["last"].to_numpy("datetime64[s]")) / np.timedelta64(1, "D")).astype(float)
+        kind = planted_type(days, picked["orders"].to_numpy(), picked["spent"].to_numpy())
+        treated = rng.random(len(picked)) < 0.5
+        p_treated, p_control = (np.array([PLANTED[k][i] for k in kind]) for i in (0, 1))
+        responds = rng.random(len(picked)) < np.where(treated, p_treated, p_control)
+        campaign = f"c{number:02d}"
+        sends.append(
+            pd.DataFrame(
+                {
+                    "campaign_id": campaign,
+                    "customer_unique_id": picked.index.to_numpy(),
+                    "offer": CAMPAIGN_OFFERS[(number - 1) % len(CAMPAIGN_OFFERS)],
+                    "sent_at": sent,
+                    "group": np.where(treated, "treatment", "control"),
+                    "planted": kind,
+                }
+            )
+        )
+        n = int(responds.sum())
+        later = rng.integers(DAY, 29 * DAY, n).astype("timedelta64[s]")
+        response = pd.DataFrame({"person": picked.index.to_numpy()[responds], "when": sent + later, "value": 0.0})
+        product = rng.integers(0, len(products), n)
+        response["product"] = product
+        response["value"] = np.round(np.exp(rng.normal(4.3, 0.95, n)).clip(3.0, 6_700.0), 2)
+        added.append(response)
+        people = np.concatenate([people, response["person"].to_numpy()])
+        when = np.concatenate([when, response["when"].to_numpy("datetime64[s]")])
+        value = np.concatenate([value, response["value"].to_numpy()])
+    extra = pd.concat(added, ignore_index=True)
+    n = len(extra)
+    order_ids, customer_ids = _hex_ids(rng, n), _hex_ids(rng, n)
+    purchase = extra["when"].to_numpy("datetime64[s]")
+    delivered = purchase + rng.integers(3 * DAY, 15 * DAY, n).astype("timedelta64[s]")
+    new_orders = pd.DataFrame(
+        {
+            "order_id": order_ids,
+            "customer_id": customer_ids,
+            "order_status": "delivered",
+            "order_purchase_timestamp": purchase,
+            "order_approved_at": purchase + np.timedelta64(3600, "s"),
+            "order_delivered_carrier_date": purchase + np.timedelta64(DAY, "s"),
+            "order_delivered_customer_date": delivered,
+            "order_estimated_delivery_date": (purchase.astype("datetime64[D]") + 20).astype("datetime64[s]"),
+        }
+    )
+    where = place.loc[extra["person"]]
+    new_customers = pd.DataFrame(
+        {
+            "customer_id": customer_ids,
+            "customer_unique_id": extra["person"].to_numpy(),
+            "customer_zip_code_prefix": where["customer_zip_code_prefix"].to_numpy(),
+            "customer_city": where["customer_city"].to_numpy(),
+            "customer_state": where["customer_state"].to_numpy(),
+        }
+    )
+    freight = np.round(np.exp(rng.normal(2.8, 0.55, n)).clip(0.0, 400.0), 2)
+    new_items = pd.DataFrame(
+        {
+            "order_id": order_ids,
+            "order_item_id": 1,
+            "product_id": products["product_id"].to_numpy()[extra["product"].to_numpy()],
+            "seller_id": sellers["seller_id"].to_numpy()[rng.integers(0, len(sellers), n)],
+            "shipping_limit_date": purchase + np.timedelta64(6 * DAY, "s"),
+            "price": extra["value"].to_numpy(),
+            "freight_value": freight,
+        }
+    )
+    new_payments = pd.DataFrame(
+        {
+            "order_id": order_ids,
+            "payment_sequential": 1,
+            "payment_type": "credit_card",
+            "payment_installments": 1,
+            "payment_value": np.round(extra["value"].to_numpy() + freight, 2),
+        }
+    )
+    orders = pd.concat([orders, new_orders], ignore_index=True).sort_values(
+        "order_purchase_timestamp", kind="stable", ignore_index=True
+    )
+    return (
+        pd.concat(sends, ignore_index=True),
+        orders,
+        pd.concat([customers, new_customers], ignore_index=True),
+        pd.concat([items, new_items], ignore_index=True),
+        pd.concat([payments, new_payments], ignore_index=True),
+    )
 
 
 # ---- the Online Retail layout ---------------------------------------------------------------------

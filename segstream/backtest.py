@@ -272,6 +272,7 @@ def run_backtest(
     out: Path,
     source: str = "olist",
     mapping: Path | None = None,
+    campaigns: Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def run_backtest(
 
     started = time.monotonic()
     timings: dict[str, float] = defaultdict(float)
-    history = load_source(source, data, mapping)
+    history = load_source(source, data, mapping, campaigns)
     check_history(history, data, settings.replay_max_reject_share)
     orders, lines = _transactions(history)
     if orders.empty:
@@ -301,7 +302,7 @@ def run_backtest(
                 f"cutoff {cutoff} + {horizon_days} days ends after the history's last purchase ({last_day}): "
                 f"the horizon would be cut short; use an earlier cutoff or a shorter --horizon"
             )
-    files = source_files(source, data) + ([mapping] if mapping is not None else [])
+    files = source_files(source, data, campaigns) + ([mapping] if mapping is not None else [])
     tag = uuid.uuid4().hex[:8]  # this run's own topics, group and keys: never in the figures
     run = settings.model_copy(
         update={
@@ -346,7 +347,7 @@ def run_backtest(
                 f"ticks {since.date() if since else 'from the start'} to {day} in {summary.duration_s:.1f} s"
             )
             t0 = time.monotonic()
-            partitions = 2 * summary.partitions
+            partitions = summary.topic_partitions
 
             def consumed_all(summary=summary, partitions=partitions) -> bool:
                 if worker.poll() is not None:

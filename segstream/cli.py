@@ -252,17 +252,26 @@ def services_status_command(ctx: click.Context) -> None:
     show_default=True,
     help="Share of deliveries that arrive late.",
 )
-def synth(orders: int, seed: int, out: Path, layout: str, repeat_share: float, late_share: float) -> None:
+@click.option(
+    "--campaigns",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Marketing campaigns to plant (Olist layout): campaigns.csv, with a known response by customer type.",
+)
+def synth(
+    orders: int, seed: int, out: Path, layout: str, repeat_share: float, late_share: float, campaigns: int
+) -> None:
     """Write a synthetic history, deterministic per seed: the Olist files or an Online Retail log.
 
-    --repeat-share and --late-share shape the Olist layout only.
+    --repeat-share, --late-share and --campaigns shape the Olist layout only.
     """
     import time
 
     from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 
     started = time.monotonic()
-    config = SynthConfig(orders, seed, repeat_share, late_share)
+    config = SynthConfig(orders, seed, repeat_share, late_share, campaigns=campaigns)
     written = synthesize(config, out) if layout == "olist" else synthesize_online_retail(config, out)
     for name, rows in written.items():
         click.echo(f"{rows:>10,}  {out / name}")
@@ -280,7 +289,14 @@ def _source_options(func):
     func = click.option(
         "--mapping",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        help="Column mapping (TOML) of a --source transactions log; see docs/mapping.toml.",
+        help="Column mapping (TOML) of a --source transactions log, and of a --campaigns log in its [campaigns] "
+        "table; see docs/mapping.toml.",
+    )(func)
+    func = click.option(
+        "--campaigns",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="Campaign log (CSV: customer, campaign, sent time, treatment or control) replayed with the history "
+        "[default: campaigns.csv beside Olist files, if any].",
     )(func)
     return click.option(
         "--source",
@@ -306,13 +322,19 @@ def _source_options(func):
 )
 @click.pass_context
 def inspect(
-    ctx: click.Context, data: Path, source: str, mapping: Path | None, rejects: Path | None, **flags: Any
+    ctx: click.Context,
+    data: Path,
+    source: str,
+    mapping: Path | None,
+    campaigns: Path | None,
+    rejects: Path | None,
+    **flags: Any,
 ) -> None:
     """Load a history without sending it: events by type, and rejected rows by reason."""
     from replay.sources import check_history, load_source
 
     settings = _settings(ctx, **flags)
-    history = load_source(source, data, mapping)
+    history = load_source(source, data, mapping, campaigns)
     _print_load(history)
     if rejects:
         click.echo(f"wrote {history.report.write_rejects(rejects):,} rows to {rejects}")
@@ -379,6 +401,7 @@ def replay(
     data: Path,
     source: str,
     mapping: Path | None,
+    campaigns: Path | None,
     speed: float | None,
     rate: float | None,
     since: str | None,
@@ -414,6 +437,7 @@ def replay(
         progress=sys.stderr.isatty(),
         source=source,
         mapping=mapping,
+        campaigns=campaigns,
     )
     if as_json:
         click.echo(json.dumps({**summary_dict(summary), "rejected_rows": history.report.rejected}, indent=2))
@@ -474,7 +498,10 @@ def segments(ctx: click.Context, latest: int) -> None:
 
 @cli.command()
 @click.argument(
-    "view", type=click.Choice(["cohorts", "weekday", "geography", "segment-revenue", "daily", "rules", "forecast"])
+    "view",
+    type=click.Choice(
+        ["cohorts", "weekday", "geography", "segment-revenue", "daily", "rules", "forecast", "targeting"]
+    ),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON (as /api/analytics/... serves it).")
 @click.option("--last", type=click.IntRange(min=1), help="Only the last N rows (cohorts, months, days).")
@@ -482,19 +509,32 @@ def segments(ctx: click.Context, latest: int) -> None:
 def analytics(ctx: click.Context, view: str, as_json: bool, last: int | None) -> None:
     """Print an analytics read model the workers keep live: acquisition cohorts and their
     retention, purchases by weekday and hour, customers and revenue by state, revenue by segment
-    per month, daily sales; or, from the retrain run in force, the market basket rules and the
-    sales forecast. Definitions: docs/definitions.md."""
+    per month, daily sales; or, from the retrain run in force, the market basket rules, the
+    sales forecast and the uplift model's targeting list. Definitions: docs/definitions.md."""
     from segstream.clients import redis_client
     from segstream.keys import Keys
-    from streams.readmodel import analytics_lines, analytics_view, forecast_lines, rules_lines, run_document
+    from streams.readmodel import (
+        analytics_lines,
+        analytics_view,
+        forecast_lines,
+        rules_lines,
+        run_document,
+        targeting_lines,
+    )
 
     settings = _settings(ctx)
-    if view in ("rules", "forecast"):
+    if view in ("rules", "forecast", "targeting"):
         found = run_document(redis_client(settings), Keys(settings.redis_prefix), view)
         if found is None:
-            what = "market basket rules" if view == "rules" else "sales forecast"
-            raise click.ClickException(f"no {what} yet: run `segstream retrain --once` beside the workers")
-        lines = rules_lines(found, last or 15) if view == "rules" else forecast_lines(found, settings.currency)
+            what = {"rules": "market basket rules", "forecast": "sales forecast", "targeting": "uplift model"}[view]
+            hint = " (it needs a campaign log: replay with --campaigns)" if view == "targeting" else ""
+            raise click.ClickException(f"no {what} yet: run `segstream retrain --once` beside the workers{hint}")
+        if view == "rules":
+            lines = rules_lines(found, last or 15)
+        elif view == "forecast":
+            lines = forecast_lines(found, settings.currency)
+        else:
+            lines = targeting_lines(found, last or 15)
         click.echo(json.dumps(found, indent=2) if as_json else "\n".join(lines))
         return
     table = analytics_view(settings, view)
@@ -678,6 +718,7 @@ def backtest(
     data: Path,
     source: str,
     mapping: Path | None,
+    campaigns: Path | None,
     cutoffs: str,
     horizon: str,
     out: Path,
@@ -710,6 +751,7 @@ def backtest(
             out=out,
             source=source,
             mapping=mapping,
+            campaigns=campaigns,
             progress=sys.stderr.isatty(),
             echo=click.echo,
         )
@@ -819,6 +861,7 @@ def demo(
     data: Path | None,
     source: str,
     mapping: Path | None,
+    campaigns: Path | None,
     speed: float | None,
     keep_services: bool,
     web: bool,
@@ -835,6 +878,7 @@ def demo(
         data=data,
         source=source,
         mapping=mapping,
+        campaigns=campaigns,
         speed=speed,
         keep_services=keep_services,
         web=web,

@@ -58,6 +58,7 @@ def run_demo(
     data: Path | None = None,
     source: str = "olist",
     mapping: Path | None = None,
+    campaigns: Path | None = None,
     speed: float | None = None,
     keep_services: bool = True,
     timeout_s: float = 600,
@@ -87,11 +88,18 @@ def run_demo(
         data = data or sample_path()
         echo(f"replaying {data} (event-time order, speed {'max' if speed is None else speed})")
         history, summary = run_replay(
-            data, settings, speed=speed, restart=True, progress=sys.stderr.isatty(), source=source, mapping=mapping
+            data,
+            settings,
+            speed=speed,
+            restart=True,
+            progress=sys.stderr.isatty(),
+            source=source,
+            mapping=mapping,
+            campaigns=campaigns,
         )
         for line in summary_lines(history, summary):
             echo(line)
-        partitions = 2 * summary.partitions
+        partitions = summary.topic_partitions
         live = sys.stdout.isatty()
         deadline, shown = time.monotonic() + timeout_s, 0.0
         while time.monotonic() < deadline:

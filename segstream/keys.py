@@ -54,6 +54,26 @@ class Keys:
         """String: one retrain run's sales forecast (JSON, models/forecast.py)."""
         return f"{self.prefix}:forecast:{run}"
 
+    def uplift(self, run: int | str) -> str:
+        """Hash: customer -> uplift score (JSON: uplift, P(buy | treated), P(buy | control)) of one
+        retrain run (models/uplift.py); ``uplift("")``: the prefix."""
+        return f"{self.prefix}:uplift:{run}"
+
+    def targeting(self, run: int | str) -> str:
+        """String: one retrain run's uplift summary and targeting list (JSON, models/uplift.py)."""
+        return f"{self.prefix}:targeting:{run}"
+
+    @property
+    def campaign_sends(self) -> str:
+        """Hash: event id of a campaign send -> 'campaign\\tcustomer\\tsent epoch s\\tgroup\\toffer'
+        (streams/lua/campaigns.lua); the retrain's uplift model reads it whole."""
+        return f"{self.prefix}:campaign-sends"
+
+    @property
+    def campaigns(self) -> str:
+        """Hash: 'campaign\\tgroup' -> customers in that group of that campaign (the sends counted once)."""
+        return f"{self.prefix}:campaigns"
+
     def scores(self, run: int | str) -> str:
         """Hash: customer -> CLV scores (JSON) of one retrain run (``scores("")``: the prefix)."""
         return f"{self.prefix}:scores:{run}"

@@ -39,6 +39,7 @@ __all__ = [
     "SENT_AT_HEADER",
     "UNKNOWN_CATEGORY",
     "AnyEvent",
+    "CampaignSent",
     "ChurnChanged",
     "ClockTick",
     "CustomerEvent",
@@ -164,6 +165,23 @@ class ReviewPosted(CustomerEvent):
     comment_length: int = Field(ge=0)
 
 
+class CampaignSent(_Event):
+    """A marketing message sent to a customer, or withheld from them as the campaign's control.
+
+    On ``marketing.campaigns``, keyed by the customer. ``event_time`` is when it was sent (for a
+    control customer: when it would have been). ``group`` says whether the customer received it
+    (``treatment``) or was held out at random (``control``); the uplift model learns from the two.
+    One customer is in a campaign once: ``event_id`` is ``<source>:campaign:<campaign>:<customer>``.
+    A campaign send changes no segment and no churn status.
+    """
+
+    event_type: Literal["campaign_sent"] = "campaign_sent"
+    customer_unique_id: str = Field(min_length=1)
+    campaign_id: str = Field(min_length=1)
+    offer: str = Field("", description="What the message offered (free text, e.g. '10% off'); may be empty.")
+    group: Literal["treatment", "control"]
+
+
 class ClockTick(_Event):
     """The event-time clock, written by the replay to every partition of every topic it feeds.
 
@@ -237,7 +255,7 @@ class DeadLetter(BaseModel):
 
 
 AnyEvent = Annotated[
-    OrderPlaced | OrderDelivered | OrderCanceled | OrderReturned | ReviewPosted | ClockTick,
+    OrderPlaced | OrderDelivered | OrderCanceled | OrderReturned | ReviewPosted | CampaignSent | ClockTick,
     Field(discriminator="event_type"),
 ]
 OutputEvent = Annotated[SegmentChanged | ChurnChanged | DeadLetter, Field(discriminator="event_type")]

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
     topic_orders: str = Field("olist.orders", description="Topic for order events.")
     topic_reviews: str = Field("olist.reviews", description="Topic for review events.")
+    topic_campaigns: str = Field(
+        "marketing.campaigns", description="Topic for campaign sends (treatment and control), when a history has any."
+    )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics the replay creates.")
     topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
 
@@ -199,6 +202,17 @@ class Settings(BaseSettings):
     basket_rules_kept: int = Field(200, ge=1, description="Market basket rules kept per kind, by lift.")
     forecast_horizon_days: int = Field(30, ge=1, le=365, description="Days of the sales forecast (retrain).")
     forecast_level: float = Field(0.9, gt=0, lt=1, description="Coverage of the sales forecast's prediction intervals.")
+    uplift_window_days: int = Field(
+        30, ge=1, le=365, description="Days after a campaign send in which a purchase counts as its response."
+    )
+    uplift_min_sends: int = Field(
+        200,
+        ge=1,
+        description="Fewest sends per group (treatment, control) with a closed window to fit the uplift model.",
+    )
+    uplift_targets: int = Field(
+        1000, ge=1, description="Length of the targeting list: customers with the highest positive uplift."
+    )
     als_factors: int = Field(32, ge=1, description="ALS latent factors.")
     als_iterations: int = Field(10, ge=1, description="ALS sweeps.")
     als_threads: int = Field(

@@ -203,6 +203,30 @@ class Forecast(BaseModel):
     revenue: list[ForecastDay]
 
 
+class Target(BaseModel):
+    customer_unique_id: str
+    uplift: float = Field(description="P(buy | sent) - P(buy | not sent), within the window after the next campaign.")
+    p_treated: float
+    p_control: float
+    segment: str
+
+
+class Targeting(BaseModel):
+    run: int = Field(description="The retrain run that fitted the uplift model.")
+    cutoff: str
+    method: str
+    features: list[str]
+    window_days: int = Field(description="Days after a send in which a purchase counts as its response.")
+    trained_on: dict[str, Any] = Field(
+        description="Campaigns and sends (by group) with a closed window, response rates."
+    )
+    average_uplift: float = Field(description="Response rate of treatment less control over the sends trained on.")
+    validation: dict[str, Any] = Field(description="Qini coefficient and AUUC on a held-out quarter of the customers.")
+    scored_customers: int
+    positive_uplift: int
+    targets: list[Target] = Field(description="The targeting list: highest positive uplift first.")
+
+
 class Change(BaseModel):
     kind: str = Field(description="segment or churn")
     id: str = Field(description="Position in the changes feed (a Redis stream id).")
@@ -250,6 +274,9 @@ class Customer(BaseModel):
     models: dict[str, Any] | None
     scores: dict[str, Any] | None
     recommendations: dict[str, Any] | None
+    uplift: dict[str, Any] | None = Field(
+        None, description="Uplift for the next campaign: uplift = p_treated - p_control (the run in force)."
+    )
     changes: list[dict[str, Any]] = Field(description="This customer's changes still in the feed, newest first.")
     changes_note: str
 
@@ -626,6 +653,11 @@ def create_app(settings: Settings) -> FastAPI:
         """The sales forecast of the retrain run in force: daily purchases and revenue after its cutoff."""
         return await run_doc("forecast", "sales forecast")
 
+    @app.get("/api/targeting", response_model=Targeting, responses={404: {"model": Error}})
+    async def targeting() -> dict[str, Any]:
+        """The uplift model in force and its targeting list: who the next campaign should go to."""
+        return await run_doc("targeting", "uplift model")
+
     @app.get("/api/health", response_model=Health, responses={503: {"model": Error}})
     async def health() -> dict[str, Any]:
         """Pipeline health: events/s, lag, watermarks, dead letters, re-score progress, models."""
@@ -672,6 +704,7 @@ def create_app(settings: Settings) -> FastAPI:
             "models": modelled.models if modelled else None,
             "scores": modelled.scores if modelled else None,
             "recommendations": modelled.recommendations if modelled else None,
+            "uplift": modelled.uplift if modelled else None,
             "changes": own,
             "changes_note": f"from the live feed (the last {FEED_KEPT} changes this view has seen); the profile "
             f"counts {found.segment_changes} segment and {found.churn_changes} churn changes in all",

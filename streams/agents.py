@@ -3,6 +3,8 @@
 - Undecodable records and records failing the schema go to the dead-letter topic with the reason,
   are counted, and the worker keeps going.
 - Customer events and clock ticks are folded into the profiles (``streams.state.ProfileStore.process``).
+- Campaign sends (their own topic) are stored once each by event id (``streams/lua/campaigns.lua``)
+  for the retrain's uplift model; they change no profile.
 - Clock ticks advance the partition's watermark; on the orders topic, they also re-derive the
   customers due by then (time-driven segment and churn changes). A final tick records that the
   replay's end was reached on that partition (how tests and the demo know the stream caught up).
@@ -30,7 +32,7 @@ from pydantic import ValidationError
 from segstream.clients import async_redis_client, kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
-from segstream.schemas import SENT_AT_HEADER, ClockTick, DeadLetter, decode_event
+from segstream.schemas import SENT_AT_HEADER, CampaignSent, ClockTick, DeadLetter, decode_event
 from segstream.scoring import ChurnRules, RfmScorer, bgnbd_of
 from segstream.scripts import lua
 from segstream.settings import Settings
@@ -45,6 +47,7 @@ DEAD_LETTERS_KEPT = 100  # the latest dead letters kept in Redis for the operati
 log = logging.getLogger(__name__)
 
 _RENEW = lua("segstream", "renew_lock.lua")  # the outbox lease
+_CAMPAIGNS = lua("streams", "campaigns.lua")
 
 Record = tuple[int, int, bytes | None, bytes, Any]  # partition, offset, key, value, headers
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value) -> delivery future
@@ -139,6 +142,9 @@ class StreamHandler:
             self._redis_away_since = None
 
     async def _handle(self, topic: str, records: list[Record], send: Send) -> None:
+        if topic == self.settings.topic_campaigns:
+            await self._handle_campaigns(records, send)
+            return
         store = await self._ready()
         watermarks = self.watermarks.setdefault(topic, {})
         clock = topic == self.settings.topic_orders
@@ -151,6 +157,10 @@ class StreamHandler:
                 event = decode_event(value)
             except ValidationError as exc:
                 await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
+                continue
+            if type(event) is CampaignSent:
+                reason = f"campaign_sent on {topic}: campaign sends belong on {self.settings.topic_campaigns}"
+                await self._dead_letter(send, topic, partition, offset, key, value, reason)
                 continue
             by_partition.setdefault(partition, []).append(event)
             if type(event) is ClockTick:
@@ -165,9 +175,39 @@ class StreamHandler:
         if not clock:  # the reviews' watermark moves again: the orders wait for it again
             self._gave_up.difference_update(p for p, end in ends.items() if end > watermarks.get(p, -math.inf))
         watermarks.update(ends)
+        await self._replay_ends(topic, finals)
+
+    async def _replay_ends(self, topic: str, finals: list[tuple[int, ClockTick]]) -> None:
         for partition, tick in finals:
             await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
             log.info("end of replay %s reached on %s[%d]", tick.replay_id, topic, partition)
+
+    async def _handle_campaigns(self, records: list[Record], send: Send) -> None:
+        """Store the batch's campaign sends (one script call); ticks only count, finals mark the replay's end."""
+        topic = self.settings.topic_campaigns
+        args: list[str | float] = [0]
+        finals = []
+        for partition, offset, key, value, _headers in records:
+            try:
+                event = decode_event(value)
+            except ValidationError as exc:
+                await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
+                continue
+            if type(event) is ClockTick:
+                args[0] = int(args[0]) + 1
+                if event.final:
+                    finals.append((partition, event))
+            elif type(event) is CampaignSent:
+                sent = event.event_time.timestamp()
+                args += [event.event_id, event.campaign_id, event.customer_unique_id, repr(sent), event.group]
+                args.append(event.offer)
+            else:
+                reason = f"{event.event_type} on {topic}: only campaign sends and clock ticks belong there"
+                await self._dead_letter(send, topic, partition, offset, key, value, reason)
+        if len(args) > 1 or args[0]:
+            keys = [self.keys.campaign_sends, self.keys.campaigns, self.keys.counters]
+            await self.client.eval(_CAMPAIGNS, len(keys), *keys, *args)
+        await self._replay_ends(topic, finals)
 
     async def _await_reviews(self, by_partition: dict[int, list]) -> None:
         """Wait until the reviews topic's watermark of each partition reaches the batch's last event time.

@@ -6,8 +6,9 @@
                           │               due index,
                           └──▶ segstream.dead-letter     read model,
                                                           cluster model every 5 s)
+    marketing.campaigns ──▶ campaign_events ──▶ Redis (campaign sends, for the retrain's uplift model)
 
-Both input topics are keyed by customer and co-partitioned, so a worker that owns partition p of
+The input topics are keyed by customer and co-partitioned, so a worker that owns partition p of
 one owns partition p of the other. Agents are thin: they hand batches to
 :class:`streams.agents.StreamHandler`. State of record lives in Redis, not in Faust tables (the
 embedded broker's end offsets are unreliable, and Faust table recovery depends on them).
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> faust.App:
 
     orders = app.topic(settings.topic_orders, schema=RawSchema())
     reviews = app.topic(settings.topic_reviews, schema=RawSchema())
+    campaigns = app.topic(settings.topic_campaigns, schema=RawSchema())
 
     async def consume(topic: str, stream) -> None:
         async for batch in take_available(stream, settings.worker_batch):
@@ -100,6 +102,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(reviews, name="review_events")
     async def review_events(stream) -> None:
         await consume(settings.topic_reviews, stream)
+
+    @app.agent(campaigns, name="campaign_events")
+    async def campaign_events(stream) -> None:
+        await consume(settings.topic_campaigns, stream)
 
     @app.task
     async def publish_changes() -> None:

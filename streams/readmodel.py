@@ -42,6 +42,7 @@ __all__ = [
     "rules_lines",
     "run_document",
     "segment_history",
+    "targeting_lines",
     "transitions_between",
 ]
 
@@ -87,16 +88,19 @@ class CustomerModels:
     models: dict
     scores: dict | None  # expected_purchases, p_alive, clv
     recommendations: dict | None  # items, strategy, run
+    uplift: dict | None = None  # uplift, p_treated, p_control for the next campaign
 
 
 def customer_models(settings: Settings, customer: str, client: redis.Redis | None = None) -> CustomerModels | None:
-    """The customer's CLV scores and recommendations from the runs in force (None before any run)."""
+    """The customer's CLV scores, recommendations and uplift from the runs in force (None before any run)."""
     client = client or _client(settings)
     keys = Keys(settings.redis_prefix)
-    doc, scores, recs = client.eval(_MODELS, 1, keys.models, keys.scores(""), keys.recommendations(""), customer)
+    prefixes = (keys.scores(""), keys.recommendations(""), keys.uplift(""))
+    doc, *entries = client.eval(_MODELS, 1, keys.models, *prefixes, customer)
     if doc is None:
         return None
-    return CustomerModels(json.loads(doc), json.loads(scores) if scores else None, json.loads(recs) if recs else None)
+    scores, recs, uplift = (json.loads(entry) if entry else None for entry in entries)
+    return CustomerModels(json.loads(doc), scores, recs, uplift)
 
 
 def models_lines(found: CustomerModels | None, currency: str = "") -> list[str]:
@@ -113,6 +117,15 @@ def models_lines(found: CustomerModels | None, currency: str = "") -> list[str]:
         lines.append(f"{'p_alive_at_cutoff':<20} {found.scores['p_alive']:.3f} at the model's cutoff")
     else:
         lines.append(f"{'clv':<20} n/a (no CLV model, or no purchase before its cutoff)")
+    if found.uplift:
+        u = found.uplift
+        lines.append(
+            f"{'uplift':<20} {u['uplift']:+.3f}: P(buy | sent) {u['p_treated']:.3f} - P(buy | not sent) "
+            f"{u['p_control']:.3f}, within {models.get('uplift_window_days', '?')} days of the next campaign "
+            f"(run {models.get('uplift')})"
+        )
+    elif "uplift" in models:
+        lines.append(f"{'uplift':<20} n/a (no purchase before the uplift model's cutoff)")
     if found.recommendations:
         recs = found.recommendations
         lines.append(f"{'recommendations':<20} {recs['strategy']} (run {recs['run']}):")
@@ -153,7 +166,7 @@ def overview(settings: Settings, latest: int = 10) -> Overview:
 
 
 def replay_consumed(settings: Settings, replay_id: str, run_id: str) -> int:
-    """How many partitions (of both topics) have processed this replay run's final tick."""
+    """How many partitions (of every topic the replay fed) have processed this replay run's final tick."""
     ends = _client(settings).hgetall(Keys(settings.redis_prefix).replay_ends)
     return sum(1 for v in ends.values() if v.decode() == f"{replay_id}/{run_id}")
 
@@ -353,17 +366,48 @@ def analytics_view(settings: Settings, view: str) -> Any:
 
 def run_document(client: redis.Redis, keys: Keys, name: str) -> dict[str, Any] | None:
     """A document of the retrain run in force: ``rules`` (the market basket rules,
-    models/basket.py) or ``forecast`` (the sales forecast, models/forecast.py); None before any."""
-    key = {"rules": keys.rules, "forecast": keys.forecast}[name]
+    models/basket.py), ``forecast`` (the sales forecast, models/forecast.py) or ``targeting`` (the
+    uplift model's summary and targeting list, models/uplift.py); None before any."""
+    model, key = {
+        "rules": ("rules", keys.rules), "forecast": ("forecast", keys.forecast), "targeting": ("uplift", keys.targeting)
+    }[name]  # fmt: skip
     for _attempt in range(3):  # a retrain may switch runs, and drop the old one, between the two reads
         doc = client.get(keys.models)
-        run = json.loads(doc).get(name) if doc else None
+        run = json.loads(doc).get(model) if doc else None
         if run is None:
             return None
         found = client.get(key(run))
         if found is not None:
             return json.loads(found)
     return None
+
+
+def targeting_lines(doc: dict[str, Any], top: int = 15) -> list[str]:
+    """The text of ``segstream analytics targeting``: the uplift model in force and its list."""
+    trained, check = doc["trained_on"], doc["validation"]
+    lines = [
+        f"uplift model of retrain run {doc['run']} at event time {doc['cutoff']}: {doc['method']}",
+        f"trained on {trained['sends']:,} sends of {trained['campaigns']} campaigns ({trained['treatment']:,} "
+        f"treatment, {trained['control']:,} control) with a closed {doc['window_days']}-day window",
+        f"response within {doc['window_days']} days: treatment {trained['response_treatment']:.2%}, control "
+        f"{trained['response_control']:.2%} (average uplift {doc['average_uplift']:+.2%})",
+    ]
+    if "qini_coefficient" in check:
+        lines.append(
+            f"held-out check on {check['sends']:,} sends: Qini coefficient {check['qini_coefficient']:.5f} "
+            f"(random targeting: 0), AUUC {check['auuc']:.5f}"
+        )
+    lines.append(
+        f"{doc['positive_uplift']:,} of {doc['scored_customers']:,} customers have a positive uplift; "
+        f"the list keeps {len(doc['targets']):,}"
+    )
+    lines.append(f"{'rank':>4}  {'customer':<32}  {'uplift':>7}  {'P(sent)':>7}  {'P(not)':>7}  segment")
+    for rank, target in enumerate(doc["targets"][:top], start=1):
+        lines.append(
+            f"{rank:>4}  {target['customer_unique_id']:<32}  {target['uplift']:>+7.3f}  {target['p_treated']:>7.3f}  "
+            f"{target['p_control']:>7.3f}  {target['segment'] or 'n/a'}"
+        )
+    return lines
 
 
 def rules_lines(rules: dict[str, Any], top: int = 15) -> list[str]:

@@ -140,6 +140,7 @@ def kafka(services: Settings, tmp_path: Path) -> Settings:
             "run_dir": tmp_path / "run",
             "topic_orders": f"{prefix}.orders",
             "topic_reviews": f"{prefix}.reviews",
+            "topic_campaigns": f"{prefix}.campaigns",
         }
     )
 
@@ -153,10 +154,10 @@ def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def isolated(settings: Settings, name: str) -> Settings:
-    """``settings`` with a consumer group, a Redis prefix and all five topics of their own, named
+    """``settings`` with a consumer group, a Redis prefix and all the topics of their own, named
     ``<name>-<random tag>``: a test's state and records never meet another's."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    topics = ("orders", "reviews", "segment_changes", "churn_signals", "dead_letter")
+    topics = ("orders", "reviews", "campaigns", "segment_changes", "churn_signals", "dead_letter")
     return settings.model_copy(
         update={"app_id": tag, "redis_prefix": tag} | {f"topic_{t}": f"{tag}.{t.replace('_', '-')}" for t in topics}
     )
@@ -236,6 +237,8 @@ class Workers:
         wanted = {f"{self.settings.topic_orders}:{p}": run for p in range(partitions)}
         reviews_run = run if reviews_from is None else f"{reviews_from.replay_id}/{reviews_from.run_id}"
         wanted |= {f"{self.settings.topic_reviews}:{p}": reviews_run for p in range(partitions)}
+        if self.settings.topic_campaigns in summary.topics:
+            wanted |= {f"{self.settings.topic_campaigns}:{p}": run for p in range(partitions)}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             ends = {k.decode(): v.decode() for k, v in client.hgetall(self.keys.replay_ends).items()}

@@ -368,6 +368,7 @@ def test_the_openapi_document_in_docs_is_the_served_one(live: Live) -> None:
         "/api/analytics/daily",
         "/api/analytics/rules",
         "/api/analytics/forecast",
+        "/api/targeting",
     }
 
 

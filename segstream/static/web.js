@@ -280,10 +280,30 @@
     });
     fill($("rules").tBodies[0], rows.length ? rows : [row(["no rule reaches the minimum support and confidence", "", "", "", "", "", ""])]);
   }
+  function showTargeting(doc) {
+    $("targeting-empty").hidden = !!doc;
+    $("targeting").hidden = !doc;
+    $("targeting-summary").hidden = !doc;
+    if (!doc) return;
+    var t = doc.trained_on, v = doc.validation;
+    $("targeting-run").textContent = "retrain run " + doc.run;
+    $("targeting-summary").textContent = "Trained on " + fmt.format(t.sends) + " sends of " + t.campaigns + " campaigns: " +
+      (100 * t.response_treatment).toFixed(1) + "% of the treatment group and " + (100 * t.response_control).toFixed(1) +
+      "% of the control group bought within " + doc.window_days + " days." +
+      (v.qini_coefficient !== undefined ? " Held-out Qini coefficient " + v.qini_coefficient.toFixed(5) + " (random targeting: 0)." : "") +
+      " " + fmt.format(doc.positive_uplift) + " of " + fmt.format(doc.scored_customers) + " customers have a positive uplift.";
+    var rows = doc.targets.slice(0, 15).map(function (x, i) {
+      var tr = row([i + 1, customerLink(x.customer_unique_id), x.uplift.toFixed(3), x.p_treated.toFixed(3), x.p_control.toFixed(3), x.segment || "–"], [0, 2, 3, 4]);
+      tr.dataset.customer = x.customer_unique_id;
+      return tr;
+    });
+    fill($("targeting").tBodies[0], rows.length ? rows : [row(["no customer has a positive uplift", "", "", "", "", ""])]);
+  }
   function onModels(models) {
-    var runs = models ? [models.rules, models.forecast].join("/") : "";
+    var runs = models ? [models.rules, models.forecast, models.uplift].join("/") : "";
     if (runs === modelRuns) return;
     modelRuns = runs;
+    if (models && models.uplift !== undefined) json("api/targeting").then(function (r) { showTargeting(r.status === 200 ? r.body : null); });
     if (models && models.rules !== undefined) json("api/analytics/rules").then(function (r) { showRules(r.status === 200 ? r.body : null); });
     if (models && models.forecast !== undefined) {
       json("api/analytics/forecast").then(function (r) {
@@ -443,6 +463,9 @@
         ["P(alive) at the model's cutoff", c.scores ? c.scores.p_alive.toFixed(3) : "–"],
         ["CLV (model run " + (c.models ? c.models.clv : "–") + ")", c.scores ? c.scores.clv.toFixed(2) + ", " +
           c.scores.expected_purchases.toFixed(3) + " expected purchase days" : "– (no CLV model, or no purchase before its cutoff)"],
+        ["uplift, next campaign (model run " + (c.models && c.models.uplift !== undefined ? c.models.uplift : "–") + ")",
+          c.uplift ? (c.uplift.uplift >= 0 ? "+" : "") + c.uplift.uplift.toFixed(3) + " = P(buy | sent) " + c.uplift.p_treated.toFixed(3) +
+          " − P(buy | not sent) " + c.uplift.p_control.toFixed(3) : "– (no uplift model: it needs a campaign log)"],
         ["recommendations", c.recommendations ? c.recommendations.strategy + ": " + c.recommendations.items.join(", ") : "– (no model yet)"],
         ["location", [p.city, p.state].filter(Boolean).join(", ") || "–"]
       ].forEach(function (pair) { body.appendChild(row(pair)); });
