@@ -14,7 +14,7 @@ bad time, a group that is neither the treatment's nor the control's value, and a
 twice in one campaign (the earliest send is kept: a customer is in a campaign once).
 
 >>> CampaignMapping().columns()
-['customer_unique_id', 'campaign_id', 'sent_at', 'group', 'offer']
+['customer_unique_id', 'campaign_id', 'sent_at', 'group']
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ class CampaignMapping(BaseModel):
     group: str = "group"
     treatment: str = "treatment"  # the group column's value for customers who were sent the message
     control: str = "control"  # ... and for those held out
-    offer: str | None = "offer"
+    offer: str | None = "offer"  # optional: when not set, read if the file has the column
     delimiter: str = ","
     source: str = "campaigns"  # the prefix of event ids
 
     def columns(self) -> list[str]:
-        named = [self.customer, self.campaign, self.time, self.group, self.offer]
-        return [name for name in named if name is not None]
+        """The columns a log must have (the offer's only when the mapping names it)."""
+        named = [self.customer, self.campaign, self.time, self.group]
+        return named + ([self.offer] if self.offer is not None and "offer" in self.model_fields_set else [])
 
 
 def load_campaign_mapping(path: str | Path) -> CampaignMapping:
@@ -87,7 +88,7 @@ def load_campaigns(path: str | Path, mapping: CampaignMapping, report: LoadRepor
             "campaign_id": raw[mapping.campaign].str.strip(),
             "customer_unique_id": raw[mapping.customer].str.strip(),
             "event_time": pd.to_datetime(raw[mapping.time].str.strip(), format=mapping.time_format, errors="coerce"),
-            "offer": raw[mapping.offer].str.strip() if mapping.offer else "",
+            "offer": raw[mapping.offer].str.strip() if mapping.offer in raw.columns else "",
             "group": group.map({mapping.treatment: "treatment", mapping.control: "control"}),
         }
     )

@@ -102,7 +102,8 @@ def load_mapping(path: str | Path) -> ColumnMapping:
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
-        return ColumnMapping(**data.get("columns", data))
+        # the [columns] table, or the file's top level without a campaign log's [campaigns] table
+        return ColumnMapping(**data.get("columns", {k: v for k, v in data.items() if k != "campaigns"}))
     except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
         raise LoaderError(f"mapping {path}: {exc}") from None
 

@@ -370,3 +370,32 @@ def read_models(data: Path, state: pd.DataFrame | None = None) -> dict[str, dict
                 for b in basket[i + 1 :]:
                     counts[f"pair\t{a}\t{b}"] += 1
     return {name: {k: v for k, v in counts.items() if v} for name, counts in out.items()}
+
+
+def uplift_table(data: Path, window_days: int, cutoff: float) -> pd.DataFrame:
+    """The uplift model's training table (docs/definitions.md, Uplift) from the CSVs, in pandas: per
+    send of campaigns.csv whose window closed by ``cutoff``, the features from the purchase days
+    before the send's day, whether it was treated, and whether a purchase day followed within
+    ``window_days`` days. Sorted by campaign and customer."""
+    sends = pd.read_csv(data / "campaigns.csv", dtype=str)
+    sends["send_day"] = (_seconds(sends["sent_at"]) // DAY).astype("int64")
+    sends = sends[(sends["send_day"] + window_days + 1) * DAY <= cutoff]
+    purchases = load_facts(data)["purchases"]
+    purchases = purchases.assign(day=(purchases["time"] // DAY).astype("int64"))
+    days = purchases.groupby(["customer_unique_id", "day"], as_index=False)["value"].sum()
+    pairs = sends[["campaign_id", "customer_unique_id", "send_day", "group"]].merge(days, how="left")
+    before = pairs[pairs["day"] < pairs["send_day"]]
+    features = before.groupby(["campaign_id", "customer_unique_id"]).agg(
+        last=("day", "max"), first=("day", "min"), purchase_days=("day", "nunique"), monetary=("value", "sum")
+    )
+    after = pairs[(pairs["day"] > pairs["send_day"]) & (pairs["day"] <= pairs["send_day"] + window_days)]
+    responded = after.groupby(["campaign_id", "customer_unique_id"]).size() > 0
+    table = sends.set_index(["campaign_id", "customer_unique_id"])[["send_day", "group"]].join(features)
+    table["days_since_last"] = (table["send_day"] - table["last"]).fillna(10_000.0)
+    table["tenure_days"] = (table["send_day"] - table["first"]).fillna(0.0)
+    table["purchase_days"] = table["purchase_days"].fillna(0.0)
+    table["monetary"] = table["monetary"].fillna(0.0).round(2)
+    table["treated"] = table["group"] == "treatment"
+    table["responded"] = responded.reindex(table.index, fill_value=False)
+    columns = ["send_day", "days_since_last", "purchase_days", "monetary", "tenure_days", "treated", "responded"]
+    return table[columns].sort_index().reset_index()

@@ -28,8 +28,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from models.retrain import retrain_once
-from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
+from replay.sources import load_source
+from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.schemas import ChurnChanged, SegmentChanged
 from segstream.settings import Settings, settings_env
@@ -59,6 +60,14 @@ class Live:
 
 
 @pytest.fixture(scope="module")
+def web_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """synth_small's shape (400 orders, many repeat buyers) with four planted campaigns."""
+    out = tmp_path_factory.mktemp("web-history")
+    synthesize(SynthConfig(orders=400, seed=11, repeat_share=0.2, campaigns=4, campaign_reach=0.8), out)
+    return out
+
+
+@pytest.fixture(scope="module")
 def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("web")
     settings = isolated(services, "web").model_copy(
@@ -67,6 +76,7 @@ def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "worker_batch": 200,
             "web_port": free_port(),
             "web_interval_s": 0.5,
+            "uplift_min_sends": 50,
         }
     )
     topics = [settings.topic_orders, settings.topic_reviews]
@@ -93,9 +103,9 @@ def test_the_page_loads_empty_and_says_what_to_do(live: Live) -> None:
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
 
 
-def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: Live, synth_small: Path) -> None:
+def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: Live, web_history: Path) -> None:
     live.workers.start()
-    history = load_olist(synth_small)
+    history = load_source("olist", web_history)  # with its campaigns.csv
     summary: list = []
     with Browser() as browser:
         page = browser.open(live.url + "/")
@@ -216,7 +226,7 @@ def charts_state(page) -> list[str]:
     )
 
 
-def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small: Path) -> None:
+def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, web_history: Path) -> None:
     """The API's tables are the oracle's counts (pandas, from the CSVs) in the documented shapes,
     and they agree with the backtest's batch analyses of the same history (models/analyses.py)."""
     from models.analyses import cohorts as batch_cohorts
@@ -224,7 +234,7 @@ def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small
     from streams import analytics
     from tests import oracle
 
-    want = oracle.read_models(synth_small)
+    want = oracle.read_models(web_history)
     for path, model, table in (
         ("cohorts", "cohorts", analytics.cohort_table),
         ("geography", "geography", analytics.geography_table),
@@ -236,7 +246,7 @@ def test_the_analytics_api_and_cli_serve_the_read_models(live: Live, synth_small
     assert {k: grid[k] for k in ("orders", "revenue")} == analytics.weekday_hour_table(want["weekday_hour"])
     assert "São Paulo" in grid["timezone"]
     # the same definitions as the backtest's batch analyses, computed apart from the stream
-    facts = oracle.load_facts(synth_small)["purchases"]
+    facts = oracle.load_facts(web_history)["purchases"]
     when = pd.to_datetime(facts["time"], unit="s")
     frame = pd.DataFrame({"customer": facts["customer_unique_id"], "spend": facts["value"], "time": when})
     served = {r["cohort"]: r for r in live.get("/api/analytics/cohorts").json()}
@@ -438,6 +448,33 @@ def test_after_a_retrain_the_page_shows_clv_by_segment_and_each_customers_scores
             env=env,
         ).stdout  # fmt: skip
         assert f"sales forecast of retrain run {report.run}" in text and sales["orders"][0]["day"] in text
+        # the uplift model's targeting list, as the API serves it, and a customer's uplift in the lookup
+        assert report.uplift.startswith("fitted"), report.line()
+        targeting = live.get("/api/targeting").json()
+        assert targeting["run"] == report.run and targeting["targets"]
+        page.wait_for("!document.getElementById('targeting').hidden")
+        listed = page.evaluate("[...document.querySelectorAll('#targeting tbody tr')].map(r => r.dataset.customer)")
+        assert listed == [t["customer_unique_id"] for t in targeting["targets"][:15]]
+        assert f"{targeting['trained_on']['sends']:,} sends" in page.evaluate(
+            "document.getElementById('targeting-summary').innerText"
+        )
+        top = targeting["targets"][0]
+        assert live.get(f"/api/customers/{top['customer_unique_id']}").json()["uplift"]["uplift"] == top["uplift"]
+        page.evaluate(f"document.getElementById('customer').value = {top['customer_unique_id']!r}; 1")
+        page.evaluate("document.getElementById('lookup').requestSubmit(); 1")
+        page.wait_for(
+            f"(document.getElementById('customer-profile') || {{}}).dataset?.customer === {top['customer_unique_id']!r}"
+        )
+        uplift_row = page.evaluate(
+            "[...document.querySelectorAll('#customer-profile tr')]"
+            ".find(r => r.cells[0].innerText.startsWith('uplift')).cells[1].innerText"
+        )
+        assert uplift_row.startswith(f"+{top['uplift']:.3f}")
+        shown = subprocess.run(
+            [sys.executable, "-m", "segstream", "analytics", "targeting"], capture_output=True, text=True, timeout=60,
+            env=env,
+        )  # fmt: skip
+        assert shown.returncode == 0 and top["customer_unique_id"] in shown.stdout, shown.stderr
         assert page.errors == [] and page.evaluate("document.body.dataset.errors") == ""
         page.screenshot(ARTIFACTS / "web-view-with-models.png")
 
