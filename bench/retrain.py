@@ -6,7 +6,8 @@ On the embedded redis-server (and broker, for the stream phase), fresh and on fr
 
 1. state: a synthetic history of --orders orders is generated, folded into profiles exactly as
    the stream folds them (``Profile.apply``, then evaluated at the last event), and written to
-   Redis with the watermarks, as a worker would have left them. Not timed as part of the job.
+   Redis with the watermarks, as a worker would have left them; with --campaigns N, N planted
+   campaigns too, their sends stored by the workers' own script. Not timed as part of the job.
 2. retrain: ``segstream retrain --once`` in a process of its own (so its peak RSS is the job's):
    read every profile, fit CLV and ALS, refresh thresholds, write scores and lists, switch.
    Reported: the job's own phase timings, its wall time including interpreter start and imports,
@@ -42,27 +43,42 @@ from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.schemas import CampaignSent
 from segstream.scoring import ChurnRules, RfmScorer
+from segstream.scripts import lua
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings, settings_env
 from streams.profile import Profile
 
 
 def build_state(settings: Settings, data: Path) -> dict:
-    """Fold the history into profiles and store them (and the watermarks) in Redis."""
+    """Fold the history into profiles and store them (and the watermarks and campaign sends) in Redis."""
+    from replay.sources import load_source
+
     started = time.monotonic()
-    history = load_olist(data)
+    history = load_source("olist", data)  # with the campaigns.csv beside the files, if any
+    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
+    store_sends = client.register_script(lua("streams", "campaigns.lua"))
     profiles: dict[str, Profile] = {}
+    sends: list[str | float] = []
     last = 0.0
     for event in history.events():
+        if isinstance(event, CampaignSent):
+            sends += [event.event_id, event.campaign_id, event.customer_unique_id, repr(event.event_time.timestamp())]
+            sends += [event.group, event.offer]
+            if len(sends) >= 6_000:
+                store_sends(keys=[keys.campaign_sends, keys.campaigns, keys.counters], args=[0, *sends])
+                sends = []
+            continue
         customer = event.customer_unique_id
         profile = profiles.get(customer)
         if profile is None:
             profile = profiles[customer] = Profile(customer)
         profile.apply(event)
         last = max(last, event.event_time.timestamp())
+    if sends:
+        store_sends(keys=[keys.campaign_sends, keys.campaigns, keys.counters], args=[0, *sends])
     scorer, rules = RfmScorer(), ChurnRules()
-    client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
     pipe = client.pipeline(transaction=False)
     for n, profile in enumerate(profiles.values(), 1):
         profile.evaluate(last, scorer, rules)
@@ -75,6 +91,7 @@ def build_state(settings: Settings, data: Path) -> dict:
     return {
         "customers": len(profiles),
         "products": len(products),
+        "campaign_sends": len(history.campaigns),
         "build_seconds": round(time.monotonic() - started, 1),
     }
 
@@ -152,6 +169,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--scale", type=int, default=10, help="also run at this many times the orders (1: skip)")
     parser.add_argument("--stream-rate", type=float, default=1_000.0, help="paced replay events/s (0: skip)")
+    parser.add_argument("--campaigns", type=int, default=0, help="planted campaigns (the uplift model's input)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="segstream-bench-retrain-"))
     base = Settings(run_dir=workdir / "run", kafka_port=free_port(), redis_port=free_port(), log_level="warning")
@@ -161,7 +179,7 @@ def main() -> None:
         sizes = [args.orders] + ([args.orders * args.scale] if args.scale > 1 else [])
         for orders in sizes:
             data = workdir / f"data-{orders}"
-            synthesize(SynthConfig(orders=orders, seed=7), data)
+            synthesize(SynthConfig(orders=orders, seed=7, campaigns=args.campaigns), data)
             update = {"redis_prefix": f"bench-{orders}", "models_dir": workdir / f"models-{orders}"}
             job = base.model_copy(update=update)
             state = build_state(job, data)

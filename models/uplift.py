@@ -127,10 +127,13 @@ def training_table(
 class UpliftModel:
     """T-learner: P(response) under treatment and under control, one gradient-boosted model each."""
 
-    max_iter: int = 150
+    # chosen on planted campaigns (20,000 and 6,000 orders; trained on the earlier campaigns, scored
+    # on the last four): as good a Qini as 150 x 15 leaves x 40 a leaf, and a third closer to the
+    # planted uplift per send (smaller trees overfit the small arms less)
+    max_iter: int = 100
     learning_rate: float = 0.05
-    max_leaf_nodes: int = 15
-    min_samples_leaf: int = 40
+    max_leaf_nodes: int = 7
+    min_samples_leaf: int = 100
 
     def _classifier(self) -> HistGradientBoostingClassifier:
         return HistGradientBoostingClassifier(

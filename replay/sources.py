@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the CLI imports SOURCES at start-up: no pandas here
     from replay.history import History
 
-__all__ = ["SOURCES", "check_history", "load_source", "source_files"]
+__all__ = ["SOURCES", "campaigns_beside", "check_history", "load_source", "source_files"]
 
 SOURCES = ("olist", "transactions", "online-retail")
 
@@ -40,13 +40,14 @@ def load_source(source: str, data: Path, mapping: Path | None = None, campaigns:
         history = load_transactions(data, load_mapping(mapping))
     else:
         raise LoaderError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
-    campaigns = campaigns or _campaigns_beside(source, data)
+    campaigns = campaigns or campaigns_beside(source, data)
     if campaigns is not None:
         add_campaigns(history, campaigns, load_campaign_mapping(mapping) if mapping else None)
     return history
 
 
-def _campaigns_beside(source: str, data: Path) -> Path | None:
+def campaigns_beside(source: str, data: Path) -> Path | None:
+    """The campaigns.csv beside Olist files, if there is one."""
     from replay.campaigns import CAMPAIGN_FILE
 
     found = data / CAMPAIGN_FILE
@@ -67,7 +68,7 @@ def check_history(history: History, data: Path, max_reject_share: float) -> None
 
 def source_files(source: str, data: Path, campaigns: Path | None = None) -> list[Path]:
     """The files a load of ``data`` reads (they fingerprint a replay)."""
-    extra = [found] if (found := campaigns or _campaigns_beside(source, data)) else []
+    extra = [found] if (found := campaigns or campaigns_beside(source, data)) else []
     if data.is_file():
         return [data, *extra]
     from replay.olist import OLIST_FILES

@@ -120,6 +120,8 @@ class Frozen:
     rules: dict[str, Any] = field(default_factory=dict)  # the market basket rules in force
     forecast: dict[str, Any] = field(default_factory=dict)  # the sales forecast in force
     rivals: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # strategy -> customer -> list
+    uplift: dict[str, float] = field(default_factory=dict)  # customer -> uplift for the next campaign
+    targeting: dict[str, Any] = field(default_factory=dict)  # the uplift model's summary in force
     retrain: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,6 +182,11 @@ def _freeze(client: redis.Redis, keys: Keys, day: date, with_models: bool, regis
     if "recommendations" in frozen.models:
         entries = client.hgetall(keys.recommendations(frozen.models["recommendations"]))
         frozen.lists = {k.decode(): json.loads(v) for k, v in entries.items()}
+    if "uplift" in frozen.models:
+        entries = client.hgetall(keys.uplift(frozen.models["uplift"]))
+        frozen.uplift = {k.decode(): json.loads(v)["uplift"] for k, v in entries.items()}
+        raw = client.get(keys.targeting(frozen.models["uplift"]))
+        frozen.targeting = {k: v for k, v in json.loads(raw).items() if k != "targets"} if raw else {}
     return frozen
 
 
@@ -279,7 +286,7 @@ def run_backtest(
     """Run the backtest and write ``out/figures.json`` and ``out/report.html``; returns the figures."""
     from models.evaluation import transactions_days
     from replay.producer import replay_history
-    from replay.sources import check_history, load_source, source_files
+    from replay.sources import campaigns_beside, check_history, load_source, source_files
     from segstream.demo import start_worker, stop_worker
     from segstream.report import write_report
     from segstream.services import services_up
@@ -378,8 +385,9 @@ def run_backtest(
     t0 = time.monotonic()
     echo(f"scoring {len(cutoffs)} cutoff(s) against the source's next {horizon_days} days, with baselines")
     figures, tables = score_backtest(
-        cutoffs, horizon_days, frozen, orders, lines, transactions_days(orders), history, run, mix
-    )
+        cutoffs, horizon_days, frozen, orders, lines, transactions_days(orders), history, run, mix,
+        planted=_planted(campaigns or campaigns_beside(source, data)),
+    )  # fmt: skip
     timings["scoring"] += time.monotonic() - t0
     echo(f"scored in {timings['scoring']:.1f} s")
     figures["parameters"] = {
@@ -449,6 +457,7 @@ def _retrain_and_freeze(
         "clv": report.clv,
         "recommendations": report.recommendations,
         "thresholds": report.thresholds,
+        "uplift": report.uplift,
         "clv_diagnostics": report.clv_diagnostics,
         "strategies": report.strategies,
         "line": report.line(cutoff=False).split(" in ")[0] + "; " + report.line().split("; ", 1)[1],
@@ -497,8 +506,10 @@ def score_backtest(
     history: Any,
     settings: Settings,
     mix: list[dict[str, Any]],
+    planted: pd.Series | None = None,
 ) -> tuple[dict[str, Any], dict[date, pd.DataFrame]]:
-    """Every figure of the report, and per cutoff the table of frozen predictions and actuals."""
+    """Every figure of the report, and per cutoff the table of frozen predictions and actuals
+    (``planted``: the planted type of each (campaign, customer) send of a generated history)."""
     from models.analyses import descriptive
 
     figures: dict[str, Any] = {"cutoffs": []}
@@ -507,6 +518,8 @@ def score_backtest(
         at = frozen[(cutoff, True)]
         later = frozen.get((cutoff + timedelta(days=horizon_days), False))
         scores, tables[cutoff] = _score_cutoff(cutoff, horizon_days, at, later, orders, lines, days, settings)
+        if len(history.campaigns):
+            scores["uplift"] = _score_uplift(cutoff, horizon_days, at, orders, history.campaigns, settings, planted)
         figures["cutoffs"].append(scores)
     figures["segment_mix"] = _monthly(mix)
     last = max(cutoffs) + timedelta(days=horizon_days)
@@ -700,6 +713,89 @@ def _score_cutoff(
     table = table.join(act[["purchases", "spend", "bought_again"]].add_prefix("actual_"))
     table.index.name = "customer"
     return result, table
+
+
+def _planted(path: Path | None) -> pd.Series | None:
+    """The planted type of each (campaign, customer) send, when the campaign log has that column
+    (``segstream synth --campaigns``); None for a real log."""
+    if path is None:
+        return None
+    head = pd.read_csv(path, nrows=0).columns
+    if "planted" not in head:
+        return None
+    log = pd.read_csv(path, dtype=str, usecols=["campaign_id", "customer_unique_id", "planted"])
+    return log.drop_duplicates(["campaign_id", "customer_unique_id"]).set_index(["campaign_id", "customer_unique_id"])[
+        "planted"
+    ]
+
+
+def _score_uplift(
+    cutoff: date,
+    horizon_days: int,
+    at: Frozen,
+    orders: pd.DataFrame,
+    campaigns: pd.DataFrame,
+    settings: Settings,
+    planted: pd.Series | None,
+) -> dict[str, Any]:
+    """Who the campaigns after the cutoff should have gone to: the sends whose response window lies
+    in the horizon, ranked by the uplift served at the cutoff, by P(alive) at the cutoff, Champions
+    first, at random and (generated data) by the planted truth; Qini coefficient and AUUC of each
+    against the responses the source data records (docs/definitions.md, Campaigns and uplift)."""
+    from models.uplift import compare_targeting, qini_curve
+    from replay.synth import PLANTED
+
+    window = settings.uplift_window_days
+    first = pd.Timestamp(cutoff) + pd.Timedelta(days=1)
+    send_day = campaigns["event_time"].dt.normalize()
+    inside = (send_day >= first) & (send_day + pd.Timedelta(days=window) <= first + pd.Timedelta(days=horizon_days - 1))
+    sends = campaigns[inside]
+    if not at.uplift:
+        return {"error": at.retrain.get("uplift", "no uplift model in force at the cutoff")}
+    if sends.empty:
+        return {"error": f"no campaign send in the horizon with its {window}-day window inside it"}
+    bought = orders.assign(day=orders["time"].dt.normalize()).drop_duplicates(["customer", "day"])
+    pairs = sends[["campaign_id", "customer_unique_id", "event_time"]].merge(
+        bought[["customer", "day"]], left_on="customer_unique_id", right_on="customer", how="left"
+    )
+    days_after = (pairs["day"] - pairs["event_time"].dt.normalize()).dt.days
+    hit = pairs[(days_after >= 1) & (days_after <= window)]
+    responded = pd.MultiIndex.from_frame(sends[["campaign_id", "customer_unique_id"]]).isin(
+        pd.MultiIndex.from_frame(hit[["campaign_id", "customer_unique_id"]])
+    )
+    customers = sends["customer_unique_id"]
+    p_alive = at.scores["p_alive"] if at.scores is not None else pd.Series(dtype=float)
+    scores = {
+        "uplift": customers.map(at.uplift).fillna(0.0).to_numpy(float),
+        "p_alive": customers.map(p_alive).fillna(0.0).to_numpy(float),
+        "champions": (customers.map(at.profiles["segment"]) == "Champions").to_numpy(float),
+    }
+    truth = None
+    if planted is not None:
+        kinds = pd.Series(list(zip(sends["campaign_id"], customers, strict=True))).map(planted).to_numpy()
+        truth = kinds == "persuadable"
+        scores["planted uplift"] = (
+            pd.Series(kinds).map({k: t - c for k, (t, c) in PLANTED.items()}).fillna(0.0).to_numpy(float)
+        )
+    treated = (sends["group"] == "treatment").to_numpy()
+    compared = compare_targeting(treated, responded, scores, truth=truth)
+    points = np.unique(np.linspace(0, len(sends) - 1, 41).astype(int))
+    curves = {
+        name: [round(float(v) / len(sends), 6) for v in qini_curve(score, treated, responded)[points]]
+        for name, score in {**scores, "random": np.random.default_rng(7).random(len(sends))}.items()
+    }
+    return {
+        "sends": len(sends),
+        "campaigns": sorted(sends["campaign_id"].unique().tolist()),
+        "window_days": window,
+        "response_treatment": float(responded[treated].mean()) if treated.any() else None,
+        "response_control": float(responded[~treated].mean()) if (~treated).any() else None,
+        "persuadable": int(truth.sum()) if truth is not None else None,
+        "model": at.targeting,
+        "by_score": compared,
+        "curve_share_targeted": [round(float(k + 1) / len(sends), 4) for k in points],
+        "curves": curves,
+    }
 
 
 def _score_forecast(at: Frozen, orders: pd.DataFrame, cutoff: date, horizon_days: int) -> dict[str, Any]:

@@ -275,7 +275,9 @@ def synth(
     written = synthesize(config, out) if layout == "olist" else synthesize_online_retail(config, out)
     for name, rows in written.items():
         click.echo(f"{rows:>10,}  {out / name}")
-    click.echo(f"wrote {orders:,} orders in {time.monotonic() - started:.1f} s")
+    caused = written.get("olist_orders_dataset.csv", orders) - orders  # the planted campaigns' responses
+    also = f" and {caused:,} orders the campaigns caused" if caused else ""
+    click.echo(f"wrote {orders:,} orders{also} in {time.monotonic() - started:.1f} s")
 
 
 def _source_options(func):

@@ -331,6 +331,7 @@ def _cutoff_section(page: _Page, c: dict[str, Any]) -> None:
     else:
         page.add(f"<p>{_fmt(recs.get('error'))}</p>")
     _forecast_section(page, c)
+    _uplift_section(page, c)
     rules = c.get("basket_rules") or {}
     for kind, title in (("orders", "bought in one order"), ("months", "bought by one customer in one month")):
         found = rules.get(kind)
@@ -385,6 +386,47 @@ def _forecast_section(page: _Page, c: dict[str, Any]) -> None:
     page.add(_table(["series", "model", "MAPE", "MASE", "interval coverage"], rows))
     for column in ("orders", "revenue"):
         page.chart(f"Daily {column}: forecast and actual", _band(sales[column]["series"], column, sales["level"]))
+
+
+def _uplift_section(page: _Page, c: dict[str, Any]) -> None:
+    found = c.get("uplift")
+    if found is None:  # a history without a campaign log
+        return
+    page.add("<h3>Campaign targeting: the uplift served at the cutoff against the campaigns that followed</h3>")
+    if "error" in found:
+        page.add(f"<p>{_fmt(found['error'])}</p>")
+        return
+    page.add(
+        f"<p>{found['sends']:,} sends of campaigns {', '.join(found['campaigns'])}, each with its "
+        f"{found['window_days']}-day response window inside the horizon: "
+        f"{_fmt(found['response_treatment'])} of the treatment group and {_fmt(found['response_control'])} of the "
+        "control group bought. Each score ranks the sends as of the cutoff; the Qini coefficient is the area "
+        "between its Qini curve and random targeting's (0 for a score that knows nothing; docs/definitions.md)."
+        + (f" {found['persuadable']:,} sends went to planted persuadables." if found.get("persuadable") else "")
+        + "</p>"
+    )
+    names = list(found["by_score"])
+    precision = any("precision_at_persuadable" in v for v in found["by_score"].values())
+    header = ["targeting by", "Qini coefficient", "AUUC"] + (
+        ["precision at the persuadables' number"] if precision else []
+    )
+    rows = [
+        [name, v["qini_coefficient"], v["auuc"]] + ([v.get("precision_at_persuadable")] if precision else [])
+        for name, v in found["by_score"].items()
+    ]
+    page.add(_table(header, rows))
+    page.chart(
+        "Qini curves: incremental purchases per send, by the share of sends targeted",
+        {
+            "legend": {"top": 22},
+            "grid": {"top": 60, "left": 70, "right": 20, "bottom": 40},
+            "xAxis": {"type": "category", "data": found["curve_share_targeted"], "name": "share targeted"},
+            "yAxis": {"type": "value", "name": "incremental purchases per send"},
+            "series": [
+                {"name": name, "type": "line", "symbol": "none", "data": found["curves"][name]} for name in names
+            ],
+        },
+    )
 
 
 RULE_COLUMNS = ("antecedent", "consequent", "baskets", "support", "confidence", "lift", "leverage")

@@ -266,13 +266,15 @@ class _Rendered(HTMLParser):
 
 @pytest.fixture(scope="module")
 def olist_like(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two backtests of a generated Olist-like history (states, reviews, products: every kind of
-    plot, and ALS lists), with two cutoffs."""
+    """Two backtests of a generated Olist-like history (states, reviews, products, planted
+    campaigns: every kind of plot, and ALS lists), with two cutoffs. The campaigns of 2017-12-14 and
+    2018-03-03 have their response windows inside the two horizons."""
     tmp = tmp_path_factory.mktemp("olist-like")
-    synthesize(SynthConfig(orders=3_000, seed=3, repeat_share=0.2), tmp / "data")
+    synthesize(SynthConfig(orders=3_000, seed=3, repeat_share=0.2, campaigns=12, campaign_reach=0.6), tmp / "data")
     args = ["--data", str(tmp / "data"), "--cutoffs", "2017-12-01,2018-03-01", "--horizon", "60d"]
-    _backtest(_env(services, tmp), *args, "--out", str(tmp / "one"))
-    _backtest(_env(services, tmp), *args, "--out", str(tmp / "two"))
+    env = _env(services, tmp) | {"SEGSTREAM_UPLIFT_MIN_SENDS": "50"}
+    _backtest(env, *args, "--out", str(tmp / "one"))
+    _backtest(env, *args, "--out", str(tmp / "two"))
     return tmp / "one", tmp / "two"
 
 
@@ -294,6 +296,13 @@ def test_two_runs_with_als_lists_give_identical_figures(olist_like: tuple[Path, 
         assert sales["days"] == 30 and len(sales["orders"]["series"]) == 30
         for column in ("orders", "revenue"):
             assert sales[column]["forecast"]["mase"] > 0 and sales[column]["baseline_seasonal_naive"]["mase"] > 0
+        # the uplift served at the cutoff, scored on the campaign that followed against the baselines
+        uplift = cutoff["uplift"]
+        assert uplift["sends"] > 300 and len(uplift["campaigns"]) == 1, uplift.get("error")
+        assert set(uplift["by_score"]) == {"uplift", "p_alive", "champions", "planted uplift", "random"}
+        assert uplift["model"]["trained_on"]["sends"] > 500
+        assert uplift["by_score"]["planted uplift"]["qini_coefficient"] > 0  # the truth ranks the responders first
+        assert all(len(curve) == len(uplift["curve_share_targeted"]) for curve in uplift["curves"].values())
     assert one == two
 
 
@@ -312,11 +321,11 @@ def test_report_renders_every_plot_in_headless_chromium(olist_like_report: Path)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = _Rendered()
     page.feed(dom.stdout)
-    # every kind of plot the report draws: 8 per cutoff with recommendations, transitions and the
-    # sales forecast (orders, revenue), and segment mix, cohorts, weekday x hour, states, review
-    # score (two cutoffs here)
-    assert len(page.charts) == text.count('<div class="chart" id=') == 21
-    assert page.body.get("data-charts") == "21"  # report.js saw them all
+    # every kind of plot the report draws: 9 per cutoff with recommendations, transitions, the
+    # sales forecast (orders, revenue) and the Qini curves, and segment mix, cohorts, weekday x
+    # hour, states, review score (two cutoffs here)
+    assert len(page.charts) == text.count('<div class="chart" id=') == 23
+    assert page.body.get("data-charts") == "23"  # report.js saw them all
     assert page.body.get("data-errors") == "", page.body.get("data-errors")  # no error reached the page
     assert "Uncaught" not in dom.stderr and ":CONSOLE" not in dom.stderr, dom.stderr[-2000:]
     unfinished = [c["id"] for c in page.charts if c.get("data-rendered") != "1"]
