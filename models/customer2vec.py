@@ -19,7 +19,7 @@ product's side. No down-sampling of frequent products (``sample=0``): word2vec's
 drops most occurrences of a catalogue's best sellers, and on small histories left customers'
 vectors untrained (the doctest below failed with it).
 
-Deterministic for the same purchases: one worker thread, a fixed seed, and a hash of its own for
+Deterministic for the same purchases with one worker thread (the default), a fixed seed, and a hash of its own for
 the vectors gensim seeds from strings (the built-in ``hash`` of a str changes with every process,
 ``PYTHONHASHSEED``). The artifact (:meth:`Customer2Vec.artifact`) is arrays for ``numpy.savez``
 (product vectors and ids) and JSON-able parameters: no pickle, which gensim's own ``save`` uses.
@@ -50,11 +50,16 @@ def stable_hash(text: str) -> int:
 class Customer2Vec:
     """Doc2Vec (PV-DBOW with skip-gram word training) over customers' purchase days."""
 
-    def __init__(self, vector_size: int = 32, epochs: int = 40, min_products: int = 2, seed: int = 1) -> None:
+    def __init__(
+        self, vector_size: int = 32, epochs: int = 40, min_products: int = 2, seed: int = 1, workers: int = 1
+    ) -> None:
         self.vector_size = vector_size
         self.epochs = epochs
         self.min_products = min_products  # distinct products of a customer trained as a document
         self.seed = seed
+        # gensim's training threads: only one gives the same vectors for the same purchases (the
+        # threads' jobs interleave by timing); the retrain uses SEGSTREAM_ALS_THREADS, 1 in backtests
+        self.workers = workers
 
     def fit(self, days: Mapping[str, Sequence[Sequence[str]]]) -> Customer2Vec:
         """``days``: per customer, their purchase days in order, each the products bought that day."""
@@ -71,7 +76,7 @@ class Customer2Vec:
             )
         model = Doc2Vec(
             documents, vector_size=self.vector_size, epochs=self.epochs, sample=0, min_count=1, dm=0,
-            dbow_words=0, workers=1, seed=self.seed, hashfxn=stable_hash,
+            dbow_words=0, workers=self.workers, seed=self.seed, hashfxn=stable_hash,
         )  # fmt: skip
         self.products_ = list(model.wv.index_to_key)
         self.product_vectors_ = np.asarray(model.syn1neg, dtype=np.float32)  # output vectors, in wv's order
@@ -114,7 +119,7 @@ class Customer2Vec:
         arrays = {"product_vectors": self.product_vectors_, "products": np.asarray(self.products_, dtype=str)}
         params = {
             "model": "gensim Doc2Vec, PV-DBOW", "vector_size": self.vector_size, "epochs": self.epochs,
-            "min_products": self.min_products, "seed": self.seed, "customers": len(self.customers_),
-            "products": len(self.products_),
+            "min_products": self.min_products, "seed": self.seed, "workers": self.workers,
+            "customers": len(self.customers_), "products": len(self.products_),
         }  # fmt: skip
         return arrays, params

@@ -271,6 +271,8 @@ def synth(
     from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 
     started = time.monotonic()
+    if campaigns and layout != "olist":
+        raise click.UsageError("--campaigns plants campaigns in the Olist layout only")
     config = SynthConfig(orders, seed, repeat_share, late_share, campaigns=campaigns)
     written = synthesize(config, out) if layout == "olist" else synthesize_online_retail(config, out)
     for name, rows in written.items():
