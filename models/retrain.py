@@ -481,7 +481,7 @@ def _recommendations(
     everyone = [r for r, days in enumerate(population.purchases) if any(day <= until for day in days)]
     if rows_of.get("customer2vec") or settings.recs_rivals:
         with watch("customer2vec"):
-            c2v_model, days = _customer2vec(population, until, settings.als_threads or os.cpu_count() or 1)
+            c2v_model, days = _customer2vec(population, until, settings.als_threads)
             wanted = [population.customers[r] for r in rows_of.get("customer2vec", [])]
             for customer, items in _c2v_lists(c2v_model, days, wanted, top_n).items():
                 lists[customer] = (items, "customer2vec")
@@ -524,13 +524,13 @@ def _recommendations(
     return entries(), artifact, c2v_artifact
 
 
-def _customer2vec(population: Population, until: str, workers: int) -> tuple[Customer2Vec, dict[str, list[list[str]]]]:
+def _customer2vec(population: Population, until: str, threads: int) -> tuple[Customer2Vec, dict[str, list[list[str]]]]:
     """Customer2Vec (models/customer2vec.py) trained on everyone's purchase days up to ``until``."""
     days = {
         customer: [own[day][1] for day in sorted(own) if day <= until]
         for customer, own in zip(population.customers, population.purchases, strict=True)
     }
-    return Customer2Vec(seed=1, workers=workers).fit(days), days
+    return Customer2Vec(seed=1, threads=threads).fit(days), days
 
 
 def _c2v_lists(
