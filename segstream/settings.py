@@ -218,8 +218,8 @@ class Settings(BaseSettings):
     als_threads: int = Field(
         0,
         ge=0,
-        description="Threads of the ALS fit and ranking and of the Customer2Vec training (0: every core; 1 leaves "
-        "cores to a worker beside it, and gives the same fits for the same state).",
+        description="Threads of the ALS fit and ranking and of the Customer2Vec ranking (0: every core; 1 leaves "
+        "cores to a worker beside it).",
     )
     thresholds_tolerance: float = Field(
         0.05, ge=0, description="Republish R/M thresholds only when one moves by more than this share."
