@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from segstream.clients import async_redis_client, kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
 from segstream.keys import Keys
-from segstream.schemas import SENT_AT_HEADER, CampaignSent, ClockTick, DeadLetter, decode_event
+from segstream.schemas import SENT_AT_HEADER, CampaignSent, ClockTick, CustomerEvent, DeadLetter, decode_event
 from segstream.scoring import ChurnRules, RfmScorer, bgnbd_of
 from segstream.scripts import lua
 from segstream.settings import Settings
@@ -152,16 +152,8 @@ class StreamHandler:
         by_partition: dict[int, list] = {}
         sent_at = []
         ticks, finals = 0, []
-        for partition, offset, key, value, headers in records:
-            try:
-                event = decode_event(value)
-            except ValidationError as exc:
-                await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
-                continue
-            if type(event) is CampaignSent:
-                reason = f"campaign_sent on {topic}: campaign sends belong on {self.settings.topic_campaigns}"
-                await self._dead_letter(send, topic, partition, offset, key, value, reason)
-                continue
+        why = f"campaign sends belong on {self.settings.topic_campaigns}"
+        async for partition, event, headers in self._decoded(topic, records, send, (CustomerEvent, ClockTick), why):
             by_partition.setdefault(partition, []).append(event)
             if type(event) is ClockTick:
                 ticks += 1
@@ -185,29 +177,38 @@ class StreamHandler:
     async def _handle_campaigns(self, records: list[Record], send: Send) -> None:
         """Store the batch's campaign sends (one script call); ticks only count, finals mark the replay's end."""
         topic = self.settings.topic_campaigns
-        args: list[str | float] = [0]
-        finals = []
-        for partition, offset, key, value, _headers in records:
+        ticks, sends, finals = 0, [], []
+        why = "only campaign sends and clock ticks belong there"
+        async for partition, event, _headers in self._decoded(topic, records, send, (CampaignSent, ClockTick), why):
+            if type(event) is ClockTick:
+                ticks += 1
+                if event.final:
+                    finals.append((partition, event))
+            else:
+                sent = repr(event.event_time.timestamp())
+                sends += [event.event_id, event.campaign_id, event.customer_unique_id, sent, event.group, event.offer]
+        if sends or ticks:
+            keys = [self.keys.campaign_sends, self.keys.campaigns, self.keys.counters]
+            await self.client.eval(_CAMPAIGNS, len(keys), *keys, ticks, *sends)
+        await self._replay_ends(topic, finals)
+
+    async def _decoded(
+        self, topic: str, records: list[Record], send: Send, allowed: tuple[type, ...], why: str
+    ) -> AsyncIterator[tuple[int, Any, Any]]:
+        """``(partition, event, headers)`` of the records that decode to an event of the ``allowed``
+        types; the others go to the dead-letter topic with the reason (``why`` for a wrong type)."""
+        for partition, offset, key, value, headers in records:
             try:
                 event = decode_event(value)
             except ValidationError as exc:
                 await self._dead_letter(send, topic, partition, offset, key, value, _reason(exc))
                 continue
-            if type(event) is ClockTick:
-                args[0] = int(args[0]) + 1
-                if event.final:
-                    finals.append((partition, event))
-            elif type(event) is CampaignSent:
-                sent = event.event_time.timestamp()
-                args += [event.event_id, event.campaign_id, event.customer_unique_id, repr(sent), event.group]
-                args.append(event.offer)
-            else:
-                reason = f"{event.event_type} on {topic}: only campaign sends and clock ticks belong there"
-                await self._dead_letter(send, topic, partition, offset, key, value, reason)
-        if len(args) > 1 or args[0]:
-            keys = [self.keys.campaign_sends, self.keys.campaigns, self.keys.counters]
-            await self.client.eval(_CAMPAIGNS, len(keys), *keys, *args)
-        await self._replay_ends(topic, finals)
+            if not isinstance(event, allowed):
+                await self._dead_letter(
+                    send, topic, partition, offset, key, value, f"{event.event_type} on {topic}: {why}"
+                )
+                continue
+            yield partition, event, headers
 
     async def _await_reviews(self, by_partition: dict[int, list]) -> None:
         """Wait until the reviews topic's watermark of each partition reaches the batch's last event time.
