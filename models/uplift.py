@@ -55,6 +55,7 @@ __all__ = [
     "parse_sends",
     "qini_coefficient",
     "qini_curve",
+    "random_targeting",
     "training_table",
 ]
 
@@ -82,17 +83,39 @@ class PurchaseDays:
     _SHIFT = 1 << 21  # above any day number (days since 1970 stay below 2**21 until the year 7711)
 
     def __init__(self, purchases_of: Mapping[str, Mapping[str, list]]) -> None:
-        self.index = pd.Index(list(purchases_of))
+        """From the profiles' purchases (customer -> day -> [spend, products, categories])."""
         counts, names, spend = [], [], []
         for days in purchases_of.values():
             ordered = sorted(days)  # ISO days sort as dates
             counts.append(len(ordered))
             names += ordered
             spend += [float(days[day][0]) for day in ordered]
+        self._build(list(purchases_of), counts, np.array(names, dtype="datetime64[D]").astype(np.int64), spend)
+
+    @classmethod
+    def from_orders(cls, customer: pd.Series, time: pd.Series, spend: pd.Series) -> PurchaseDays:
+        """From orders (customer, naive UTC time, spend), as a backtest reads them from the source.
+
+        >>> orders = PurchaseDays.from_orders(pd.Series(["u1", "u1", "u1"]),
+        ...     pd.Series(pd.to_datetime(["1970-05-11 09:00", "1970-04-11 10:00", "1970-04-11 18:00"])),
+        ...     pd.Series([20.0, 30.0, 20.0]))
+        >>> orders.features(["u1"], np.array([140])).tolist()  # two purchase days: 100 (50.0) and 130
+        [[10.0, 2.0, 70.0, 40.0]]
+        """
+        day = time.to_numpy("datetime64[D]").astype(np.int64)
+        daily = pd.DataFrame({"customer": customer.to_numpy(object), "day": day, "spend": spend.to_numpy(float)})
+        daily = daily.groupby(["customer", "day"], sort=True)["spend"].sum()
+        names, counts = np.unique(daily.index.get_level_values("customer").to_numpy(object), return_counts=True)
+        found = cls.__new__(cls)
+        found._build(names.tolist(), counts, daily.index.get_level_values("day").to_numpy(np.int64), daily.to_numpy())
+        return found
+
+    def _build(self, customers: list[str], counts: Sequence[int], days: np.ndarray, spend: Sequence[float]) -> None:
+        self.index = pd.Index(customers)
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self.days = np.array(names, dtype="datetime64[D]").astype(np.int64)
+        self.days = days
         self.cumulative = np.concatenate([[0.0], np.cumsum(spend)])
-        codes = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        codes = np.repeat(np.arange(len(customers), dtype=np.int64), counts)
         self.keys = codes * self._SHIFT + self.days
 
     def _where(self, customers: Sequence[str], day: np.ndarray, side: str) -> tuple[np.ndarray, ...]:
@@ -261,8 +284,8 @@ def fit_targeting(
             f"{counts['treatment']:,} treatment and {counts['control']:,} control sends with a closed "
             f"{window_days}-day window; {min_sends:,} of each needed (SEGSTREAM_UPLIFT_MIN_SENDS)"
         )
-    features, treated, responded = table[list(FEATURES)].to_numpy(), table["treated"].to_numpy(), table["responded"]
-    responded = responded.to_numpy()
+    features = table[list(FEATURES)].to_numpy()
+    treated, responded = table["treated"].to_numpy(), table["responded"].to_numpy()
     # held-out validation: a quarter of the customers (fixed by id), scored by a model fitted on the rest
     # pandas' hash has a fixed key: the same customers are held out in every process and run
     held = pd.util.hash_pandas_object(table["customer"], index=False).to_numpy() % 4 == 0
@@ -315,11 +338,16 @@ def fit_targeting(
     return entries, document
 
 
+def random_targeting(n: int) -> np.ndarray:
+    """The score of random targeting (fixed seed: the same sends get the same random order)."""
+    return np.random.default_rng(7).random(n)
+
+
 def compare_targeting(
     treated: np.ndarray, responded: np.ndarray, scores: Mapping[str, np.ndarray], truth: np.ndarray | None = None
 ) -> dict[str, dict[str, float]]:
     """Qini coefficient and AUUC of each targeting score on the same sends, with random targeting
-    (a seeded random score; its expectation is 0) and, given the planted persuadable flags
+    (:func:`random_targeting`; its expectation is 0) and, given the planted persuadable flags
     ``truth``, each score's precision at the persuadable group's size.
 
     >>> got = compare_targeting(np.array([True, False] * 50), np.array([True, False] * 25 + [False] * 50),
@@ -328,7 +356,7 @@ def compare_targeting(
     >>> best["precision_at_persuadable"], got["random"]["qini_coefficient"] < best["qini_coefficient"]
     (1.0, True)
     """
-    scores = {**scores, "random": np.random.default_rng(7).random(len(treated))}
+    scores = {**scores, "random": random_targeting(len(treated))}
     out: dict[str, dict[str, float]] = {}
     for name, score in scores.items():
         row = {

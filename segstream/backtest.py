@@ -720,10 +720,9 @@ def _planted(path: Path | None) -> pd.Series | None:
     (``segstream synth --campaigns``); None for a real log."""
     if path is None:
         return None
-    head = pd.read_csv(path, nrows=0).columns
-    if "planted" not in head:
+    log = pd.read_csv(path, dtype=str)
+    if "planted" not in log.columns:
         return None
-    log = pd.read_csv(path, dtype=str, usecols=["campaign_id", "customer_unique_id", "planted"])
     return log.drop_duplicates(["campaign_id", "customer_unique_id"]).set_index(["campaign_id", "customer_unique_id"])[
         "planted"
     ]
@@ -742,7 +741,7 @@ def _score_uplift(
     in the horizon, ranked by the uplift served at the cutoff, by P(alive) at the cutoff, Champions
     first, at random and (generated data) by the planted truth; Qini coefficient and AUUC of each
     against the responses the source data records (docs/definitions.md, Campaigns and uplift)."""
-    from models.uplift import compare_targeting, qini_curve
+    from models.uplift import PurchaseDays, compare_targeting, qini_curve, random_targeting
     from replay.synth import PLANTED
 
     window = settings.uplift_window_days
@@ -754,16 +753,10 @@ def _score_uplift(
         return {"error": at.retrain.get("uplift", "no uplift model in force at the cutoff")}
     if sends.empty:
         return {"error": f"no campaign send in the horizon with its {window}-day window inside it"}
-    bought = orders.assign(day=orders["time"].dt.normalize()).drop_duplicates(["customer", "day"])
-    pairs = sends[["campaign_id", "customer_unique_id", "event_time"]].merge(
-        bought[["customer", "day"]], left_on="customer_unique_id", right_on="customer", how="left"
-    )
-    days_after = (pairs["day"] - pairs["event_time"].dt.normalize()).dt.days
-    hit = pairs[(days_after >= 1) & (days_after <= window)]
-    responded = pd.MultiIndex.from_frame(sends[["campaign_id", "customer_unique_id"]]).isin(
-        pd.MultiIndex.from_frame(hit[["campaign_id", "customer_unique_id"]])
-    )
     customers = sends["customer_unique_id"]
+    sent_on = sends["event_time"].to_numpy("datetime64[D]").astype(np.int64)
+    days = PurchaseDays.from_orders(orders["customer"], orders["time"], orders["spend"])
+    responded = days.bought_within(customers.to_numpy(object), sent_on, window)
     p_alive = at.scores["p_alive"] if at.scores is not None else pd.Series(dtype=float)
     scores = {
         "uplift": customers.map(at.uplift).fillna(0.0).to_numpy(float),
@@ -782,7 +775,7 @@ def _score_uplift(
     points = np.unique(np.linspace(0, len(sends) - 1, 41).astype(int))
     curves = {
         name: [round(float(v) / len(sends), 6) for v in qini_curve(score, treated, responded)[points]]
-        for name, score in {**scores, "random": np.random.default_rng(7).random(len(sends))}.items()
+        for name, score in {**scores, "random": random_targeting(len(sends))}.items()
     }
     return {
         "sends": len(sends),
