@@ -104,7 +104,7 @@ def test_a_campaign_log_with_a_mapping_loads_every_row_or_says_why(tmp_path: Pat
 
 
 def test_the_mapping_file_names_the_campaign_columns_and_bad_ones_are_one_line(tmp_path: Path) -> None:
-    from click.testing import CliRunner
+    from click.testing import CliRunner, Result
 
     from segstream.cli import cli
 
@@ -116,38 +116,16 @@ def test_the_mapping_file_names_the_campaign_columns_and_bad_ones_are_one_line(t
         '[campaigns]\ncustomer = "who"\ncampaign = "c"\ntime = "t"\ngroup = "g"\ntreatment = "yes"\ncontrol = "no"\n'
     )
     mapping.write_text((fixtures / "cdnow.toml").read_text() + "\n" + campaigns + 'offer = "c"\n')
-    runner = CliRunner()
-    result = runner.invoke(
-        cli,
-        [
-            "inspect",
-            "--source",
-            "transactions",
-            "--data",
-            str(fixtures / "cdnow.txt"),
-            "--mapping",
-            str(mapping),
-            "--campaigns",
-            str(log),
-        ],
-    )
+
+    def inspect(log: Path) -> Result:
+        arguments = ["--source", "transactions", "--data", str(fixtures / "cdnow.txt"), "--mapping", str(mapping)]
+        return CliRunner().invoke(cli, ["inspect", *arguments, "--campaigns", str(log)])
+
+    result = inspect(log)
     assert result.exit_code == 0, result.output
     assert "         2  campaign_sent" in result.output
     (tmp_path / "bad.csv").write_text("who,c,g\n00001,c1,yes\n")
-    result = runner.invoke(
-        cli,
-        [
-            "inspect",
-            "--source",
-            "transactions",
-            "--data",
-            str(fixtures / "cdnow.txt"),
-            "--mapping",
-            str(mapping),
-            "--campaigns",
-            str(tmp_path / "bad.csv"),
-        ],
-    )
+    result = inspect(tmp_path / "bad.csv")
     assert result.exit_code != 0 and "no column 't'" in result.output and "Traceback" not in result.output
 
 
@@ -157,11 +135,7 @@ def test_the_mapping_file_names_the_campaign_columns_and_bad_ones_are_one_line(t
 def test_the_generator_plants_the_documented_responses(planted: Path) -> None:
     """Per planted type and group, the observed response rate in the window is the planted one
     plus what the base history buys anyway (a few percent), never the other way round."""
-    table = oracle.uplift_table(planted, WINDOW, 2e9)
-    sends = pd.read_csv(planted / "campaigns.csv", dtype=str).set_index(["campaign_id", "customer_unique_id"])
-    table["planted"] = sends.loc[
-        list(zip(table["campaign_id"], table["customer_unique_id"], strict=True)), "planted"
-    ].to_numpy()
+    table = _planted_table(planted)
     rates = table.groupby(["planted", "treated"])["responded"].mean()
     for kind, (p_treated, p_control) in PLANTED.items():
         for treated, planted_rate in ((True, p_treated), (False, p_control)):
@@ -189,12 +163,27 @@ def test_the_training_table_equals_pandas_and_uses_nothing_at_or_after_the_send_
     pd.testing.assert_frame_equal(got.reset_index(drop=True)[want.columns], want, check_dtype=False, atol=0.011)
 
 
-def _planted_split(planted: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _planted_table(planted: Path) -> pd.DataFrame:
+    """The pandas training table of every send, with each send's planted type beside it."""
     table = oracle.uplift_table(planted, WINDOW, 2e9)
     sends = pd.read_csv(planted / "campaigns.csv", dtype=str).set_index(["campaign_id", "customer_unique_id"])
     table["planted"] = sends.loc[
         list(zip(table["campaign_id"], table["customer_unique_id"], strict=True)), "planted"
     ].to_numpy()
+    return table
+
+
+def _purchases(facts: pd.DataFrame) -> dict[str, dict[str, list]]:
+    """The oracle's purchases as the profiles keep them: customer -> UTC day -> [spend, [], []]."""
+    facts = facts.assign(day=pd.to_datetime(facts["time"], unit="s").dt.strftime("%Y-%m-%d"))
+    return {
+        c: {d: [round(v, 2), [], []] for d, v in g.groupby("day")["value"].sum().items()}
+        for c, g in facts.groupby("customer_unique_id")
+    }
+
+
+def _planted_split(planted: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = _planted_table(planted)
     return table[table["campaign_id"] <= "c08"], table[table["campaign_id"] > "c08"]
 
 
@@ -207,14 +196,7 @@ def test_planted_uplift_is_recovered_and_beats_p_alive_and_champions(planted: Pa
     # P(alive) as of each send: BG/NBD fitted on the purchases before the first test campaign's day
     facts = oracle.load_facts(planted)["purchases"]
     first_send = float(test["send_day"].min()) * DAY
-    days = facts[facts["time"] < first_send].assign(
-        day=lambda f: pd.to_datetime(f["time"], unit="s").dt.strftime("%Y-%m-%d")
-    )
-    per_customer = {
-        c: {d: [v, [], []] for d, v in g.groupby("day")["value"].sum().items()}
-        for c, g in days.groupby("customer_unique_id")
-    }
-    summary = rfm_summary(per_customer.items(), first_send)
+    summary = rfm_summary(_purchases(facts[facts["time"] < first_send]).items(), first_send)
     p_alive = ClvModel(min_repeat_buyers=5).fit(summary).score(summary)["p_alive"]
     scorer = RfmScorer()
     champions = [
@@ -307,12 +289,7 @@ def test_sends_stream_into_redis_once_and_the_retrain_targets_from_them(workers:
         float(want_table.loc[want_table["treated"], "responded"].mean()), 4
     )
     # scores: refit independently on the pandas state gives the same per-customer uplift
-    facts = oracle.load_facts(small)["purchases"]
-    facts = facts.assign(day=pd.to_datetime(facts["time"], unit="s").dt.strftime("%Y-%m-%d"))
-    purchases = {
-        c: {d: [round(v, 2), [], []] for d, v in g.groupby("day")["value"].sum().items()}
-        for c, g in facts.groupby("customer_unique_id")
-    }
+    purchases = _purchases(oracle.load_facts(small)["purchases"])
     customers = sorted(purchases)
     sends = parse_sends(client.hgetall(keys.campaign_sends))
     entries, independent = fit_targeting(
