@@ -24,7 +24,7 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    aiokafka consumer (same fetch wait as the worker) that records receive time minus send time.
    The embedded broker's fetches slow down as a partition's record batches accumulate (tansu
    0.6.0 memory engine; see the README, Benchmarks), so no consumer beats that floor.
-6. Redis bytes per customer: MEMORY USAGE of profile hash + applied-id set, sampled.
+6. Redis bytes per customer: MEMORY USAGE of the profile hash (with its applied digests), sampled.
 7. analytics cost (``--analytics-cost``, or alone with ``--analytics-only``): the end-to-end run
    of (1) three times on topics and prefixes of their own, with the analytics read models, without
    them (``SEGSTREAM_WORKER_ANALYTICS=false``), and with them again, so the two runs with them
@@ -329,7 +329,7 @@ def main() -> None:
                 for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
             ]
             per_customer = [
-                (client.memory_usage(keys.profile(c)) or 0) + (client.memory_usage(keys.applied(c)) or 0)
+                client.memory_usage(keys.profile(c)) or 0  # the applied digests are in the profile
                 for c in sample
             ]
             figures["redis_bytes_per_customer"] = round(float(np.mean(per_customer)))

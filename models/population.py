@@ -2,7 +2,7 @@
 
 The job reads the state the stream keeps (``streams/profile.py``), never the source files: per
 customer the purchases per day (spend, products, categories), last purchase, monetary value,
-segment and review mean. Profiles are read with ``SCAN`` and pipelined ``HMGET``, so the stream
+segment and review mean. Profiles are read with ``SCAN`` and a read script per chunk, so the stream
 keeps writing meanwhile; a profile changed during the pass is read either before or after its
 change, never half-written (each profile write is one atomic script call).
 """
@@ -18,14 +18,15 @@ import redis
 
 from segstream.keys import Keys
 from segstream.scripts import lua
+from streams.profile import PURCHASE_FIELD, day_entry
 
 __all__ = ["Population", "read_population"]
 
 log = logging.getLogger(__name__)
 
-# HMGET of many profiles in one call: one command to pack and parse instead of one per customer.
-# Reads only; each HMGET sees a profile whole, as before or after a worker's write.
-_READ = lua("models", "hmget_profiles.lua")
+# Many profiles in one call: one command to pack and parse instead of one per customer. Reads
+# only; each profile is read whole, as before or after a worker's write (scripts are atomic).
+_READ = lua("models", "read_profiles.lua")
 _FIELDS = ("customer_unique_id", "purchases", "last_purchase", "monetary", "segment", "reviews", "review_sum")
 
 
@@ -78,11 +79,15 @@ class Population:
     def from_rows(cls, rows: list[list[bytes | None]]) -> Population:
         population = cls()
         last, monetary, means = [], [], []
-        for customer, purchases, last_purchase, spent, segment, reviews, review_sum in rows:
-            if customer is None:  # deleted between SCAN and HMGET
+        for customer, purchases, last_purchase, spent, segment, reviews, review_sum, days in rows:
+            if customer is None:  # deleted between SCAN and the read
                 continue
             population.customers.append(customer.decode())
-            population.purchases.append(orjson.loads(purchases) if purchases else {})
+            # one field per purchase day; a profile written before that layout has them in one field
+            own = orjson.loads(purchases) if purchases else {}
+            for k in range(0, len(days), 2):
+                own[days[k][len(PURCHASE_FIELD) :].decode()] = day_entry(days[k + 1].decode())
+            population.purchases.append(own)
             last.append(float(last_purchase) if last_purchase else np.nan)
             monetary.append(float(spent) if spent else 0.0)
             population.segments.append(segment.decode() if segment else "")
@@ -102,9 +107,7 @@ def read_population(client: redis.Redis, keys: Keys, chunk: int = 1_000) -> Popu
     read = client.register_script(_READ)
 
     def flush() -> None:
-        flat = read(keys=pending, args=_FIELDS)
-        width = len(_FIELDS)
-        rows.extend(flat[i : i + width] for i in range(0, len(flat), width))
+        rows.extend(read(keys=pending, args=_FIELDS))
         pending.clear()
 
     seen: set[bytes] = set()

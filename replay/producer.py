@@ -40,6 +40,7 @@ import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from replay.faults import Faults
 from replay.history import CAMPAIGN, KIND_NAMES, REVIEW, TICK, History
 from segstream.clients import kafka_options
 from segstream.kafka import RecordBatches, batch_producer, partition_for
@@ -178,8 +179,11 @@ async def replay_history(
     lateness_seconds: int = 0,
     seed: int = 0,
     on_progress: Callable[[int, int, int], None] | None = None,
+    faults: Faults | None = None,
 ) -> ReplaySummary:
     """Send ``history`` to Kafka; see the module docstring for the guarantees.
+
+    ``faults`` injects duplicated and malformed records (replay/faults.py: chaos runs only).
 
     ``max_events`` stops after that many timeline entries (checkpoint kept, so a later call
     resumes); ``on_progress(position, total, events_sent)`` is called after each acknowledged batch.
@@ -308,16 +312,16 @@ async def replay_history(
                         await batches.append(topic, partition, None, encode_event(tick), timestamp_ms)
                 summary.ticks_sent += sum(partition_counts.values())
             else:
+                record = (topic_of_kind[kind], int(entry_partition[position]), customers[position].encode())
+                value = encode(kind, rows[position])
+                # wall-clock send time: lets workers measure append-to-Redis latency
                 await batches.append(
-                    topic_of_kind[kind],
-                    int(entry_partition[position]),
-                    customers[position].encode(),
-                    encode(kind, rows[position]),
-                    timestamp_ms,
-                    # wall-clock send time: lets workers measure append-to-Redis latency
-                    ((SENT_AT_HEADER, str(int(time.time() * 1000)).encode()),),
+                    *record, value, timestamp_ms, ((SENT_AT_HEADER, str(int(time.time() * 1000)).encode()),)
                 )
                 summary.sent_by_type[KIND_NAMES[kind]] += 1
+                if faults is not None:
+                    for topic, partition, key, bad in faults.after((*record, value)):
+                        await batches.append(topic, partition, key, bad, timestamp_ms)
             position += 1
             since_checkpoint += 1
             if since_checkpoint >= settings.replay_batch:
@@ -338,6 +342,8 @@ async def replay_history(
             # been sent, so the clock may stand there; a backtest freezes the state at that moment),
             # else the last event's time
             last = until if until is not None else _datetime(max(times)) if times else datetime.now(UTC)
+            for topic, partition, key, bad in faults.rest() if faults is not None else []:
+                await batches.append(topic, partition, key, bad, int(last.timestamp() * 1000))
             for topic in topics:
                 for partition in range(partition_counts[topic]):
                     final = ClockTick(

@@ -7,7 +7,7 @@ can be shown anywhere. :func:`shown` strips a password from an address that stil
 >>> from pydantic import SecretStr
 >>> s = Settings(redis_url="redis://cache:6380/2", redis_password=SecretStr("p"), redis_username="app")
 >>> sorted(redis_options(s).items())
-[('password', 'p'), ('username', 'app')]
+[('password', 'p'), ('socket_connect_timeout', 10.0), ('socket_timeout', 10.0), ('username', 'app')]
 >>> kafka_options(Settings())
 {'security_protocol': 'PLAINTEXT'}
 >>> shown("redis://app:p4ss@cache:6380/2")
@@ -40,7 +40,11 @@ def shown(address: str) -> str:
 
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``redis.Redis.from_url`` (sync or asyncio) for the configured Redis."""
-    options: dict[str, Any] = {}
+    # a hung Redis (stopped, partitioned) must fail a call, not block it forever: callers retry
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+    }
     if settings.redis_username:
         options["username"] = settings.redis_username
     if settings.redis_password is not None:
@@ -51,11 +55,11 @@ def redis_options(settings: Settings) -> dict[str, Any]:
 
 
 def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_address, **redis_options(settings), **kwargs)
+    return redis.Redis.from_url(settings.redis_address, **{**redis_options(settings), **kwargs})
 
 
 def async_redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_address, **redis_options(settings), **kwargs)
+    return aioredis.Redis.from_url(settings.redis_address, **{**redis_options(settings), **kwargs})
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:

@@ -20,12 +20,10 @@ class Keys:
     prefix: str = "segstream"
 
     def profile(self, customer: str) -> str:
-        """Hash: one customer's profile (streams/profile.py)."""
+        """Hash: one customer's profile (streams/profile.py): its fields, one field per purchase
+        day (``p:<YYYY-MM-DD>``), and ``seen``, ``seen1``...: the 8-byte digests of the events applied
+        to it, 16 a field."""
         return f"{self.prefix}:profile:{customer}"
-
-    def applied(self, customer: str) -> str:
-        """Set: event ids already folded into the customer's profile (idempotence)."""
-        return f"{self.prefix}:applied:{customer}"
 
     def due(self, partition: int | str) -> str:
         """Sorted set: customers of a partition by the event time their state next changes by time alone

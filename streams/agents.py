@@ -146,6 +146,7 @@ class StreamHandler:
             await self._handle_campaigns(records, send)
             return
         store = await self._ready()
+        await self._outbox_room()
         watermarks = self.watermarks.setdefault(topic, {})
         clock = topic == self.settings.topic_orders
         # Partitions hold disjoint customers: each partition's records are folded on their own, in order.
@@ -168,6 +169,37 @@ class StreamHandler:
             self._gave_up.difference_update(p for p, end in ends.items() if end > watermarks.get(p, -math.inf))
         watermarks.update(ends)
         await self._replay_ends(topic, finals)
+
+    async def _outbox_room(self, poll_s: float = 0.5) -> None:
+        """Wait, taking no input, while the outbox holds ``worker_outbox_max`` entries or more.
+
+        Change events leave the outbox only when Kafka takes them. With Kafka away the writes
+        would grow it without bound; waiting here stops the agents instead (Faust then stops
+        fetching: the input waits in Kafka, where it is kept anyway). The bound is checked per
+        batch, so the outbox may pass it by one batch's entries per agent.
+        """
+        bound = self.settings.worker_outbox_max
+        length = await self.client.xlen(self.keys.outbox)
+        if length < bound:
+            return
+        started = said = time.monotonic()
+        log.warning(
+            "the outbox holds %d entries (bound %d, SEGSTREAM_WORKER_OUTBOX_MAX): change events are not reaching "
+            "Kafka; this worker takes no input until they do",
+            length,
+            bound,
+        )
+        while length >= bound:
+            await asyncio.sleep(poll_s)
+            length = await self.client.xlen(self.keys.outbox)
+            if time.monotonic() - said > 30:
+                said = time.monotonic()
+                log.warning("input still paused: the outbox holds %d entries (bound %d)", length, bound)
+        log.warning(
+            "the outbox is under its bound again (%d entries) after %.1f s: taking input",
+            length,
+            time.monotonic() - started,
+        )
 
     async def _replay_ends(self, topic: str, finals: list[tuple[int, ClockTick]]) -> None:
         for partition, tick in finals:

@@ -122,7 +122,8 @@ def basket_counts(basket: set[str], deltas: Deltas, model: str, sign: int = 1) -
             deltas[f"{model}pair\t{a}\t{b}"] += sign
 
 
-def _categories(items) -> set[str]:
+def known_categories(items) -> set[str]:
+    """The categories that count in a basket (not empty, not the unknown category)."""
     return {item for item in items if item and item != UNKNOWN_CATEGORY}
 
 
@@ -147,31 +148,27 @@ def order_deltas(event: OrderPlaced, deltas: Deltas) -> None:
             deltas[BASKET_ORDERS + "baskets"] += 1
             deltas[f"{BASKET_ORDERS}item\t{category}"] += 1
     else:
-        basket_counts(_categories(item.category for item in items), deltas, BASKET_ORDERS)
+        basket_counts(known_categories(item.category for item in items), deltas, BASKET_ORDERS)
 
 
-def _months(purchases: dict[str, list]) -> dict[str, tuple[int, set[str]]]:
-    """Per purchase month: spend in cents and the categories bought."""
-    months: dict[str, tuple[int, set[str]]] = {}
-    for day, (spent, _products, categories) in purchases.items():
-        total, basket = months.get(day[:7], (0, set()))
-        months[day[:7]] = (total + cents(spent), basket | _categories(categories))
-    return months
+def _month_cells(cohort: str, month: str, value: tuple[int, frozenset[str]], deltas: Deltas, sign: int) -> None:
+    """One purchase month's cohort cell and monthly basket."""
+    amount, basket = value
+    cell = f"{COHORTS}{cohort}\t{month_index(month) - month_index(cohort)}\t"
+    deltas[cell + "active"] += sign
+    deltas[cell + "revenue"] += sign * amount
+    basket_counts(basket, deltas, BASKET_MONTHS, sign)
 
 
-def _purchase_part(months: dict[str, tuple[int, set[str]]], deltas: Deltas, sign: int) -> None:
+def _purchase_part(months: dict[str, tuple[int, frozenset[str]]], deltas: Deltas, sign: int) -> None:
     """Cohort cells and monthly baskets: functions of the purchases alone."""
     cohort = min(months)
-    start = month_index(cohort)
     deltas[f"{COHORTS}{cohort}\tcustomers"] += sign
-    for month, (amount, basket) in months.items():
-        cell = f"{COHORTS}{cohort}\t{month_index(month) - start}\t"
-        deltas[cell + "active"] += sign
-        deltas[cell + "revenue"] += sign * amount
-        basket_counts(basket, deltas, BASKET_MONTHS, sign)
+    for month, value in months.items():
+        _month_cells(cohort, month, value, deltas, sign)
 
 
-def _segment_part(profile: Profile, months: dict[str, tuple[int, set[str]]], deltas: Deltas, sign: int) -> None:
+def _segment_part(profile: Profile, months: dict[str, tuple[int, frozenset[str]]], deltas: Deltas, sign: int) -> None:
     """The customer's state and segment mix, and their months' revenue under their segment."""
     state = f"{GEOGRAPHY}{profile.state}\t"
     deltas[state + "customers"] += sign
@@ -185,26 +182,51 @@ def _segment_part(profile: Profile, months: dict[str, tuple[int, set[str]]], del
 def profile_deltas(new: Profile, old: Profile | None, deltas: Deltas) -> None:
     """``contribution(new) - contribution(old)`` (``old``: as stored; None for a new customer).
 
-    Purchases are replaced, never changed in place (``Profile.copy``), so an unchanged object means
-    unchanged purchases, and a write that moved no purchase, state or segment costs nothing here.
+    A worker's ``new`` shares its purchases with ``old`` (``Profile.copy``): their log says which
+    days and months changed since ``old`` was written (``Purchases``), so while the first month
+    stays, only those months move, and a customer's 1,000th purchase costs what the first did. A
+    write that moved no purchase, state or segment costs nothing here.
     """
     had = old is not None and old.last_purchase is not None
-    purchases_moved = not had or new.purchases is not old.purchases
-    segment_moved = not had or purchases_moved or new.segment != old.segment or new.state != old.state
+    purchases = new.purchases
+    shared = had and old.purchases is purchases  # type: ignore[union-attr]
+    purchases_moved = not had or (bool(purchases.changed_days()) if shared else purchases != old.purchases)  # type: ignore[union-attr]
+    segment_moved = not had or new.segment != old.segment or new.state != old.state  # type: ignore[union-attr]
     if not (purchases_moved or segment_moved):
         return
-    mine = _months(new.purchases) if new.last_purchase is not None else None
-    theirs = _months(old.purchases) if had else None
-    if purchases_moved:
+    mine = purchases.months if new.last_purchase is not None else None
+    changed: dict[str, tuple[int, frozenset[str]] | None] | None = None  # months as written, if only they move
+    theirs = None
+    if had:
+        if shared:
+            changed = purchases.months_written()
+            theirs = {**mine, **changed} if mine else {}  # type: ignore[dict-item]
+            theirs = {month: value for month, value in theirs.items() if value is not None}
+        else:
+            theirs = old.purchases.months  # type: ignore[union-attr]
+    if changed is not None and not (mine and theirs and min(mine) == min(theirs)):
+        changed = None  # a new first month: every cell moves
+    if purchases_moved and changed is not None and mine:
+        cohort = min(mine)
+        for month, value in changed.items():
+            if value is not None:
+                _month_cells(cohort, month, value, deltas, -1)
+            _month_cells(cohort, month, mine[month], deltas, 1)
+        if not segment_moved:  # the same segment: only these months' revenue under it
+            if new.segment:
+                for month, value in changed.items():
+                    moved = mine[month][0] - (value[0] if value is not None else 0)
+                    deltas[f"{SEGMENT_REVENUE}{month}\t{new.segment}"] += moved
+            return
+    elif purchases_moved:
         if mine:
             _purchase_part(mine, deltas, 1)
         if theirs:
             _purchase_part(theirs, deltas, -1)
-    if segment_moved:
-        if mine is not None:
-            _segment_part(new, mine, deltas, 1)
-        if theirs is not None:
-            _segment_part(old, theirs, deltas, -1)
+    if mine is not None:
+        _segment_part(new, mine, deltas, 1)
+    if had and theirs is not None:
+        _segment_part(old, theirs, deltas, -1)  # type: ignore[arg-type]
 
 
 # ---- reading: a read model's hash as tables (the API, the CLI, the retrain's basket rules) -------

@@ -38,6 +38,7 @@ from segstream.schemas import (
     OrderReturned,
     ReviewPosted,
     SegmentChanged,
+    event_digest,
     flat_encoder,
     wire_time,
 )
@@ -79,8 +80,10 @@ class Working:
 
     profile: Profile
     base: Profile | None  # the profile as stored (None: not in Redis yet): only changed fields are written
-    applied: set[str]  # event ids applied as stored (shared with the cache: never changed in place)
-    fresh: list[str] = field(default_factory=list)  # event ids applied by this batch
+    # digests (segstream.schemas.event_digest) of the events applied as stored: shared with the
+    # cache, changed in place only once the batch's write succeeded
+    applied: set[bytes]
+    fresh: list[bytes] = field(default_factory=list)  # digests of the events applied by this batch
     duplicates: int = 0
     # change events of the batch, flat: (previous, new, event-day, payload) per segment change,
     # (previous, new, payload) per churn change ('' for none): the write script counts with them
@@ -160,10 +163,11 @@ class Fold:
             if only is not None and customer not in only:
                 continue
             state = work[customer]
-            if item.event_id in state.applied or item.event_id in state.fresh:
+            digest = event_digest(item.event_id)
+            if digest in state.applied or digest in state.fresh:
                 state.duplicates += 1
                 continue
-            state.fresh.append(item.event_id)
+            state.fresh.append(digest)
             profile = state.profile
             moment = item.event_time.timestamp()
             if clock:

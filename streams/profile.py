@@ -31,16 +31,101 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, fields
-from datetime import date
 from itertools import compress
 from operator import ne
 
 from segstream.schemas import CustomerEvent, OrderCanceled, OrderDelivered, OrderPlaced, OrderReturned, ReviewPosted
 from segstream.scoring import DAY, ChurnRules, RfmScorer, segment_for
+from streams.analytics import cents, known_categories
 
-__all__ = ["Profile"]
+__all__ = ["PURCHASE_FIELD", "Profile", "Purchases", "day_entry", "day_text"]
 
 _LATEST = tuple[float, str]  # (event time, event id): the order that picks "the latest" review/delivery
+
+
+class Purchases(dict[str, list]):
+    """Purchase day -> ``[spend, product ids, categories]``, changed in place with a log of what
+    each changed day (and month) was at the last write.
+
+    A purchase costs the same for a customer's 1st day and their 1,000th: nothing is copied, a
+    write sends only the days in the log (:meth:`changed_days`), and the analytics' per-month view
+    (:attr:`months`) moves with it, its months as written kept in the log too
+    (:meth:`months_written`). :meth:`settle` empties the log once the write succeeded. A profile's
+    working copy shares its purchases with the profile as stored (``Profile.copy``): the log is
+    what tells them apart, so a write that failed must not be retried from the stored profile
+    (streams/state.py drops it).
+
+    >>> days = Purchases()
+    >>> days.add("2017-03-01", 10.0, ["p1"], ["toys"])
+    >>> days.settle()
+    >>> days.add("2017-03-01", 5.5, ["p2"], ["tools"])
+    >>> days.add("2017-04-02", 1.0, [], [])
+    >>> days["2017-03-01"], sorted(days.changed_days()), days.written("2017-03-01")
+    ([15.5, ['p1', 'p2'], ['toys', 'tools']], ['2017-03-01', '2017-04-02'], [10.0, ['p1'], ['toys']])
+    >>> days.months["2017-03"][0], sorted(days.months["2017-03"][1]), days.months_written()
+    (1550, ['tools', 'toys'], {'2017-03': (1000, frozenset({'toys'})), '2017-04': None})
+    """
+
+    __slots__ = ("_log", "_months", "_months_log")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._log: dict[str, list | None] = {}  # day -> its entry at the last write (None: none)
+        self._months: dict[str, tuple[int, frozenset[str]]] | None = None
+        self._months_log: dict[str, tuple[int, frozenset[str]] | None] = {}
+
+    def add(self, day: str, spend: float, products: list[str], categories: list[str]) -> None:
+        """One more order on ``day``."""
+        had = self.get(day)
+        if day not in self._log:
+            self._log[day] = had
+        spent, had_products, had_categories = had or (0.0, [], [])
+        entry = [round(spent + spend, 2), [*had_products, *products], [*had_categories, *categories]]
+        months = self.months  # built once (per profile read), then moved a month at a time
+        month = day[:7]
+        value = months.get(month)
+        if month not in self._months_log:
+            self._months_log[month] = value
+        total, basket = value or (0, frozenset())
+        months[month] = (total + cents(entry[0]) - cents(spent), basket | known_categories(categories))
+        self[day] = entry  # a new list: the logged one stays as it was
+
+    def changed_days(self) -> set[str]:
+        """The days changed since the last write."""
+        return set(self._log)
+
+    def written(self, day: str) -> list | None:
+        """The day's entry at the last write (None: it had none)."""
+        return self._log[day] if day in self._log else self.get(day)
+
+    def months_written(self) -> dict[str, tuple[int, frozenset[str]] | None]:
+        """The months changed since the last write, as they were then (None: no purchase then)."""
+        return dict(self._months_log)
+
+    def settle(self) -> None:
+        """The changes are written: empty the log."""
+        self._log, self._months_log = {}, {}
+
+    @property
+    def months(self) -> dict[str, tuple[int, frozenset[str]]]:
+        """Per purchase month (YYYY-MM): spend in cents and the categories bought."""
+        if self._months is None:
+            months: dict[str, tuple[int, frozenset[str]]] = {}
+            for day, (spent, _products, categories) in self.items():
+                total, basket = months.get(day[:7], (0, frozenset()))
+                months[day[:7]] = (total + cents(spent), basket | known_categories(categories))
+            self._months = months
+        return self._months
+
+    # a profile compares its fields pairwise on every write: the same object is equal at once
+    # (dict's own comparison walks every day)
+    def __eq__(self, other: object) -> bool:
+        return other is self or dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -54,8 +139,8 @@ class Profile:
     orders: int = 0
     monetary: float = 0.0
     # purchase day (UTC, YYYY-MM-DD) -> [spend that day, product ids, their categories]: CLV's
-    # per-day totals and the recommendation job's baskets
-    purchases: dict[str, list] = field(default_factory=dict)
+    # per-day totals and the recommendation job's baskets; in Redis one field per day (p:<day>)
+    purchases: Purchases = field(default_factory=lambda: Purchases())
     canceled: int = 0  # canceled orders (never purchases) and cancellations of purchases (returns)
     reviews: int = 0
     review_sum: int = 0
@@ -86,6 +171,10 @@ class Profile:
     churn_changes: int = 0
     version: int = 0
 
+    def __post_init__(self) -> None:
+        if type(self.purchases) is not Purchases:  # built from a plain dict (tests, readers)
+            self.purchases = Purchases(self.purchases)
+
     # ---- aggregates ----------------------------------------------------------------------------
 
     def apply(self, event: CustomerEvent) -> None:
@@ -101,15 +190,14 @@ class Profile:
             self.orders += 1
             self.monetary = round(self.monetary + event.payment_total, 2)
             day = time.strftime("%Y-%m-%d", time.gmtime(moment))
-            spent, products, categories = self.purchases.get(day, (0.0, [], []))
-            self.purchases = {  # never in place: see copy
-                **self.purchases,
-                day: [
-                    round(spent + event.payment_total, 2),
-                    [*products, *(item.product_id for item in event.items)],
-                    [*categories, *(item.category for item in event.items)],
-                ],
-            }
+            if type(self.purchases) is not Purchases:  # a plain dict put there (tests, tools)
+                self.purchases = Purchases(self.purchases)
+            self.purchases.add(  # in place: see Purchases
+                day,
+                event.payment_total,
+                [item.product_id for item in event.items],
+                [item.category for item in event.items],
+            )
         elif isinstance(event, OrderCanceled):
             self.canceled += 1
         elif isinstance(event, OrderReturned):  # not a purchase: only monetary moves
@@ -162,10 +250,11 @@ class Profile:
     def mean_gap_days(self) -> float | None:
         """Mean days between purchase days (UTC), once the customer bought on two days: a checkout
         split into several orders seconds apart is one purchase day, not a gap of seconds."""
-        days = self.purchases
-        if len(days) < 2:
+        # purchase days come from the purchases' times: the first and last are their days (O(1))
+        n = len(self.purchases)
+        if n < 2 or self.first_purchase is None or self.last_purchase is None:
             return None
-        return (_epoch_day(max(days)) - _epoch_day(min(days))) / (len(days) - 1)
+        return (self.last_purchase // DAY - self.first_purchase // DAY) / (n - 1)
 
     @property
     def review_mean(self) -> float | None:
@@ -194,8 +283,8 @@ class Profile:
         """BG/NBD's ``(frequency, recency, T)`` in whole days as of ``now``: purchase days after the
         first, days from the first purchase day to the last, days from the first to now's day
         (UTC), as ``lifetimes.utils.summary_data_from_transaction_data`` counts them."""
-        days = sorted(_epoch_day(day) for day in self.purchases)
-        return len(days) - 1, days[-1] - days[0], max(int(now // DAY), days[-1]) - days[0]
+        first, last = int(self.first_purchase // DAY), int(self.last_purchase // DAY)  # type: ignore[operator]
+        return len(self.purchases) - 1, last - first, max(int(now // DAY), last) - first
 
     def next_due(self, now: float, scorer: RfmScorer, rules: ChurnRules) -> float | None:
         """The event time at which time alone next changes R or churn status, or None."""
@@ -238,15 +327,29 @@ class Profile:
         mine, old = self.__dict__, before.__dict__
         if len(mine) != len(old):
             raise ValueError("profiles with different attributes cannot be compared")
+        purchases_changed = False
         for name in compress(mine, map(ne, mine.values(), old.values())):
-            fields[name] = _text(mine[name])
+            if name == "purchases":
+                purchases_changed = True
+            else:
+                fields[name] = _text(mine[name])
+        purchases, theirs = self.purchases, before.purchases
+        days: set[str] = set()
+        if purchases is theirs:  # shared with the profile as stored: its log says what changed
+            days = purchases.changed_days() if isinstance(purchases, Purchases) else set()
+        elif purchases_changed:
+            days = {day for day, entry in purchases.items() if theirs.get(day) != entry}
+        if days:  # one field per purchase day, written only when it changed
+            for day in sorted(days):
+                fields[PURCHASE_FIELD + day] = day_text(purchases[day])
         return fields
 
     def copy(self) -> Profile:
         """A copy that can change without changing this profile.
 
-        Shallow: the containers (``purchases``, ``churn_reasons``) are only ever replaced, never
-        changed in place, so the two profiles may share them.
+        Shallow: ``churn_reasons`` and the other containers are only ever replaced, never changed
+        in place, so the two profiles may share them; ``purchases`` is shared and changed in
+        place, its log telling what changed since the last write (see :class:`Purchases`).
         """
         twin = object.__new__(Profile)
         twin.__dict__ = self.__dict__.copy()  # keeps the declaration order changed_fields relies on
@@ -254,23 +357,48 @@ class Profile:
 
     @classmethod
     def from_redis(cls, data: dict[str, str] | dict[bytes, bytes]) -> Profile:
+        """The profile a Redis hash holds (fields it does not know, such as the applied events'
+        digests of streams/state.py, are left out)."""
         values: dict = {}
+        days = Purchases()
         for key, raw in data.items():
             name = key.decode() if isinstance(key, bytes) else key
-            text = raw.decode() if isinstance(raw, bytes) else raw
+            if name.startswith(PURCHASE_FIELD):
+                days[name[len(PURCHASE_FIELD) :]] = day_entry(raw.decode() if isinstance(raw, bytes) else raw)
+                continue
             kind = _KINDS.get(name)
-            if kind is None or text == "":
+            if kind is None:
+                continue
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            if text == "":
                 continue
             values[name] = _PARSE[kind](text)
+        if "purchases" in values:  # the layout before one field per day: kept readable
+            days = Purchases({**values["purchases"], **days})
+        if days:
+            values["purchases"] = days
         return cls(**values)
 
 
-_EPOCH = date(1970, 1, 1).toordinal()
+# A purchase day is the field p:<YYYY-MM-DD>, 'spend<TAB>product<TAB>category<TAB>product...':
+# a purchase rewrites its day, not the whole history, and a day of a few items stays under
+# the 256 bytes up to which our Redis keeps a hash compact (hash-max-listpack-value, services.py).
+# Product ids and categories carry no tabs (segstream/schemas.py Item).
+PURCHASE_FIELD = "p:"
 
 
-def _epoch_day(day: str) -> int:
-    """Days since 1970-01-01 of a ``YYYY-MM-DD`` purchase day."""
-    return date.fromisoformat(day).toordinal() - _EPOCH
+def day_text(entry: list) -> str:
+    spent, products, categories = entry
+    return "\t".join([repr(spent), *(x for pair in zip(products, categories, strict=True) for x in pair)])
+
+
+def day_entry(text: str) -> list:
+    """
+    >>> day_entry(day_text([12.5, ["p1", "p2"], ["toys", ""]]))
+    [12.5, ['p1', 'p2'], ['toys', '']]
+    """
+    parts = text.split("\t")
+    return [float(parts[0]), parts[1::2], parts[2::2]]
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps without its per-call setup
@@ -282,11 +410,15 @@ def _text(value) -> str:
     kind = type(value)
     if kind is str:
         return value
-    if kind is int or kind is float:
+    if kind is int:
         return repr(value)
+    if kind is float:  # event times are whole seconds: '1515261366', not '1515261366.0' (a float reads it)
+        return repr(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     if value is None:
         return ""
     if kind is list:
+        if not value:
+            return ""  # reads back as the default, an empty list
         if value and type(value[0]) is not str:  # held reviews: [time, id, score] each
             return _compact(value)
         # lists of str (churn reasons): joined, the bytes json.dumps would give
@@ -299,6 +431,8 @@ def _text(value) -> str:
 
 
 def _kind(annotation: str) -> str:
+    if annotation == "Purchases":
+        return "dict"
     for kind in ("list", "dict", "tuple", "bool", "int", "float"):
         if annotation.startswith(kind):
             return kind

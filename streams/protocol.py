@@ -18,7 +18,6 @@ class WriteHeader:
     """The first arguments of a write call: the keys it touches, its caps and topics, and counts."""
 
     profile_prefix: str  # + customer: the profile hash
-    applied_prefix: str  # + customer: the applied event ids (a set)
     transitions_prefix: str  # + event-day: the transition counts of that day
     analytics_keys: str  # the analytics read models' hashes, newline-separated, in READ_MODELS order
     due_prefix: str  # + partition: the due index

@@ -152,22 +152,22 @@ class ProfileStore:
 
     async def _read(self, customers: list[str], queries: list[tuple[int, float]]) -> list:
         """One script call: per ``(partition, until)`` query the partition's customers due by then
-        (flat, with scores), then each customer's profile hash (flat) and applied event ids."""
+        (flat, with scores), then each customer's profile hash (flat, with the applied digests)."""
         due = [arg for partition, until in queries for arg in (self.keys.due(partition), repr(until))]
-        prefixes = [self.keys.profile(""), self.keys.applied("")]
-        return await self.scripts.run(_READ, [*prefixes, len(queries), *due, *customers])
+        return await self.scripts.run(_READ, [self.keys.profile(""), len(queries), *due, *customers])
 
     @staticmethod
     def _finish_read(
         customers: list[tuple[int, str]], replies: list, loaded: dict[int, tuple[dict[str, Working], dict]]
     ) -> None:
-        for index, (partition, customer) in enumerate(customers):
-            flat, applied = replies[2 * index], replies[2 * index + 1]
+        for (partition, customer), flat in zip(customers, replies, strict=True):
             if flat:
-                base = Profile.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))
-                state = Working(base.copy(), base, {i.decode() for i in applied})
+                data = dict(zip(flat[::2], flat[1::2], strict=True))
+                seen = b"".join(v for k, v in data.items() if k.startswith(b"seen"))  # seen, seen1, ...
+                base = Profile.from_redis(data)
+                state = Working(base.copy(), base, {seen[k : k + 8] for k in range(0, len(seen), 8)})
             else:
-                state = Working(Profile(customer), None, {i.decode() for i in applied})
+                state = Working(Profile(customer), None, set())
             loaded[partition][0][customer] = state
 
     # ---- the fold --------------------------------------------------------------------------------
@@ -208,6 +208,24 @@ class ProfileStore:
         write lost a race (the other topic's agent, or another worker across a rebalance) is folded
         again from a fresh read. Returns the result and each partition's watermark after the batch.
         """
+        try:
+            return await self._process(batches, watermarks, clock, ticks, sent_at_ms, max_retries)
+        except BaseException:
+            # A cached profile shares its purchases with the working copy, which the fold changed
+            # in place (streams/profile.py, Purchases): after a write that failed (Redis away, a
+            # timeout whose write may or may not have landed) only Redis says what is stored.
+            self._cache.clear()
+            raise
+
+    async def _process(
+        self,
+        batches: dict[int, list],
+        watermarks: dict[int, float],
+        clock: bool,
+        ticks: int,
+        sent_at_ms: list[int] | None,
+        max_retries: int,
+    ) -> tuple[BatchResult, dict[int, float]]:
         customers: dict[int, dict[str, None]] = {}  # per partition, in order of first appearance
         last_tick: dict[int, float] = {}
         finals: set[int] = set()  # partitions whose replay ends in this batch
@@ -281,12 +299,13 @@ class ProfileStore:
             lost_at = set(reply)
             result.duplicates += only_duplicates
             for index, (customer, state) in enumerate(planned, start=1):
-                if index in lost_at:
+                if index in lost_at:  # its cached profile is stale (and its purchases changed in place)
                     lost.setdefault(partition, set()).add(customer)
                     self._cache.pop(customer, None)
                     continue
-                applied = state.applied.union(state.fresh) if state.fresh else state.applied
-                self._remember(customer, state.profile, applied)
+                state.applied.update(state.fresh)  # in place: a heavy buyer's 1,000th order copies nothing
+                state.profile.purchases.settle()
+                self._remember(customer, state.profile, state.applied)
                 result.applied += len(state.fresh)
                 result.duplicates += state.duplicates
                 result.changed += bool(state.segment_changes or state.churn_changes)
@@ -316,6 +335,7 @@ class ProfileStore:
             scored = 1 if profile.last_purchase is not None else 0
             deltas = self._deltas(state)
             counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes) // 3} {len(deltas) // 2}"
+            counts += f" {len(state.applied)}"  # the digests stored: where the fresh ones go (write.lua)
             shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
             args += (customer, shape)
             args += chain.from_iterable(fields.items())  # name, value, name, value...
@@ -329,7 +349,6 @@ class ProfileStore:
             return None, planned, only_duplicates
         header = WriteHeader(
             profile_prefix=self.keys.profile(""),
-            applied_prefix=self.keys.applied(""),
             transitions_prefix=self.keys.transitions(""),
             analytics_keys=self._analytics_keys,
             due_prefix=self.keys.due(""),

@@ -52,9 +52,14 @@ def test_every_tick_is_a_watermark(tick_seconds: int) -> None:
     assert len(ticks) == events.max() // step - (events.min() - 1) // step
 
 
-@given(st.lists(st.text(max_size=10), max_size=5), st.tuples(st.floats(allow_nan=False), st.text(max_size=10)))
+# product ids and categories carry no tabs or line breaks (the schema refuses them): a purchase
+# day is stored tab-separated
+_NO_TABS = st.text(alphabet=st.characters(blacklist_characters="\t\r\n"), max_size=10)
+
+
+@given(st.lists(_NO_TABS, max_size=5), st.tuples(st.floats(allow_nan=False), st.text(max_size=10)))
 def test_profile_fields_text_is_compact_json(strings: list[str], pair: tuple[float, str]) -> None:
-    assert _text(strings) == json.dumps(strings, separators=(",", ":"))
+    assert _text(strings) == (json.dumps(strings, separators=(",", ":")) if strings else "")  # []: the default
     assert _text(pair) == json.dumps(pair, separators=(",", ":"))
     purchases = {s: [1.5, strings, strings] for s in strings}
     profile = Profile("u", purchases=purchases, churn_reasons=strings[:2], last_review=pair)

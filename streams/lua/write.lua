@@ -1,9 +1,12 @@
 -- The write script of streams/state.py: one atomic call writes one partition's part of a batch.
 -- ARGV: the header (streams/protocol.py, WriteHeader: the names and order below are the same, a
 -- test checks it), then sections, all flat strings (no decoding): (partition, watermark) *
--- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, nine numbers
+-- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, ten numbers
 -- in one string: 'partition expected-version n-fields n-ids scored(1/0) duplicates
--- n-segment-changes n-churn-changes n-deltas'; (field name, value) * n-fields; id * n-ids; due
+-- n-segment-changes n-churn-changes n-deltas n-seen'; (field name, value) * n-fields; the 8-byte
+-- digest of each fresh event id * n-ids, appended after the n-seen digests the profile holds
+-- (fields seen, seen1, seen2...: SEEN_CHUNK digests each, so a write rewrites at most a short
+-- field, and the AOF gets a few bytes, not the customer's whole history); due
 -- ('' = none); (previous, new, event-day, payload) * n-segment-changes; (previous, new, payload) *
 -- n-churn-changes; (name, integer) * n-deltas, the analytics read models' changes
 -- (streams/analytics.py): the name's first character is the read model's index in
@@ -15,13 +18,13 @@
 -- more, ~6 us a write; the ~6 extra arguments cost the worker ~2 us at hiredis's ~0.35 us each,
 -- an estimate, not timed). Measured on 40 captured calls of a catch-up, in one sitting.
 local HEADER = {
-  'profile_prefix', 'applied_prefix', 'transitions_prefix', 'analytics_keys', 'due_prefix', 'segments', 'churn_statuses', 'changes',
+  'profile_prefix', 'transitions_prefix', 'analytics_keys', 'due_prefix', 'segments', 'churn_statuses', 'changes',
   'outbox', 'counters', 'watermarks', 'latencies', 'recent_changes', 'recent_latencies', 'segment_topic', 'churn_topic',
   'duplicates', 'ticks', 'watermark_count', 'sent_count', 'write_count',
 }
 local h = {}
 for k, name in ipairs(HEADER) do h[name] = ARGV[k] end
-local profile, applied_prefix, transitions, due_prefix = h.profile_prefix, h.applied_prefix, h.transitions_prefix, h.due_prefix
+local profile, transitions, due_prefix = h.profile_prefix, h.transitions_prefix, h.due_prefix
 local segments, changes, outbox, counters, watermarks = h.segments, h.changes, h.outbox, h.counters, h.watermarks
 local churn_statuses = h.churn_statuses
 local analytics, nmodels = {}, 0  -- read model index (one character: '0', '1', ...) -> its hash
@@ -47,15 +50,16 @@ local function to_outbox(topic, customer, payload)
   out[#out + 1] = payload
   if #out >= 2000 then flush_outbox() end
 end
+local SEEN_CHUNK = 16  -- streams/state.py reads every field named seen*
 local i = sent_at + nsent
 for write = 1, nwrites do
   local customer = ARGV[i]
-  local partition, expected, nfields, nids, scored, dups, nsegment, nchurn, ndeltas =
-    string.match(ARGV[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local partition, expected, nfields, nids, scored, dups, nsegment, nchurn, ndeltas, nseen =
+    string.match(ARGV[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
   expected, nfields, nids, scored = tonumber(expected), tonumber(nfields), tonumber(nids), tonumber(scored)
   dups, nsegment, nchurn, ndeltas = tonumber(dups), tonumber(nsegment), tonumber(nchurn), tonumber(ndeltas)
   local due_key = due_prefix .. partition
-  local pkey, akey = profile .. customer, applied_prefix .. customer
+  local pkey = profile .. customer
   local fields_at = i + 2
   local ids_at = fields_at + 2 * nfields
   local due = ARGV[ids_at + nids]
@@ -63,17 +67,20 @@ for write = 1, nwrites do
   local churn_at = segment_at + 4 * nsegment
   local deltas_at = churn_at + 3 * nchurn
   i = deltas_at + 2 * ndeltas
-  local ok = tonumber(redis.call('HGET', pkey, 'version') or '0') == expected
-  if ok then
-    for k = ids_at, ids_at + nids - 1 do
-      if redis.call('SISMEMBER', akey, ARGV[k]) == 1 then ok = false; break end
-    end
-  end
-  if not ok then
+  -- compare-and-set: the version the worker read (or last wrote) is still there, so is the 'seen'
+  -- it checked the fresh events against: no event is applied twice without another check here
+  if tonumber(redis.call('HGET', pkey, 'version') or '0') ~= expected then
     lost[#lost + 1] = write
   else
     redis.call('HSET', pkey, unpack(ARGV, fields_at, ids_at - 1))
-    if nids > 0 then redis.call('SADD', akey, unpack(ARGV, ids_at, ids_at + nids - 1)) end
+    local chunk, filled, k = math.floor(tonumber(nseen) / SEEN_CHUNK), tonumber(nseen) % SEEN_CHUNK, ids_at
+    while k < ids_at + nids do
+      local take = math.min(SEEN_CHUNK - filled, ids_at + nids - k)
+      local field = chunk == 0 and 'seen' or ('seen' .. chunk)
+      local have = filled > 0 and (redis.call('HGET', pkey, field) or '') or ''
+      redis.call('HSET', pkey, field, have .. table.concat(ARGV, '', k, k + take - 1))
+      k, chunk, filled = k + take, chunk + 1, 0
+    end
     -- every scored customer stays in the due index (+inf: time alone changes nothing), so a rescore finds them
     if due ~= '' then redis.call('ZADD', due_key, due, customer)
     elseif scored == 1 then redis.call('ZADD', due_key, '+inf', customer)
