@@ -118,9 +118,10 @@ class ProfileStore:
         """Per partition, the working state of its ``wanted`` customers and of its customers due
         by ``due_until[partition]`` (partitions missing there: none due), with those due times.
 
-        A cached profile is used as it is: it is what this worker last wrote, and its applied ids
-        with it; if anything else wrote the customer since, the version moved and the write loses
-        its compare-and-set, and the customer is read again. Two round trips at most, whatever the
+        A cached profile is used as it is (and taken out of the cache until it is written): it is
+        what this worker last wrote, and its applied digests with it; if anything else wrote the
+        customer since, the version moved and the write loses its compare-and-set, and the
+        customer is read again. Two round trips at most, whatever the
         number of partitions.
         """
         loaded = {partition: ({}, {}) for partition in wanted}
@@ -144,7 +145,11 @@ class ProfileStore:
         return loaded
 
     def _from_cache(self, customer: str, work: dict[str, Working]) -> bool:
-        hit = self._cache.get(customer)
+        # Taken out, and put back once written (or found unchanged): the working copy changes the
+        # purchases it shares with the cached profile in place (streams/profile.py, Purchases), so
+        # two batches folding the customer at once (the orders and the reviews agents) must not
+        # share them. The second reads Redis, and its compare-and-set decides as it always did.
+        hit = self._cache.pop(customer, None)
         if hit is not None:
             profile, applied = hit
             work[customer] = Working(profile.copy(), profile, applied)
@@ -292,6 +297,10 @@ class ProfileStore:
                 if args is not None:
                     plans.append((partition, planned, only_duplicates))
                     yield args
+                written = {customer for customer, _ in planned}
+                for customer, state in work.items():  # nothing to write: back to the cache as it was
+                    if customer not in written and state.base is not None:
+                        self._remember(customer, state.base, state.applied)
 
         replies = await self.scripts.run_many(_WRITE, calls())
         lost: dict[int, set[str]] = {}

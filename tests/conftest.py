@@ -28,6 +28,7 @@ from replay.producer import ReplaySummary, ensure_topics
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.schemas import decode_output
 from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
@@ -297,6 +298,96 @@ def assert_read_models_match(group: Workers, data: Path, state: pandas.DataFrame
         got = {k.decode(): int(v) for k, v in client.hgetall(group.keys.analytics(name)).items()}
         wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         assert not wrong, (name, len(wrong), [(k, got.get(k), want.get(k)) for k in wrong[:5]])
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30) -> list:
+    return [decode_output(value) for value in read_records(settings, [topic], expected, timeout_s)]
+
+
+def _sequences(events: list, status: bool) -> dict[str, list[tuple]]:
+    """Per customer, the published changes in the order the profile numbered them."""
+    out: dict[str, list[tuple]] = {}
+    for e in sorted(events, key=lambda e: (e.customer_unique_id, int(e.event_id.rsplit(":", 1)[1]))):
+        if status:
+            row = (e.previous_status, e.status, tuple(e.reasons), e.cause, e.event_time.timestamp())
+        else:
+            row = (e.previous_segment, e.segment, e.cause, e.event_time.timestamp())
+        out.setdefault(e.customer_unique_id, []).append(row)
+    return out
+
+
+def _expected_sequences(frame: pandas.DataFrame, status: bool) -> dict[str, list[tuple]]:
+    columns = ["previous", "status", "reasons", "cause", "time"] if status else ["previous", "segment", "cause", "time"]
+    return {c: list(own[columns].itertuples(index=False, name=None)) for c, own in frame.groupby("customer_unique_id")}
+
+
+def assert_transitions_match_oracle(
+    group: Workers, data: Path, load=None, redelivered: bool = False
+) -> tuple[int, int]:
+    """Every segment change and every churn transition, customer by customer and in order, equals
+    the oracle's. ``redelivered``: a change may be on its topic twice (a publisher killed between
+    Kafka's acknowledgement and the outbox's deletion), and then only as the same record."""
+    from tests import oracle
+
+    load = load or oracle.load_facts
+    segments, churn = oracle.all_transitions(data, load=load)
+    settings = group.settings
+    for topic, expected, status in (
+        (settings.topic_segment_changes, segments, False),
+        (settings.topic_churn_signals, churn, True),
+    ):
+        published = read_topic(settings, topic, len(expected))
+        unique = {e.event_id: e for e in published}
+        if redelivered:
+            assert all(unique[e.event_id] == e for e in published)  # a duplicate is the same event
+            published = list(unique.values())
+        assert len(unique) == len(published)  # never twice for the same change
+        got, want = _sequences(published, status), _expected_sequences(expected, status)
+        wrong = sorted(c for c in set(got) | set(want) if got.get(c) != want.get(c))
+        assert not wrong, (topic, len(wrong), [(c, got.get(c), want.get(c)) for c in wrong[:3]])
+    return len(segments), len(churn)
+
+
+def assert_matches_oracle(group: Workers, data: Path, **options) -> pandas.DataFrame:
+    """Every profile's aggregates, scores, segment and churn status, and the read models, equal the oracle's."""
+    from tests import oracle
+
+    expected = oracle.final_state(data, **options)
+    profiles = group.profiles()
+    scored = {c: p for c, p in profiles.items() if p.orders}
+    assert set(scored) == set(expected.index)
+    mismatches = []
+    for customer, row in expected.iterrows():
+        p = scored[customer]
+        got = (p.orders, round(p.monetary, 2), p.r, p.f, p.m, p.segment, p.churn)
+        want = (row.orders, round(row.monetary, 2), row.r, row.f, row.m, row.segment, row.churn)
+        if got != want:
+            mismatches.append((customer, got, want, p.churn_reasons))
+    assert not mismatches, "\n".join(map(repr, mismatches[:5]))
+    if options.get("load", oracle.load_facts) is oracle.load_facts:
+        assert_read_models_match(group, data, expected)
+    return expected
+
+
+@pytest.fixture
+def own_services(tmp_path: Path) -> Iterator[Settings]:
+    """A broker and a Redis of this test's own: the test stops or restarts the Redis."""
+    from segstream.services import services_down, services_up
+
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        run_dir=tmp_path / "run",
+        kafka_port=free_port(),
+        redis_port=free_port(),
+        app_id=f"rr-{tag}",
+        worker_batch=200,
+        replay_batch=200,
+    )
+    services_up(settings)
+    try:
+        yield settings
+    finally:
+        services_down(settings)
 
 
 @pytest.fixture

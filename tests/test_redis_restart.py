@@ -8,8 +8,6 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,31 +15,12 @@ import pytest
 from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
-from segstream.services import free_port, services_down, services_status, services_up
+from segstream.services import services_status, services_up
 from segstream.settings import Settings
 from tests import oracle
-from tests.conftest import Workers
+from tests.conftest import Workers, assert_matches_oracle
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_services(tmp_path: Path) -> Iterator[Settings]:
-    """A broker and a Redis of this test's own: the test restarts the Redis."""
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(
-        run_dir=tmp_path / "run",
-        kafka_port=free_port(),
-        redis_port=free_port(),
-        app_id=f"rr-{tag}",
-        worker_batch=200,
-        replay_batch=200,
-    )
-    services_up(settings)
-    try:
-        yield settings
-    finally:
-        services_down(settings)
 
 
 def test_worker_rides_out_a_redis_restart(own_services: Settings, tmp_path: Path) -> None:
@@ -83,6 +62,48 @@ def test_worker_rides_out_a_redis_restart(own_services: Settings, tmp_path: Path
         counters = workers.counters()
         assert counters["applied"] == result["summary"].events_total
         assert counters["dead_lettered"] == 0
+        assert all(proc.poll() is None for proc in workers.procs), "the worker died"
+    finally:
+        workers.stop()
+
+
+def test_worker_waits_out_a_hung_redis(own_services: Settings, tmp_path: Path) -> None:
+    """redis-server stopped (SIGSTOP: connections open, no answer) for longer than the client
+    timeout, then continued: the worker's calls time out, it says so and retries, and the replay
+    ends with nothing lost or counted twice."""
+    data = tmp_path / "history"
+    synthesize(SynthConfig(orders=1_500, seed=9, repeat_share=0.2), data)
+    settings = own_services.model_copy(update={"redis_timeout": 1.0})
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic_orders, settings.topic_reviews], 4, 1))
+    workers = Workers(settings, tmp_path)
+    workers.start()
+    try:
+        history = load_olist(data)
+        result: dict = {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault(
+                "summary", asyncio.run(replay_history(history, settings, speed=40 * 86_400))
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 60
+        while workers.counters()["applied"] < 1_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert workers.counters()["applied"] >= 1_000, workers.log_text()
+        pid = next(status.pid for status in services_status(settings) if status.name == "redis")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            workers.wait_for_log("Timeout", timeout_s=20)  # the line that says Redis went away, and why
+        finally:
+            time.sleep(2.0)
+            os.kill(pid, signal.SIGCONT)
+        workers.wait_for_log("Redis answers again", timeout_s=60)
+        thread.join(timeout=120)
+        workers.wait_for_end(result["summary"], timeout_s=180)
+        assert_matches_oracle(workers, data)
+        counters = workers.counters()
+        assert counters["applied"] == result["summary"].events_total
+        assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
         assert all(proc.poll() is None for proc in workers.procs), "the worker died"
     finally:
         workers.stop()

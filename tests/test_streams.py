@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -17,13 +16,19 @@ from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 from replay.transactions import load_online_retail
-from segstream.schemas import decode_output
-from segstream.settings import Settings
 from streams.clusters import OnlineClusters
 from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
 from tests import oracle
-from tests.conftest import Workers, assert_read_models_match, free_port, read_records, split_checkouts
+from tests.conftest import (
+    Workers,
+    assert_matches_oracle,
+    assert_read_models_match,
+    assert_transitions_match_oracle,
+    free_port,
+    read_topic,
+    split_checkouts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,70 +41,15 @@ def history_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30) -> list:
-    return [decode_output(value) for value in read_records(settings, [topic], expected, timeout_s)]
-
-
-def _sequences(events: list, status: bool) -> dict[str, list[tuple]]:
-    """Per customer, the published changes in the order the profile numbered them."""
-    out: dict[str, list[tuple]] = {}
-    for e in sorted(events, key=lambda e: (e.customer_unique_id, int(e.event_id.rsplit(":", 1)[1]))):
-        if status:
-            row = (e.previous_status, e.status, tuple(e.reasons), e.cause, e.event_time.timestamp())
-        else:
-            row = (e.previous_segment, e.segment, e.cause, e.event_time.timestamp())
-        out.setdefault(e.customer_unique_id, []).append(row)
-    return out
-
-
-def _expected_sequences(frame: pd.DataFrame, status: bool) -> dict[str, list[tuple]]:
-    columns = ["previous", "status", "reasons", "cause", "time"] if status else ["previous", "segment", "cause", "time"]
-    return {c: list(own[columns].itertuples(index=False, name=None)) for c, own in frame.groupby("customer_unique_id")}
-
-
-def _assert_transitions_match_oracle(group: Workers, data: Path, load=oracle.load_facts) -> tuple[int, int]:
-    """Every segment change and every churn transition, customer by customer and in order, equals the oracle's."""
-    segments, churn = oracle.all_transitions(data, load=load)
-    settings = group.settings
-    for topic, expected, status in (
-        (settings.topic_segment_changes, segments, False),
-        (settings.topic_churn_signals, churn, True),
-    ):
-        published = _read_topic(settings, topic, len(expected))
-        assert len({e.event_id for e in published}) == len(published)  # never twice for the same change
-        got, want = _sequences(published, status), _expected_sequences(expected, status)
-        wrong = sorted(c for c in set(got) | set(want) if got.get(c) != want.get(c))
-        assert not wrong, (topic, len(wrong), [(c, got.get(c), want.get(c)) for c in wrong[:3]])
-    return len(segments), len(churn)
-
-
-def _assert_matches_oracle(group: Workers, data: Path, **options) -> pd.DataFrame:
-    expected = oracle.final_state(data, **options)
-    profiles = group.profiles()
-    scored = {c: p for c, p in profiles.items() if p.orders}
-    assert set(scored) == set(expected.index)
-    mismatches = []
-    for customer, row in expected.iterrows():
-        p = scored[customer]
-        got = (p.orders, round(p.monetary, 2), p.r, p.f, p.m, p.segment, p.churn)
-        want = (row.orders, round(row.monetary, 2), row.r, row.f, row.m, row.segment, row.churn)
-        if got != want:
-            mismatches.append((customer, got, want, p.churn_reasons))
-    assert not mismatches, "\n".join(map(repr, mismatches[:5]))
-    if options.get("load", oracle.load_facts) is oracle.load_facts:
-        assert_read_models_match(group, data, expected)
-    return expected
-
-
 def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
     workers.start()
     summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
     workers.wait_for_end(summary)
-    expected = _assert_matches_oracle(workers, history_dir)
+    expected = assert_matches_oracle(workers, history_dir)
     assert expected["orders"].gt(1).sum() > 100 and expected["churn"].nunique() == 3
     assert expected["segment"].nunique() >= 8
 
-    segment_changes, churn_changes = _assert_transitions_match_oracle(workers, history_dir)
+    segment_changes, churn_changes = assert_transitions_match_oracle(workers, history_dir)
     assert segment_changes > 3_000 and churn_changes > 1_000
     latest = overview(workers.settings, latest=50).latest  # what `segments` shows: newest event time first
     assert len(latest) == 50 and [c.event_time for c in latest] == sorted((c.event_time for c in latest), reverse=True)
@@ -137,13 +87,13 @@ def test_split_checkouts_are_one_purchase_day(workers: Workers, split_history: P
     workers.start()
     summary = asyncio.run(replay_history(load_olist(split_history), workers.settings))
     workers.wait_for_end(summary)
-    _assert_matches_oracle(workers, split_history)
-    _assert_transitions_match_oracle(workers, split_history)
+    assert_matches_oracle(workers, split_history)
+    assert_transitions_match_oracle(workers, split_history)
     profiles = workers.profiles()
     one_day = {c: p for c, p in profiles.items() if p.orders > 1 and len(p.purchases) == 1}
     assert len(one_day) > 50
     assert all(p.mean_gap_days is None for p in one_day.values())
-    churned = _read_topic(workers.settings, workers.settings.topic_churn_signals, 1)
+    churned = read_topic(workers.settings, workers.settings.topic_churn_signals, 1)
     churned = [e for e in churned if e.customer_unique_id in one_day and e.status == "churned"]
     assert churned  # some of them do churn, after twice the default gap
     for e in churned:
@@ -157,8 +107,8 @@ def test_paced_replay_transitions_equal_the_oracle(workers: Workers, split_histo
     workers.wait_for_log("Ready", 60)
     summary = asyncio.run(replay_history(load_olist(split_history), workers.settings, speed=150 * 86_400))
     workers.wait_for_end(summary)
-    _assert_matches_oracle(workers, split_history)
-    _assert_transitions_match_oracle(workers, split_history)
+    assert_matches_oracle(workers, split_history)
+    assert_transitions_match_oracle(workers, split_history)
 
 
 def test_reviews_drained_first_transitions_equal_the_oracle(workers: Workers, split_history: Path) -> None:
@@ -167,8 +117,8 @@ def test_reviews_drained_first_transitions_equal_the_oracle(workers: Workers, sp
     summary = asyncio.run(replay_history(load_olist(split_history), workers.settings))
     workers.start()
     workers.wait_for_end(summary)
-    _assert_matches_oracle(workers, split_history)
-    _assert_transitions_match_oracle(workers, split_history)
+    assert_matches_oracle(workers, split_history)
+    assert_transitions_match_oracle(workers, split_history)
     held = [p for p in workers.profiles().values() if p.held]
     assert not held  # every held review was applied once the clock passed it
 
@@ -185,8 +135,8 @@ def test_orders_drained_first_transitions_equal_the_oracle(workers: Workers, spl
     reviews_only = settings.model_copy(update={"topic_orders": f"{settings.topic_orders}.elsewhere"})
     reviews = asyncio.run(replay_history(history, reviews_only))
     workers.wait_for_end(orders, reviews_from=reviews)
-    _assert_matches_oracle(workers, split_history)
-    _assert_transitions_match_oracle(workers, split_history)
+    assert_matches_oracle(workers, split_history)
+    assert_transitions_match_oracle(workers, split_history)
 
 
 def test_online_retail_history_equals_the_oracle(workers: Workers, tmp_path: Path) -> None:
@@ -197,12 +147,12 @@ def test_online_retail_history_equals_the_oracle(workers: Workers, tmp_path: Pat
     workers.start()
     summary = asyncio.run(replay_history(load_online_retail(data / "online_retail.csv"), workers.settings))
     workers.wait_for_end(summary)
-    expected = _assert_matches_oracle(workers, data, load=oracle.load_online_retail_facts)
+    expected = assert_matches_oracle(workers, data, load=oracle.load_online_retail_facts)
     assert expected["orders"].gt(1).sum() > 100 and expected["segment"].nunique() >= 6
 
     changes = oracle.transitions(data, load=oracle.load_online_retail_facts)
     assert (changes["cause"] == "cancel").sum() > 0  # C invoices move segments through monetary
-    _assert_transitions_match_oracle(workers, data, load=oracle.load_online_retail_facts)
+    assert_transitions_match_oracle(workers, data, load=oracle.load_online_retail_facts)
 
 
 def test_replaying_again_changes_nothing(workers: Workers, history_dir: Path) -> None:
@@ -245,7 +195,7 @@ def test_killed_worker_restarts_without_loss_or_double_count(workers: Workers, h
     workers.start()
     thread.join(timeout=120)
     workers.wait_for_end(result["summary"], timeout_s=180)
-    _assert_matches_oracle(workers, history_dir)
+    assert_matches_oracle(workers, history_dir)
     counters = workers.counters()
     assert counters["applied"] == result["summary"].events_total  # nothing counted twice
     assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
@@ -277,7 +227,7 @@ def test_malformed_messages_are_dead_lettered(workers: Workers, tmp_path: Path) 
     workers.start()
     summary = asyncio.run(replay_history(load_olist(data), workers.settings))
     workers.wait_for_end(summary)
-    letters = _read_topic(workers.settings, workers.settings.topic_dead_letter, 4)
+    letters = read_topic(workers.settings, workers.settings.topic_dead_letter, 4)
     assert len(letters) == 4
     reasons = sorted(letter.reason.split(":")[0] for letter in letters)
     assert reasons == ["json_invalid", "less_than_equal", "missing", "union_tag_invalid"]
@@ -292,12 +242,12 @@ def test_shuffled_within_the_late_bound_gives_the_same_state(workers: Workers, h
     history = load_olist(history_dir)
     summary = asyncio.run(replay_history(history, workers.settings, lateness_seconds=7 * 86_400, seed=3))
     workers.wait_for_end(summary)
-    _assert_matches_oracle(workers, history_dir)  # profiles and every analytics read model
+    assert_matches_oracle(workers, history_dir)  # profiles and every analytics read model
     # everything delivered again, shuffled otherwise: nothing moves, read models included
     again = asyncio.run(replay_history(history, workers.settings, lateness_seconds=7 * 86_400, seed=4, restart=True))
     workers.wait_for_end(again)
     assert workers.counters()["duplicates"] == summary.events_total
-    _assert_matches_oracle(workers, history_dir)
+    assert_matches_oracle(workers, history_dir)
 
 
 def test_event_time_not_wall_clock(workers: Workers, history_dir: Path) -> None:
@@ -316,7 +266,7 @@ def test_two_workers_share_the_partitions(workers: Workers, history_dir: Path) -
     workers.start()
     summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
     workers.wait_for_end(summary, timeout_s=180)
-    _assert_matches_oracle(workers, history_dir)
+    assert_matches_oracle(workers, history_dir)
     assert workers.counters()["applied"] == summary.events_total
     logs = [p.read_text() for p in sorted(workers.logs.glob("worker-*.log"))]
     assert all("end of replay" in text for text in logs), "both workers should own partitions"
@@ -339,12 +289,12 @@ def test_republished_thresholds_rescore_everyone(workers: Workers, history_dir: 
         raise AssertionError("not re-scored in 60 s\n" + workers.log_text())
     while workers.redis.xlen(workers.keys.outbox) and time.monotonic() < deadline:
         time.sleep(0.1)
-    expected = _assert_matches_oracle(
+    expected = assert_matches_oracle(
         workers, history_dir, r_thresholds=scorer.recency_days, m_thresholds=scorer.monetary
     )
     moved = {c for c, segment in before.items() if expected.loc[c, "segment"] != segment}
     assert len(moved) > 100
-    published = _read_topic(workers.settings, workers.settings.topic_segment_changes, 1)
+    published = read_topic(workers.settings, workers.settings.topic_segment_changes, 1)
     rescored = [e for e in published if e.cause == "rescore"]
     assert {e.customer_unique_id for e in rescored} == moved and len(rescored) == len(moved)
 
@@ -391,7 +341,7 @@ def test_rescore_survives_a_killed_worker_and_a_broker_restart(workers: Workers,
         assert sum(int(v) >= first.version for v in done.values()) < settings.topic_partitions  # killed mid-way
         group.start()
         _wait_rescored(group, first.version)
-        _assert_matches_oracle(group, history_dir, r_thresholds=first.recency_days, m_thresholds=first.monetary)
+        assert_matches_oracle(group, history_dir, r_thresholds=first.recency_days, m_thresholds=first.monetary)
         assert all(p.thresholds_version == first.version for p in group.profiles().values() if p.orders)
 
         group.stop()
@@ -404,7 +354,7 @@ def test_rescore_survives_a_killed_worker_and_a_broker_restart(workers: Workers,
         assert group.redis.hgetall(group.keys.watermarks) == watermarks  # never moved back
         second = publish_thresholds(settings, (45.0, 120.0, 240.0, 420.0), (70.0, 110.0, 180.0, 350.0))
         _wait_rescored(group, second.version)
-        _assert_matches_oracle(group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary)
+        assert_matches_oracle(group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary)
     finally:
         group.stop()
         services_down(settings)
@@ -419,7 +369,7 @@ def test_published_bgnbd_makes_p_alive_a_churn_reason(workers: Workers, history_
     summary = asyncio.run(replay_history(load_olist(history_dir), workers.settings))
     workers.wait_for_end(summary)
     params = tuple(bgnbd.values())
-    expected = _assert_matches_oracle(workers, history_dir, bgnbd=params)
+    expected = assert_matches_oracle(workers, history_dir, bgnbd=params)
     without = oracle.final_state(history_dir)
     low = expected.index[expected["p_alive"] < 0.3]
     assert len(low) > 20, "the parameters should put a fair number of repeat buyers below the bound"

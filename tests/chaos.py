@@ -1,0 +1,153 @@
+"""A chaos run: a replay with duplicated and malformed records, while the worker is killed with
+SIGKILL again and again and redis-server is restarted once, checked against the pandas oracle.
+
+Used by tests/test_chaos.py (short) and bench/chaos.py (the full run). The services are the
+caller's own: this restarts their Redis (SIGTERM, so the AOF is flushed: a crash with
+``appendfsync everysec`` can lose its last second of writes, which no consumer can notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from replay.faults import Faults
+from replay.olist import load_olist
+from replay.producer import ensure_topics, replay_history
+from segstream.schemas import decode_output
+from segstream.services import services_status, services_up
+from segstream.settings import Settings
+from tests.conftest import Workers, assert_matches_oracle, assert_transitions_match_oracle, read_records
+
+__all__ = ["chaos_run", "table"]
+
+
+def _restart_redis(settings: Settings) -> None:
+    pid = next(status.pid for status in services_status(settings) if status.name == "redis")
+    os.kill(pid, signal.SIGTERM)  # a clean shutdown: the AOF is flushed
+    while os.path.exists(f"/proc/{pid}"):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # our child: reap it
+        time.sleep(0.05)
+    time.sleep(1.0)  # the worker meets a Redis that is gone
+    services_up(settings)  # a new redis-server: the same port, the same AOF
+
+
+def chaos_run(
+    settings: Settings,
+    data: Path,
+    workdir: Path,
+    *,
+    kills: int = 10,
+    duplicate_share: float = 0.05,
+    malformed_share: float = 0.01,
+    speed: float | None = None,
+    seed: int = 0,
+    timeout_s: float = 600,
+) -> dict:
+    """Replay ``data`` with faults, kill the worker ``kills`` times at random moments (by events
+    applied) and restart Redis once half-way; then a fresh consumer group reads every topic again
+    (a consumer-group reset). Asserts the state and every transition equal the oracle's and every
+    malformed record is dead-lettered with its reason; returns the figures."""
+    history = load_olist(data)
+    topics = [settings.topic_orders, settings.topic_reviews]
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
+    events = sum(len(frame) for frame in (history.placed, history.delivered, history.canceled, history.reviews))
+    events += len(history.returned)
+    rng = np.random.default_rng(seed)
+    moments = sorted(int(x) for x in rng.uniform(0.05, 0.95, kills) * events)
+    restart_after = kills // 2  # the Redis restart comes after this many kills
+    faults = Faults(duplicate_share, malformed_share, seed=seed)
+    workers = Workers(settings, workdir)
+    worker = workers.start()
+    result: dict = {}
+    replay = threading.Thread(
+        target=lambda: result.setdefault(
+            "summary", asyncio.run(replay_history(history, settings, speed=speed, faults=faults))
+        )
+    )
+    started = time.monotonic()
+    replay.start()
+    killed, restarted = 0, False
+    try:
+        for moment in moments:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                with contextlib.suppress(Exception):  # Redis may be restarting
+                    if workers.counters()["applied"] >= moment:
+                        break
+                time.sleep(0.05)
+            if killed == restart_after and not restarted:  # with the worker running: it waits Redis out
+                _restart_redis(settings)
+                restarted = True
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            killed += 1
+            worker = workers.start()
+        replay.join(timeout=timeout_s)
+        summary = result["summary"]
+        workers.wait_for_end(summary, timeout_s=timeout_s)
+        elapsed = time.monotonic() - started
+        first = workers.counters()
+        workers.stop()
+        # a consumer-group reset: a new group reads every record again, onto the same state
+        records = summary.events_total + len(faults.duplicates) + len(faults.malformed)
+        reset = workers.settings
+        workers.settings = reset.model_copy(update={"app_id": f"{reset.app_id}-reset"})
+        workers.start()
+        deadline = time.monotonic() + timeout_s
+        while workers.counters()["consumed"] < first["consumed"] + records and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers.stop()
+        workers.settings = reset
+        counters = workers.counters()
+        assert counters["consumed"] == first["consumed"] + records, (counters, first, records)
+
+        assert_matches_oracle(workers, data)
+        segment_changes, churn_changes = assert_transitions_match_oracle(workers, data, redelivered=True)
+        letters = [
+            decode_output(v)
+            for v in read_records(settings, [settings.topic_dead_letter], 2 * len(faults.malformed), 60)
+        ]
+        by_place = {(d.topic, d.partition, d.payload) for d in letters}
+        got_reasons = {}
+        for d in letters:
+            got_reasons.setdefault((d.topic, d.partition, d.payload), set()).add(d.reason.split(":")[0])
+        for (topic, partition, _key, value), reason in faults.malformed:
+            place = (topic, partition, value.decode("utf-8", "replace"))
+            assert place in by_place, place
+            assert reason in got_reasons[place], (place, got_reasons[place], reason)
+        assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+        assert counters["applied"] == summary.events_total  # each event applied once: none lost, none twice
+        return {
+            "orders": len(history.placed),
+            "events": summary.events_total,
+            "seconds": round(elapsed, 1),
+            "kills": killed,
+            "redis_restarts": int(restarted),
+            "duplicated_by_producer": len(faults.duplicates),
+            "malformed": len(faults.malformed),
+            "consumed (both groups)": counters["consumed"],
+            "consumed (first group)": first["consumed"],
+            "applied": counters["applied"],
+            "deduplicated": counters["duplicates"],
+            "dead_lettered": counters["dead_lettered"],
+            "lost": summary.events_total - counters["applied"],
+            "segment_changes": segment_changes,
+            "churn_changes": churn_changes,
+        }
+    finally:
+        workers.stop()
+
+
+def table(figures: dict) -> str:
+    """The figures as a two-column table (Markdown)."""
+    rows = ["| | |", "|---|---|"] + [f"| {name} | {value:,} |" for name, value in figures.items()]
+    return "\n".join(rows)
