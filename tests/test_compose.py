@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
@@ -84,3 +85,31 @@ def test_compose_is_safe_by_default() -> None:
     user_at = max(i for i, line in enumerate(dockerfile) if line.startswith("USER "))
     assert dockerfile[user_at].split()[1] not in ("root", "0")
     assert user_at > max(i for i, line in enumerate(dockerfile) if "pip install" in line)  # installs need root
+
+
+def test_compose_has_a_kafka_sasl_profile_the_worker_authenticates_to() -> None:
+    """`docker compose --profile sasl up`: a broker whose every client listener is SASL, with the
+    user and password from .env, and a worker configured for it through segstream's own settings."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    kafka, worker = services["kafka-sasl"], services["worker-sasl"]
+    assert kafka["profiles"] == ["sasl"] and worker["profiles"] == ["sasl"]
+    env = kafka["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    clients = [name for name in protocols if name != env["KAFKA_CONTROLLER_LISTENER_NAMES"]]
+    assert clients and all(protocols[name] == "SASL_PLAINTEXT" for name in clients)
+    for name in clients:
+        jaas = env[f"KAFKA_LISTENER_NAME_{name}_PLAIN_SASL_JAAS_CONFIG"]
+        assert "PlainLoginModule" in jaas and 'password="${KAFKA_SASL_PASSWORD}"' in jaas
+    settings = worker["environment"]
+    fields = {f"SEGSTREAM_{name.upper()}" for name in Settings.model_fields}
+    assert set(settings) <= fields, set(settings) - fields
+    assert settings["SEGSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert settings["SEGSTREAM_KAFKA_SASL_PASSWORD"] == "${KAFKA_SASL_PASSWORD}"
+    assert settings["SEGSTREAM_KAFKA_SASL_MECHANISM"] in get_args(
+        Settings.model_fields["kafka_sasl_mechanism"].annotation
+    )
+    host, port = settings["SEGSTREAM_KAFKA_BOOTSTRAP"].split(":")
+    assert host in services and f"INTERNAL://{host}:{port}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert worker["depends_on"]["kafka-sasl"]["condition"] == "service_healthy"
+    assert "KAFKA_SASL_PASSWORD=" in (ROOT / ".env.example").read_text()
