@@ -39,6 +39,7 @@ replay labels UTC, so no conversion moves it).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from itertools import combinations
 from typing import TYPE_CHECKING
@@ -179,6 +180,11 @@ def _segment_part(profile: Profile, months: dict[str, tuple[int, frozenset[str]]
             deltas[f"{SEGMENT_REVENUE}{month}\t{segment}"] += sign * amount
 
 
+def _first_month(profile: Profile) -> str:
+    """The month of the first purchase: its cohort (the first of its purchase days' months)."""
+    return time.strftime("%Y-%m", time.gmtime(profile.first_purchase))
+
+
 def profile_deltas(new: Profile, old: Profile | None, deltas: Deltas) -> None:
     """``contribution(new) - contribution(old)`` (``old``: as stored; None for a new customer).
 
@@ -195,19 +201,12 @@ def profile_deltas(new: Profile, old: Profile | None, deltas: Deltas) -> None:
     if not (purchases_moved or segment_moved):
         return
     mine = purchases.months if new.last_purchase is not None else None
-    changed: dict[str, tuple[int, frozenset[str]] | None] | None = None  # months as written, if only they move
-    theirs = None
-    if had:
-        if shared:
-            changed = purchases.months_written()
-            theirs = {**mine, **changed} if mine else {}  # type: ignore[dict-item]
-            theirs = {month: value for month, value in theirs.items() if value is not None}
-        else:
-            theirs = old.purchases.months  # type: ignore[union-attr]
-    if changed is not None and not (mine and theirs and min(mine) == min(theirs)):
-        changed = None  # a new first month: every cell moves
+    # the months as written, when only they move: the first month (the cohort) stayed
+    changed = purchases.months_written() if shared else None
+    if changed is not None and purchases_moved and _first_month(new) != _first_month(old):  # type: ignore[arg-type]
+        changed = None
     if purchases_moved and changed is not None and mine:
-        cohort = min(mine)
+        cohort = _first_month(new)
         for month, value in changed.items():
             if value is not None:
                 _month_cells(cohort, month, value, deltas, -1)
@@ -218,7 +217,14 @@ def profile_deltas(new: Profile, old: Profile | None, deltas: Deltas) -> None:
                     moved = mine[month][0] - (value[0] if value is not None else 0)
                     deltas[f"{SEGMENT_REVENUE}{month}\t{new.segment}"] += moved
             return
-    elif purchases_moved:
+    theirs = None
+    if had:
+        if shared:  # as written: the changed months as they were, the new ones left out
+            written = {**mine, **(changed or purchases.months_written())}  # type: ignore[dict-item]
+            theirs = {month: value for month, value in written.items() if value is not None}
+        else:
+            theirs = old.purchases.months  # type: ignore[union-attr]
+    if purchases_moved and changed is None:
         if mine:
             _purchase_part(mine, deltas, 1)
         if theirs:
