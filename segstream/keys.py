@@ -97,6 +97,12 @@ class Keys:
         return f"{self.prefix}:models:lock"
 
     @property
+    def legacy_applied_pattern(self) -> str:
+        """Sets of applied event ids, one per customer, of the layout before the profiles kept
+        digests: a worker refuses such state (streams/worker.py)."""
+        return f"{self.prefix}:applied:*"
+
+    @property
     def profiles_pattern(self) -> str:
         return f"{self.prefix}:profile:*"
 

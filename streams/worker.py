@@ -7,7 +7,10 @@ import socket
 
 import faust
 import mode.loop
+import redis
 
+from segstream.clients import redis_client
+from segstream.keys import Keys
 from segstream.services import ServiceError
 from segstream.settings import Settings
 from streams.app import create_app
@@ -28,6 +31,21 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _check_layout(settings: Settings) -> None:
+    """Refuse state of the layout before the profiles kept their events' digests: its applied-id
+    sets would be ignored, and a redelivered old event counted again."""
+    keys = Keys(settings.redis_prefix)
+    try:
+        old = next(redis_client(settings).scan_iter(match=keys.legacy_applied_pattern, count=10_000), None)
+    except redis.RedisError:
+        return  # Redis away: the worker waits for it, and a later start checks again
+    if old is not None:
+        raise ServiceError(
+            f"Redis holds state of an older segstream under the prefix {settings.redis_prefix!r} ({old.decode()}): "
+            "replay into a fresh prefix (SEGSTREAM_REDIS_PREFIX) or remove the old keys first"
+        )
+
+
 _FAUST_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error", "critical": "crit"}
 
 
@@ -35,6 +53,7 @@ def run_worker(settings: Settings) -> None:
     """Block running a Faust worker until SIGINT/SIGTERM."""
     if settings.worker_web_port is not None:
         _check_port_free(settings.worker_web_host, settings.worker_web_port)
+    _check_layout(settings)
     mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")  # before the app makes its loop
     app = create_app(settings)
     app.conf.datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from segstream.keys import Keys
@@ -125,3 +126,14 @@ def test_applied_digests_fill_fields_of_16_and_read_back(services: Settings) -> 
     assert [len(chunks[k]) for k in (b"seen", b"seen1", b"seen2")] == [128, 128, 40]  # 16, 16 and 5 digests
     assert applied == {event_digest(f"t:placed:u:{n}") for n in range(37)}
     assert Profile.from_redis(raw).orders == 37
+
+
+@pytest.mark.integration
+def test_a_worker_refuses_state_of_the_layout_before_digests(services: Settings) -> None:
+    from segstream.services import ServiceError
+    from streams.worker import run_worker
+
+    settings = services.model_copy(update={"redis_prefix": f"old-{uuid.uuid4().hex[:8]}"})
+    redis.Redis.from_url(settings.redis_address).sadd(f"{settings.redis_prefix}:applied:u1", "olist:placed:o1")
+    with pytest.raises(ServiceError, match="older segstream"):
+        run_worker(settings)
