@@ -4,7 +4,7 @@ Each read model is one Redis hash of integer counts (``Keys.analytics``). Money 
 cents, so sums are exact and a move (a customer changing cohort, state or segment) leaves no
 float residue. Two kinds of contribution, both idempotent under at-least-once delivery because
 they travel in the same atomic, compare-and-set write as the profile (``streams/lua/write.lua``):
-a redelivered event is in the applied set and adds nothing; a write that loses its
+a redelivered event's digest is in its profile and it adds nothing; a write that loses its
 compare-and-set adds nothing and is folded again from a fresh read.
 
 - **per event** (:func:`order_deltas`): what one applied ``OrderPlaced`` adds, whatever else the

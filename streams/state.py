@@ -1,12 +1,12 @@
 """Profiles in Redis: idempotent, atomic updates and the event-time due index.
 
-Each write goes through one Lua script that checks the profile's ``version`` (compare-and-set)
-and that none of the event ids is already in the customer's applied set, and then, atomically:
-writes the profile hash, adds the event ids, moves the customer in the due index, adjusts the
-segment counts and the transition matrix of the event-day, appends to the capped stream of recent
-changes, and puts the change events in the outbox stream. A redelivered event is in the applied
-set, so it changes nothing and emits nothing; a write that lost a race (two agents, or two workers
-across a rebalance) is retried from a fresh read.
+The fold skips every event whose id's digest the profile already holds; each write goes through
+one Lua script that checks the profile's ``version`` (compare-and-set: the digests checked are
+still the stored ones) and then, atomically: writes the changed profile fields, appends the fresh
+digests, moves the customer in the due index, adjusts the segment counts and the transition
+matrix of the event-day, appends to the capped stream of recent changes, and puts the change
+events in the outbox stream. A redelivered event changes nothing and emits nothing; a write that
+lost a race (two agents, or two workers across a rebalance) is retried from a fresh read.
 
 Time-driven changes (a customer drifting into "At Risk" while buying nothing) come from the due
 index: a sorted set per partition scoring each customer by the event time at which time alone
@@ -193,7 +193,7 @@ class ProfileStore:
         batch whatever the number of partitions (one read; the writes, pipelined; a second read for
         due customers that are neither cached nor in the batch):
 
-        - a customer event is applied once (its id is checked against the customer's applied set
+        - a customer event is applied once (its id's digest is checked against the profile's digests
           and the batch) and re-derives the profile. ``clock``: the event comes from the topic that
           drives each customer's clock (orders: a purchase, delivery or cancellation re-derives the
           profile at its own event time, never earlier than the profile's last evaluation or the
