@@ -69,6 +69,3 @@ class Faults:
         self._pending = []
         self.duplicates += out
         return out
-
-    def summary(self) -> dict:
-        return {"duplicated": len(self.duplicates), "malformed": len(self.malformed)}

@@ -60,8 +60,8 @@ class Purchases(dict[str, list]):
     >>> days.settle()
     >>> days.add("2017-03-01", 5.5, ["p2"], ["tools"])
     >>> days.add("2017-04-02", 1.0, [], [])
-    >>> days["2017-03-01"], sorted(days.changed_days()), days.written("2017-03-01")
-    ([15.5, ['p1', 'p2'], ['toys', 'tools']], ['2017-03-01', '2017-04-02'], [10.0, ['p1'], ['toys']])
+    >>> days["2017-03-01"], sorted(days.changed_days())
+    ([15.5, ['p1', 'p2'], ['toys', 'tools']], ['2017-03-01', '2017-04-02'])
     >>> days.months["2017-03"][0], sorted(days.months["2017-03"][1]), days.months_written()
     (1550, ['tools', 'toys'], {'2017-03': (1000, frozenset({'toys'})), '2017-04': None})
     """
@@ -93,10 +93,6 @@ class Purchases(dict[str, list]):
     def changed_days(self) -> set[str]:
         """The days changed since the last write."""
         return set(self._log)
-
-    def written(self, day: str) -> list | None:
-        """The day's entry at the last write (None: it had none)."""
-        return self._log[day] if day in self._log else self.get(day)
 
     def months_written(self) -> dict[str, tuple[int, frozenset[str]] | None]:
         """The months changed since the last write, as they were then (None: no purchase then)."""
