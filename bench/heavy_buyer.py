@@ -20,38 +20,20 @@ import asyncio
 import gc
 import json
 import statistics
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/ is not installed: its event builder
 
 from segstream.clients import async_redis_client, redis_client
 from segstream.keys import Keys
-from segstream.schemas import Item, OrderPlaced
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
 from streams.state import ProfileStore
-
-T0 = datetime(2016, 1, 1, tzinfo=UTC)
-
-
-def order(customer: str, n: int) -> OrderPlaced:
-    return OrderPlaced(
-        event_id=f"bench:placed:{customer}:{n}",
-        event_time=T0 + timedelta(days=n, seconds=7),
-        customer_unique_id=customer,
-        order_id=f"{customer}-{n}",
-        customer_id=f"{customer}-{n}",
-        zip_prefix="01001",
-        city="sao paulo",
-        state="SP",
-        items=[Item(product_id=f"product-{n % 997:05d}", category="toys", price=80.0, freight=9.9, seller_id="s1")],
-        payment_total=89.9,
-        payment_types=["credit_card"],
-        installments=1,
-        payment_source="payments",
-    )
+from tests.conftest import placed_order
 
 
 async def run(settings: Settings, customers: int, orders: int) -> dict:
@@ -69,7 +51,8 @@ async def run(settings: Settings, customers: int, orders: int) -> dict:
     veterans = [f"v{i:04d}" for i in range(customers)]
 
     async def batch(who: list[str], n: int) -> float:
-        events = [order(c, n) for c in who]
+        # a new purchase day every order; ~1,000 distinct products
+        events = [placed_order(c, n, n, product=f"product-{n % 997:05d}") for c in who]
         started = time.perf_counter()
         await store.process({0: events}, {0: 0.0})
         elapsed = time.perf_counter() - started

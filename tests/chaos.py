@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -20,24 +18,19 @@ import numpy as np
 
 from replay.faults import Faults
 from replay.olist import load_olist
-from replay.producer import ensure_topics, replay_history
+from replay.producer import ensure_topics
 from segstream.schemas import decode_output
-from segstream.services import services_status, services_up
 from segstream.settings import Settings
-from tests.conftest import Workers, assert_matches_oracle, assert_transitions_match_oracle, read_records
+from tests.conftest import (
+    Workers,
+    assert_matches_oracle,
+    assert_transitions_match_oracle,
+    read_records,
+    replay_in_background,
+    restart_redis,
+)
 
 __all__ = ["chaos_run", "table"]
-
-
-def _restart_redis(settings: Settings) -> None:
-    pid = next(status.pid for status in services_status(settings) if status.name == "redis")
-    os.kill(pid, signal.SIGTERM)  # a clean shutdown: the AOF is flushed
-    while os.path.exists(f"/proc/{pid}"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # our child: reap it
-        time.sleep(0.05)
-    time.sleep(1.0)  # the worker meets a Redis that is gone
-    services_up(settings)  # a new redis-server: the same port, the same AOF
 
 
 def chaos_run(
@@ -67,14 +60,8 @@ def chaos_run(
     faults = Faults(duplicate_share, malformed_share, seed=seed)
     workers = Workers(settings, workdir)
     worker = workers.start()
-    result: dict = {}
-    replay = threading.Thread(
-        target=lambda: result.setdefault(
-            "summary", asyncio.run(replay_history(history, settings, speed=speed, faults=faults))
-        )
-    )
     started = time.monotonic()
-    replay.start()
+    replay, result = replay_in_background(history, settings, speed=speed, faults=faults)
     killed, restarted = 0, False
     try:
         for moment in moments:
@@ -85,7 +72,7 @@ def chaos_run(
                         break
                 time.sleep(0.05)
             if killed == restart_after and not restarted:  # with the worker running: it waits Redis out
-                _restart_redis(settings)
+                restart_redis(settings, gone_s=1.0)
                 restarted = True
             worker.send_signal(signal.SIGKILL)
             worker.wait()
@@ -116,14 +103,13 @@ def chaos_run(
             decode_output(v)
             for v in read_records(settings, [settings.topic_dead_letter], 2 * len(faults.malformed), 60)
         ]
-        by_place = {(d.topic, d.partition, d.payload) for d in letters}
-        got_reasons = {}
+        reasons: dict[tuple, set[str]] = {}  # (topic, partition, payload) -> the reasons given
         for d in letters:
-            got_reasons.setdefault((d.topic, d.partition, d.payload), set()).add(d.reason.split(":")[0])
+            reasons.setdefault((d.topic, d.partition, d.payload), set()).add(d.reason.split(":")[0])
         for (topic, partition, _key, value), reason in faults.malformed:
             place = (topic, partition, value.decode("utf-8", "replace"))
-            assert place in by_place, place
-            assert reason in got_reasons[place], (place, got_reasons[place], reason)
+            assert place in reasons, place
+            assert reason in reasons[place], (place, reasons[place], reason)
         assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
         assert counters["applied"] == summary.events_total  # each event applied once: none lost, none twice
         return {

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -28,7 +30,7 @@ from replay.producer import ReplaySummary, ensure_topics
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
-from segstream.schemas import decode_output
+from segstream.schemas import Item, OrderPlaced, decode_output
 from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
@@ -367,6 +369,65 @@ def assert_matches_oracle(group: Workers, data: Path, **options) -> pandas.DataF
     if options.get("load", oracle.load_facts) is oracle.load_facts:
         assert_read_models_match(group, data, expected)
     return expected
+
+
+def restart_redis(settings: Settings, gone_s: float = 2.0) -> None:
+    """Stop the embedded redis-server cleanly (SIGTERM: the AOF is flushed), leave it down for
+    ``gone_s`` so that the workers meet a Redis that is gone, and start a new one on the same port
+    and AOF."""
+    import contextlib
+    import os
+    import signal
+
+    from segstream.services import services_status, services_up
+
+    pid = next(status.pid for status in services_status(settings) if status.name == "redis")
+    os.kill(pid, signal.SIGTERM)
+    while os.path.exists(f"/proc/{pid}"):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # our child: reap it
+        time.sleep(0.05)
+    time.sleep(gone_s)
+    services_up(settings)
+
+
+def replay_in_background(history, settings: Settings, **options) -> tuple[threading.Thread, dict]:
+    """``replay_history`` in a thread of its own (started); its summary lands in the dict's ``summary``."""
+    from replay.producer import replay_history
+
+    result: dict = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("summary", asyncio.run(replay_history(history, settings, **options)))
+    )
+    thread.start()
+    return thread, result
+
+
+def wait_for_applied(workers: Workers, count: int, timeout_s: float = 60) -> None:
+    """Until the workers applied ``count`` events (a moment to inject a fault at)."""
+    deadline = time.monotonic() + timeout_s
+    while workers.counters()["applied"] < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers.counters()["applied"] >= count, workers.log_text()
+
+
+def placed_order(customer: str, n: int, day: int, product: str = "p1") -> OrderPlaced:
+    """The ``n``-th order of ``customer``, ``day`` days after 2017-03-01: one item, 60.00 paid."""
+    return OrderPlaced(
+        event_id=f"order:{customer}:{n}",
+        event_time=datetime(2017, 3, 1, tzinfo=UTC) + timedelta(days=day),
+        customer_unique_id=customer,
+        order_id=f"{customer}-{n}",
+        customer_id=f"c-{customer}-{n}",
+        zip_prefix="01000",
+        city="sao paulo",
+        state="SP",
+        items=[Item(product_id=product, category="toys", price=50.0, freight=10.0, seller_id="s1")],
+        payment_total=60.0,
+        payment_types=["credit_card"],
+        installments=1,
+        payment_source="payments",
+    )
 
 
 @pytest.fixture

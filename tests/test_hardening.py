@@ -17,32 +17,15 @@ import redis
 import redis.asyncio as aioredis
 
 from segstream.keys import Keys
-from segstream.schemas import Item, OrderPlaced, ReviewPosted, encode_event, event_digest
+from segstream.schemas import ReviewPosted, encode_event, event_digest
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.settings import Settings
 from streams.agents import StreamHandler
 from streams.profile import PURCHASE_FIELD, Profile
 from streams.state import ProfileStore
+from tests.conftest import placed_order
 
 T0 = datetime(2017, 3, 1, tzinfo=UTC)
-
-
-def _order(customer: str, n: int) -> OrderPlaced:
-    return OrderPlaced(
-        event_id=f"t:placed:{customer}:{n}",
-        event_time=T0 + timedelta(days=n),
-        customer_unique_id=customer,
-        order_id=f"{customer}-{n}",
-        customer_id=f"{customer}-{n}",
-        zip_prefix="01000",
-        city="sao paulo",
-        state="SP",
-        items=[Item(product_id=f"p{n}", category="toys", price=50.0, freight=10.0, seller_id="s1")],
-        payment_total=60.0,
-        payment_types=["credit_card"],
-        installments=1,
-        payment_source="payments",
-    )
 
 
 @pytest.mark.integration
@@ -90,11 +73,11 @@ def test_a_full_outbox_pauses_input_until_it_drains(services: Settings, caplog: 
 def test_a_purchase_writes_only_its_day() -> None:
     profile = Profile("u")
     for n in range(300):
-        profile.apply(_order("u", n))
+        profile.apply(placed_order("u", n, n))
     stored = Profile.from_redis(profile.changed_fields())
     assert stored.purchases == profile.purchases and len(stored.purchases) == 300
     working = stored.copy()
-    working.apply(_order("u", 300))
+    working.apply(placed_order("u", 300, 300))
     fields = working.changed_fields(stored)
     days = [name for name in fields if name.startswith(PURCHASE_FIELD)]
     assert days == [PURCHASE_FIELD + (T0 + timedelta(days=300)).strftime("%Y-%m-%d")]
@@ -112,8 +95,8 @@ def test_applied_digests_fill_fields_of_16_and_read_back(services: Settings) -> 
             client, keys, scorer=RfmScorer(), rules=ChurnRules(), segment_topic="s", churn_topic="c", cache_size=0
         )
         for start, end in ((0, 10), (10, 20), (20, 37)):  # writes that end inside a field and across fields
-            await store.process({0: [_order("u", n) for n in range(start, end)]}, {})
-        again = await store.process({0: [_order("u", n) for n in range(37)]}, {})  # every one redelivered
+            await store.process({0: [placed_order("u", n, n) for n in range(start, end)]}, {})
+        again = await store.process({0: [placed_order("u", n, n) for n in range(37)]}, {})  # every one redelivered
         raw = await client.hgetall(keys.profile("u"))
         work = (await store._load({0: ["u"]}, {}))[0][0]["u"]
         await client.aclose()
@@ -124,7 +107,7 @@ def test_applied_digests_fill_fields_of_16_and_read_back(services: Settings) -> 
     chunks = {k: v for k, v in raw.items() if k.startswith(b"seen")}
     assert sorted(chunks) == [b"seen", b"seen1", b"seen2"]
     assert [len(chunks[k]) for k in (b"seen", b"seen1", b"seen2")] == [128, 128, 40]  # 16, 16 and 5 digests
-    assert applied == {event_digest(f"t:placed:u:{n}") for n in range(37)}
+    assert applied == {event_digest(f"order:u:{n}") for n in range(37)}
     assert Profile.from_redis(raw).orders == 37
 
 

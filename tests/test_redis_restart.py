@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from replay.olist import load_olist
-from replay.producer import ensure_topics, replay_history
+from replay.producer import ensure_topics
 from replay.synth import SynthConfig, synthesize
-from segstream.services import services_status, services_up
+from segstream.services import services_status
 from segstream.settings import Settings
 from tests import oracle
-from tests.conftest import Workers, assert_matches_oracle
+from tests.conftest import Workers, assert_matches_oracle, replay_in_background, restart_redis, wait_for_applied
 
 pytestmark = pytest.mark.integration
 
@@ -31,26 +29,9 @@ def test_worker_rides_out_a_redis_restart(own_services: Settings, tmp_path: Path
     workers = Workers(settings, tmp_path)
     workers.start()
     try:
-        history = load_olist(data)
-        result: dict = {}
-        thread = threading.Thread(
-            target=lambda: result.setdefault(
-                "summary", asyncio.run(replay_history(history, settings, speed=40 * 86_400))
-            )
-        )
-        thread.start()
-        deadline = time.monotonic() + 60
-        while workers.counters()["applied"] < 1_000 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert workers.counters()["applied"] >= 1_000, workers.log_text()
-        pid = next(status.pid for status in services_status(settings) if status.name == "redis")
-        os.kill(pid, signal.SIGTERM)  # a clean shutdown: the AOF is flushed
-        while os.path.exists(f"/proc/{pid}"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # our child: reap it
-            time.sleep(0.05)
-        time.sleep(2.0)  # the worker meets a Redis that is gone
-        services_up(settings)  # a new redis-server: the same port, the same AOF
+        thread, result = replay_in_background(load_olist(data), settings, speed=40 * 86_400)
+        wait_for_applied(workers, 1_000)
+        restart_redis(settings)
         thread.join(timeout=120)
         workers.wait_for_end(result["summary"], timeout_s=180)
         expected = oracle.final_state(data)
@@ -78,18 +59,8 @@ def test_worker_waits_out_a_hung_redis(own_services: Settings, tmp_path: Path) -
     workers = Workers(settings, tmp_path)
     workers.start()
     try:
-        history = load_olist(data)
-        result: dict = {}
-        thread = threading.Thread(
-            target=lambda: result.setdefault(
-                "summary", asyncio.run(replay_history(history, settings, speed=40 * 86_400))
-            )
-        )
-        thread.start()
-        deadline = time.monotonic() + 60
-        while workers.counters()["applied"] < 1_000 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert workers.counters()["applied"] >= 1_000, workers.log_text()
+        thread, result = replay_in_background(load_olist(data), settings, speed=40 * 86_400)
+        wait_for_applied(workers, 1_000)
         pid = next(status.pid for status in services_status(settings) if status.name == "redis")
         os.kill(pid, signal.SIGSTOP)
         try:

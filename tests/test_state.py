@@ -13,31 +13,14 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 
 from segstream.keys import Keys
-from segstream.schemas import ClockTick, Item, OrderPlaced
+from segstream.schemas import ClockTick
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.settings import Settings
 from streams.profile import Profile
 from streams.state import ProfileStore
+from tests.conftest import placed_order
 
 T0 = datetime(2017, 3, 1, tzinfo=UTC)
-
-
-def _order(customer: str, n: int, day: int) -> OrderPlaced:
-    return OrderPlaced(
-        event_id=f"order:{customer}:{n}",
-        event_time=T0 + timedelta(days=day),
-        customer_unique_id=customer,
-        order_id=f"{customer}-{n}",
-        customer_id=f"c-{customer}-{n}",
-        zip_prefix="01000",
-        city="sao paulo",
-        state="SP",
-        items=[Item(product_id="p1", category="toys", price=50.0, freight=10.0, seller_id="s1")],
-        payment_total=60.0,
-        payment_types=["credit_card"],
-        installments=1,
-        payment_source="payments",
-    )
 
 
 def _tick(day: int, partition: int) -> ClockTick:
@@ -69,15 +52,15 @@ async def _scenario(settings: Settings) -> dict:
     try:
         # one batch over two partitions, each with a clock tick: one read and one write for both
         one, marks = await first.process(
-            {0: [_order("a", 1, 0), _tick(1, 0)], 1: [_order("b", 1, 0), _tick(2, 1)]}, {}, ticks=2
+            {0: [placed_order("a", 1, 0), _tick(1, 0)], 1: [placed_order("b", 1, 0), _tick(2, 1)]}, {}, ticks=2
         )
         # another writer (a second worker after a rebalance) updates "a": first's cached copy is stale
-        await second.process({0: [_order("a", 2, 3)]}, marks)
+        await second.process({0: [placed_order("a", 2, 3)]}, marks)
         await client.script_flush()  # as after a Redis restart: first loads its scripts again, nothing lost
         # first still holds version 1 of "a": its write loses, is folded again from Redis, and wins
-        two, _ = await first.process({0: [_order("a", 3, 5)], 1: [_order("b", 2, 5)]}, marks)
+        two, _ = await first.process({0: [placed_order("a", 3, 5)], 1: [placed_order("b", 2, 5)]}, marks)
         # redelivered events change nothing
-        again, _ = await first.process({0: [_order("a", 1, 0), _order("a", 3, 5)]}, marks)
+        again, _ = await first.process({0: [placed_order("a", 1, 0), placed_order("a", 3, 5)]}, marks)
         profiles = {c: Profile.from_redis(await client.hgetall(keys.profile(c))) for c in ("a", "b")}
         return {
             "one": one,
@@ -111,7 +94,7 @@ async def _watermark_after_old_ticks(settings: Settings) -> float:
     client = aioredis.Redis.from_url(settings.redis_address)
     try:
         store = _store(client, keys)
-        await store.process({0: [_order("a", 1, 0), _tick(10, 0)]}, {})
+        await store.process({0: [placed_order("a", 1, 0), _tick(10, 0)]}, {})
         # a worker catching up again from the start of the topic (a new broker, Redis kept)
         await _store(client, keys).process({0: [_tick(2, 0)]}, {})
         return float(await client.hget(keys.watermarks, "0"))
