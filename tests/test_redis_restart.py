@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,18 @@ def test_worker_waits_out_a_hung_redis(own_services: Settings, tmp_path: Path) -
         thread, result = replay_in_background(load_olist(data), settings, speed=40 * 86_400)
         wait_for_applied(workers, 1_000)
         pid = next(status.pid for status in services_status(settings) if status.name == "redis")
+        stopped = time.time()
         os.kill(pid, signal.SIGSTOP)
         try:
             workers.wait_for_log("Timeout", timeout_s=20)  # the line that says Redis went away, and why
         finally:
             time.sleep(2.0)
             os.kill(pid, signal.SIGCONT)
+        # SEGSTREAM_REDIS_TIMEOUT (1 s here) governs, not the client library's own default (5 s in
+        # redis-py 8, none before 8): the worker is writing all the time, so a call is in flight
+        line = next(t for t in workers.log_text().splitlines() if "is unavailable (Timeout" in t)
+        said = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the log's local time
+        assert said - stopped < 4.0, line
         workers.wait_for_log("Redis answers again", timeout_s=60)
         thread.join(timeout=120)
         workers.wait_for_end(result["summary"], timeout_s=180)
