@@ -25,6 +25,13 @@ One run, on the embedded broker and redis-server (fresh, free ports), a syntheti
    The embedded broker's fetches slow down as a partition's record batches accumulate (tansu
    0.6.0 memory engine; see the README, Benchmarks), so no consumer beats that floor.
 6. Redis bytes per customer: MEMORY USAGE of the profile hash (with its applied digests), sampled.
+   CPU: in phases 1 and 2, the CPU seconds (user + system, /proc) of the worker, the broker and
+   redis-server over the phase, per 1,000 events, and Redis's commands per event (INFO
+   commandstats, which counts the commands inside scripts too). From the catch-up's figures, the
+   scaling projection: how many workers one Redis (or one Redis Cluster node, which is one
+   single-threaded redis-server holding its share of the partitions) and one broker core can
+   feed before they saturate, each worker on a core of its own (worker CPU per event / Redis CPU
+   per event), and the events/s at which one Redis saturates (1 / Redis CPU per event).
 7. analytics cost (``--analytics-cost``, or alone with ``--analytics-only``): the end-to-end run
    of (1) three times on topics and prefixes of their own, with the analytics read models, without
    them (``SEGSTREAM_WORKER_ANALYTICS=false``), and with them again, so the two runs with them
@@ -56,9 +63,47 @@ from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
 from segstream.schemas import SENT_AT_HEADER
-from segstream.services import free_port, services_down, services_up
+from segstream.services import free_port, services_down, services_status, services_up
 from segstream.settings import Settings
 from streams.readmodel import replay_consumed
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat; children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of the worker, the broker and redis-server, and Redis's commands, over a window."""
+
+    def __init__(self, settings: Settings, worker_pid: int) -> None:
+        pids = {status.name: status.pid for status in services_status(settings)}
+        self.pids = {"worker": worker_pid, "broker": pids["kafka"], "redis": pids["redis"]}
+        self.client = redis.Redis.from_url(settings.redis_address)
+        self.started = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+        self.commands = self._commands()
+
+    def _commands(self) -> int:
+        return sum(stats["calls"] for stats in self.client.info("commandstats").values())
+
+    def per_1000_events(self, events: int) -> dict:
+        """CPU seconds per 1,000 events of each process, and Redis commands per event, since the start."""
+        used = {name: _cpu_s(pid) - self.started[name] for name, pid in self.pids.items()}
+        figures = {f"{name}_cpu_s_per_1000_events": round(1000 * s / events, 4) for name, s in used.items()}
+        figures["redis_commands_per_event"] = round((self._commands() - self.commands) / events, 2)
+        return figures
+
+
+def _projection(cpu: dict) -> dict:
+    """How far one Redis (one Redis Cluster node) and one broker core go, from per-event CPU."""
+    worker, redis_cpu, broker = (cpu[f"{n}_cpu_s_per_1000_events"] for n in ("worker", "redis", "broker"))
+    return {
+        "workers_per_redis_node_a_core_each": round(worker / redis_cpu, 1),
+        "workers_per_broker_core": round(worker / broker, 1),
+        "events_per_s_one_worker_on_a_core": round(1000 / worker),
+        "events_per_s_one_redis_node_saturates_at": round(1000 / redis_cpu),
+    }
 
 
 def _variant(base: Settings, tag: str) -> Settings:
@@ -136,7 +181,8 @@ BARE_AGENT = textwrap.dedent(
         from streams.consumer import WorkerApp as App
     app = App("bare-" + replay_id + str(time.time()), broker="kafka://" + bootstrap, value_serializer="raw",
                     broker_session_timeout=6, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
-                    web_enabled=False, consumer_auto_offset_reset="earliest")
+                    web_enabled=False, consumer_auto_offset_reset="earliest",
+                    datadir=os.path.join(os.path.dirname(out), "bare-data"))  # not the working directory
     state = {"count": 0, "finals": set(), "first": None}
     @app.agent(app.topic(orders, reviews, value_serializer="raw"))
     async def count(stream):
@@ -312,11 +358,13 @@ def main() -> None:
             _create_topics(e2e)
             worker = start_worker(e2e, workdir / "e2e-worker.log")
             _wait_ready(workdir / "e2e-worker.log")
+            meter = CpuMeter(e2e, worker.pid)
             started = time.monotonic()
             summary = asyncio.run(replay_history(history, e2e))
             _, finished = _wait_consumed(e2e, summary.replay_id, summary.run_id, partitions)
-            stop_worker(worker)
             events = summary.events_total
+            figures["cpu_end_to_end"] = meter.per_1000_events(events)  # the broker also took the replay
+            stop_worker(worker)
             figures["events"] = events
             figures["ticks"] = summary.ticks_sent
             figures["replay_events_per_s"] = round(summary.events_per_s)
@@ -337,7 +385,11 @@ def main() -> None:
 
             catch_up = _variant(e2e, f"cu{tag}")
             worker = start_worker(catch_up, workdir / "catchup-worker.log")
+            _wait_ready(workdir / "catchup-worker.log")  # its start-up (imports) is not counted
+            meter = CpuMeter(catch_up, worker.pid)
             first, last = _wait_consumed(catch_up, summary.replay_id, summary.run_id, partitions)
+            figures["cpu_catch_up"] = meter.per_1000_events(events)
+            figures["projection"] = _projection(figures["cpu_catch_up"])
             stop_worker(worker)
             figures["catch_up_msgs_per_s"] = round((events + summary.ticks_sent) / (last - first))
             figures["catch_up_events_per_s"] = round(events / (last - first))

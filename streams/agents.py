@@ -39,7 +39,7 @@ from segstream.settings import Settings
 from streams.clusters import OnlineClusters
 from streams.state import ProfileStore
 
-__all__ = ["REDIS_AWAY", "StreamHandler"]
+__all__ = ["REDIS_AWAY", "Rebalancing", "StreamHandler"]
 
 REDIS_AWAY = (aioredis.ConnectionError, aioredis.TimeoutError)  # worth waiting out, not dead-lettering
 DEAD_LETTERS_KEPT = 100  # the latest dead letters kept in Redis for the operations view
@@ -53,11 +53,28 @@ Record = tuple[int, int, bytes | None, bytes, Any]  # partition, offset, key, va
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]  # (topic, key, value) -> delivery future
 
 
+class Rebalancing(Exception):
+    """A rebalance began while a batch waited (for the reviews' watermark, for room in the outbox).
+
+    The batch is dropped unprocessed and unacknowledged: whichever worker owns its partitions after
+    the rebalance reads it again from the committed offset. Waiting on would hold the rebalance up
+    (Faust gives partitions up only once every batch in progress is done) while the reviews agent,
+    stopped by the same rebalance, cannot move the watermark: the wait ran out its 60 s, the worker
+    fell out of the group, and its orders went on without their reviews (transitions off the
+    oracle's, seen with 4 workers on 8 partitions; tests/test_chaos.py).
+    """
+
+
 class StreamHandler:
-    """Per-worker state: the Redis client, the profile store, and each topic's watermarks."""
+    """Per-worker state: the Redis client, the profile store, and each topic's watermarks.
+
+    ``rebalancing`` (set by the app): whether a rebalance is in progress; a batch waiting for
+    something another agent provides then gives up (:class:`Rebalancing`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.rebalancing: Callable[[], bool] = lambda: False
         self.keys = Keys(settings.redis_prefix)
         self.client = async_redis_client(settings)
         self.store: ProfileStore | None = None
@@ -97,6 +114,8 @@ class StreamHandler:
         """Process ``(partition, offset, key, value)`` records of one topic, in order; retries Redis outages."""
         try:
             await self._with_retries(topic, records, send)
+        except Rebalancing:
+            raise
         except Exception:
             # A record that breaks the processing must not stop the worker nor vanish: find it by
             # redoing the batch one record at a time (updates are idempotent) and dead-letter it.
@@ -190,6 +209,8 @@ class StreamHandler:
             bound,
         )
         while length >= bound:
+            if self.rebalancing():
+                raise Rebalancing(f"the outbox held {length} entries")
             await asyncio.sleep(poll_s)
             length = await self.client.xlen(self.keys.outbox)
             if time.monotonic() - said > 30:
@@ -286,6 +307,8 @@ class StreamHandler:
                     datetime.fromtimestamp(until, UTC).isoformat(),
                 )
                 said = True
+            if self.rebalancing():
+                raise Rebalancing(f"orders of partitions {behind} waited for the reviews topic's watermark")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 

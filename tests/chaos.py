@@ -1,5 +1,6 @@
 """A chaos run: a replay with duplicated and malformed records, while the worker is killed with
-SIGKILL again and again and redis-server is restarted once, checked against the pandas oracle.
+SIGKILL again and again and redis-server is restarted once, checked against the pandas oracle;
+and a membership run: several workers share the partitions while workers leave, die and join.
 
 Used by tests/test_chaos.py (short) and bench/chaos.py (the full run). The services are the
 caller's own: this restarts their Redis (SIGTERM, so the AOF is flushed: a crash with
@@ -19,6 +20,7 @@ import numpy as np
 from replay.faults import Faults
 from replay.olist import load_olist
 from replay.producer import ensure_topics
+from segstream.demo import stop_worker
 from segstream.schemas import decode_output
 from segstream.settings import Settings
 from tests.conftest import (
@@ -30,7 +32,7 @@ from tests.conftest import (
     restart_redis,
 )
 
-__all__ = ["chaos_run", "table"]
+__all__ = ["chaos_run", "membership_run", "table"]
 
 
 def chaos_run(
@@ -133,7 +135,82 @@ def chaos_run(
         workers.stop()
 
 
+def membership_run(
+    settings: Settings,
+    data: Path,
+    workdir: Path,
+    *,
+    workers: int = 4,
+    moves: tuple[str, ...] = ("leave", "join", "kill", "join", "leave", "join"),
+    speed: float | None = None,
+    timeout_s: float = 600,
+) -> dict:
+    """Replay ``data`` onto ``workers`` workers sharing ``settings.topic_partitions`` partitions;
+    at moments spread evenly over the replay (by events applied), each of ``moves`` in turn:
+    ``leave`` (the oldest running worker stops with SIGTERM: it commits and leaves its group),
+    ``kill`` (SIGKILL: its partitions wait out the session timeout, its uncommitted offsets are
+    read again) or ``join`` (a new worker: a rebalance). Asserts the state and every transition
+    equal the oracle's and each event was applied once; returns the figures."""
+    history = load_olist(data)
+    topics = [settings.topic_orders, settings.topic_reviews]
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
+    events = sum(len(frame) for frame in (history.placed, history.delivered, history.canceled, history.reviews))
+    events += len(history.returned)
+    group = Workers(settings, workdir)
+    for _ in range(workers):
+        group.start()
+    started = time.monotonic()
+    replay, result = replay_in_background(history, settings, speed=speed)
+    done: list[str] = []
+    try:
+        for n, move in enumerate(moves, 1):
+            moment = events * n // (len(moves) + 1)
+            deadline = time.monotonic() + timeout_s
+            while group.counters()["applied"] < moment and time.monotonic() < deadline:
+                time.sleep(0.05)
+            running = [proc for proc in group.procs if proc.poll() is None]
+            if move == "join":
+                group.start()
+            elif move == "leave":
+                stop_worker(running[0], timeout_s=15)
+            elif move == "kill":
+                running[0].send_signal(signal.SIGKILL)
+                running[0].wait()
+            else:
+                raise ValueError(f"unknown move {move!r}: leave, kill or join")
+            done.append(f"{move} at {group.counters()['applied']:,} applied")
+        replay.join(timeout=timeout_s)
+        summary = result["summary"]
+        group.wait_for_end(summary, timeout_s=timeout_s)
+        elapsed = time.monotonic() - started
+        group.stop()
+        counters = group.counters()
+        assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+        assert counters["applied"] == summary.events_total, (counters, summary.events_total, done)
+        assert_matches_oracle(group, data)
+        segment_changes, churn_changes = assert_transitions_match_oracle(group, data, redelivered=True)
+        return {
+            "orders": len(history.placed),
+            "events": summary.events_total,
+            "partitions": settings.topic_partitions,
+            "workers started": len(group.procs),
+            "moves": len(done),
+            "seconds": round(elapsed, 1),
+            "applied": counters["applied"],
+            "redelivered": counters["duplicates"],
+            "lost": summary.events_total - counters["applied"],
+            "segment_changes": segment_changes,
+            "churn_changes": churn_changes,
+        } | {f"move {n}": text for n, text in enumerate(done, 1)}
+    finally:
+        group.stop()
+
+
 def table(figures: dict) -> str:
     """The figures as a two-column table (Markdown)."""
-    rows = ["| | |", "|---|---|"] + [f"| {name} | {value:,} |" for name, value in figures.items()]
+    rows = ["| | |", "|---|---|"]
+    rows += [
+        f"| {name} | {value:,} |" if isinstance(value, int) else f"| {name} | {value} |"
+        for name, value in figures.items()
+    ]
     return "\n".join(rows)

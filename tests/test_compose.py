@@ -16,10 +16,6 @@ ROOT = Path(__file__).parents[1]
 def test_compose_has_kraft_kafka_redis_with_aof_and_segstream() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
-    assert str(kafka["environment"]["KAFKA_LOG_RETENTION_MS"]) == "-1"  # old replay timestamps are kept
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
@@ -28,26 +24,57 @@ def test_compose_has_kraft_kafka_redis_with_aof_and_segstream() -> None:
     assert replay["build"] == "."
     assert (ROOT / "Dockerfile").exists()
     assert replay["command"][0] in cli.commands  # a real subcommand
-    for dependency in ("kafka", "redis"):
+    for dependency in ("kafka-1", "kafka-2", "kafka-3", "redis"):
         assert replay["depends_on"][dependency]["condition"] == "service_healthy"
     env = replay["environment"]
     fields = {f"SEGSTREAM_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
-    bootstrap_host = env["SEGSTREAM_KAFKA_BOOTSTRAP"].split(":")[0]
-    assert bootstrap_host in services
-    listeners = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
-    assert env["SEGSTREAM_KAFKA_BOOTSTRAP"] in listeners
 
 
-def test_compose_runs_workers_with_the_shared_settings() -> None:
+def test_compose_kafka_is_a_three_node_kraft_cluster_the_clients_bootstrap_from() -> None:
+    """Three brokers that are also the controller quorum, each advertising its own address; topics
+    replicated three times with a min ISR of 2 (one broker may be lost); every segstream client
+    bootstraps from all three and creates its topics with that replication."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    nodes = {name: services[name] for name in services if name.startswith("kafka-") and name != "kafka-sasl"}
+    assert sorted(nodes) == ["kafka-1", "kafka-2", "kafka-3"]
+    ids, voters, cluster_ids, host_ports = set(), set(), set(), set()
+    for name, node in nodes.items():
+        env = node["environment"]
+        assert node["image"].startswith("apache/kafka:") and node["healthcheck"]["test"]
+        assert "controller" in env["KAFKA_PROCESS_ROLES"] and "broker" in env["KAFKA_PROCESS_ROLES"]
+        assert str(env["KAFKA_LOG_RETENTION_MS"]) == "-1"  # old replay timestamps are kept
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3 and int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
+        ids.add(int(env["KAFKA_NODE_ID"]))
+        voters.add(env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
+        cluster_ids.add(env["CLUSTER_ID"])
+        assert f"INTERNAL://{name}:29092" in env["KAFKA_ADVERTISED_LISTENERS"] and node["hostname"] == name
+        host_ports.update(port.rsplit(":", 2)[-2] for port in node["ports"])
+        assert node["volumes"][0].split(":")[0] == f"{name}-data"  # a volume of its own
+    assert ids == {1, 2, 3} and len(cluster_ids) == 1 and len(host_ports) == 3
+    (quorum,) = voters
+    assert {v.split(":")[0] for v in quorum.split(",")} == {f"{n}@kafka-{n}" for n in ids}
+    for name in ("replay", "worker", "web"):
+        env = services[name]["environment"]
+        assert sorted(env["SEGSTREAM_KAFKA_BOOTSTRAP"].split(",")) == [f"{n}:29092" for n in sorted(nodes)], name
+        assert env["SEGSTREAM_TOPIC_REPLICATION"] == "3", name
+
+
+def test_compose_scales_workers() -> None:
+    """`docker compose up --scale worker=N`: the worker has no container name and publishes no
+    host port (either would clash between replicas), and there are more partitions than the
+    default replicas, so every replica has work."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     worker = compose["services"]["worker"]
     assert worker["command"] == ["worker"] and "worker" in cli.commands
+    assert "container_name" not in worker and "ports" not in worker
     env = worker["environment"]
     fields = {f"SEGSTREAM_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
     assert env["SEGSTREAM_KAFKA_BOOTSTRAP"] == compose["services"]["replay"]["environment"]["SEGSTREAM_KAFKA_BOOTSTRAP"]
-    assert worker["deploy"]["replicas"] >= 2
+    assert 2 <= worker["deploy"]["replicas"] <= int(env["SEGSTREAM_TOPIC_PARTITIONS"])
+    assert "--scale worker=" in (ROOT / "docker-compose.yml").read_text()
 
 
 def test_dockerfile_installs_every_package() -> None:
