@@ -35,7 +35,7 @@ def test_four_workers_on_eight_partitions_with_joins_leaves_and_a_kill(
     data = tmp_path / "history"
     synthesize(SynthConfig(orders=1_500, seed=37, repeat_share=0.25, late_share=0.15), data)
     settings = own_services.model_copy(update={"redis_prefix": "scale", "topic_partitions": 8})
-    figures = membership_run(settings, data, tmp_path / "logs", workers=4, speed=20 * 86_400)
+    figures = membership_run(settings, data, tmp_path / "logs", workers=4, speed=20 * 86_400, timeout_s=300)
     print(figures)
     assert figures["moves"] == 6 and figures["workers started"] == 7
     assert figures["lost"] == 0
