@@ -27,9 +27,7 @@ def test_chaos_loses_nothing_and_counts_nothing_twice(own_services: Settings, tm
     assert figures["lost"] == 0
 
 
-def test_four_workers_on_eight_partitions_with_joins_leaves_and_a_kill(
-    own_services: Settings, tmp_path: Path
-) -> None:
+def test_four_workers_on_eight_partitions_with_joins_leaves_and_a_kill(own_services: Settings, tmp_path: Path) -> None:
     """Scale-out: the partitions move between workers six times during the replay (two clean
     leaves, a SIGKILL, three joins) and still the state and every transition are the oracle's."""
     data = tmp_path / "history"
