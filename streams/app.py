@@ -29,6 +29,8 @@ from streams.consumer import RawSchema, WorkerApp, take_available
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings) -> faust.App:
     brokers = ";".join(f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(","))
@@ -94,9 +96,7 @@ def create_app(settings: Settings) -> faust.App:
                 await handler.handle(topic, records, send)
             except Rebalancing as exc:
                 batch.drop()  # unacknowledged: read again from the committed offset
-                logging.getLogger(__name__).info(
-                    "a rebalance began: %d records of %s are read again after it (%s)", len(batch), topic, exc
-                )
+                log.info("a rebalance began: %d records of %s are read again after it (%s)", len(batch), topic, exc)
                 continue
             # What outlives a batch (cached profiles, mostly) is long-lived: keep it out of every
             # later collection. Without this, full collections re-scan the growing profile cache
@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> faust.App:
         for topic in outputs.values():  # the publisher sends with its own producer: create the topics first
             await topic.maybe_declare()
         # A loop, not a timer: under load one pass can outlast any interval.
-        log, delay = logging.getLogger(__name__), 1.0
+        delay = 1.0
         while not app.should_stop:
             try:
                 published = await handler.publish()

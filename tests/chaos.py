@@ -35,6 +35,25 @@ from tests.conftest import (
 __all__ = ["chaos_run", "membership_run", "table"]
 
 
+def _history_on_topics(settings: Settings, data: Path):
+    """The history at ``data`` and its number of customer events; its topics created."""
+    history = load_olist(data)
+    topics = [settings.topic_orders, settings.topic_reviews]
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
+    events = sum(len(frame) for frame in (history.placed, history.delivered, history.canceled, history.reviews))
+    return history, events + len(history.returned)
+
+
+def _assert_exact(group: Workers, data: Path, events: int) -> tuple[int, int]:
+    """Every record consumed is accounted for, each of the ``events`` applied once (none lost, none
+    twice), and the state and every transition are the oracle's; returns the transitions checked."""
+    counters = group.counters()
+    assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
+    assert counters["applied"] == events, (counters, events)
+    assert_matches_oracle(group, data)
+    return assert_transitions_match_oracle(group, data, redelivered=True)
+
+
 def chaos_run(
     settings: Settings,
     data: Path,
@@ -51,11 +70,7 @@ def chaos_run(
     applied) and restart Redis once half-way; then a fresh consumer group reads every topic again
     (a consumer-group reset). Asserts the state and every transition equal the oracle's and every
     malformed record is dead-lettered with its reason; returns the figures."""
-    history = load_olist(data)
-    topics = [settings.topic_orders, settings.topic_reviews]
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
-    events = sum(len(frame) for frame in (history.placed, history.delivered, history.canceled, history.reviews))
-    events += len(history.returned)
+    history, events = _history_on_topics(settings, data)
     rng = np.random.default_rng(seed)
     moments = sorted(int(x) for x in rng.uniform(0.05, 0.95, kills) * events)
     restart_after = kills // 2  # the Redis restart comes after this many kills
@@ -99,8 +114,7 @@ def chaos_run(
         counters = workers.counters()
         assert counters["consumed"] == first["consumed"] + records, (counters, first, records)
 
-        assert_matches_oracle(workers, data)
-        segment_changes, churn_changes = assert_transitions_match_oracle(workers, data, redelivered=True)
+        segment_changes, churn_changes = _assert_exact(workers, data, summary.events_total)
         letters = [
             decode_output(v)
             for v in read_records(settings, [settings.topic_dead_letter], 2 * len(faults.malformed), 60)
@@ -112,8 +126,6 @@ def chaos_run(
             place = (topic, partition, value.decode("utf-8", "replace"))
             assert place in reasons, place
             assert reason in reasons[place], (place, reasons[place], reason)
-        assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
-        assert counters["applied"] == summary.events_total  # each event applied once: none lost, none twice
         return {
             "orders": len(history.placed),
             "events": summary.events_total,
@@ -151,11 +163,7 @@ def membership_run(
     ``kill`` (SIGKILL: its partitions wait out the session timeout, its uncommitted offsets are
     read again) or ``join`` (a new worker: a rebalance). Asserts the state and every transition
     equal the oracle's and each event was applied once; returns the figures."""
-    history = load_olist(data)
-    topics = [settings.topic_orders, settings.topic_reviews]
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topics, settings.topic_partitions, 1))
-    events = sum(len(frame) for frame in (history.placed, history.delivered, history.canceled, history.reviews))
-    events += len(history.returned)
+    history, events = _history_on_topics(settings, data)
     group = Workers(settings, workdir)
     for _ in range(workers):
         group.start()
@@ -185,10 +193,7 @@ def membership_run(
         elapsed = time.monotonic() - started
         group.stop()
         counters = group.counters()
-        assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
-        assert counters["applied"] == summary.events_total, (counters, summary.events_total, done)
-        assert_matches_oracle(group, data)
-        segment_changes, churn_changes = assert_transitions_match_oracle(group, data, redelivered=True)
+        segment_changes, churn_changes = _assert_exact(group, data, summary.events_total)
         return {
             "orders": len(history.placed),
             "events": summary.events_total,
