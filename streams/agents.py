@@ -61,7 +61,7 @@ class Rebalancing(Exception):
     (Faust gives partitions up only once every batch in progress is done) while the reviews agent,
     stopped by the same rebalance, cannot move the watermark: the wait ran out its 60 s, the worker
     fell out of the group, and its orders went on without their reviews (transitions off the
-    oracle's, seen with 4 workers on 8 partitions; tests/test_chaos.py).
+    oracle's, seen with 4 workers on 8 partitions; bench/chaos.py --workers 4).
     """
 
 

@@ -98,7 +98,7 @@ class BatchDrainConsumer(FetchWaitConsumer):
                         # records between, read before the rebalance and dropped with the stream
                         # buffers, would be committed unprocessed (seen: 45-375 of 4,429 events
                         # lost, 4 workers on 8 partitions with joins, leaves and a kill;
-                        # tests/test_chaos.py). Read from the read offset again; a gap the
+                        # bench/chaos.py --workers 4). Read from the read offset again; a gap the
                         # broker shows again from there, in this generation, is real (compaction,
                         # transaction markers). Faust's seek() calls aiokafka from this thread,
                         # not the consumer's: seek_wait runs it in the consumer's thread.
