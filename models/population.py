@@ -2,7 +2,7 @@
 
 The job reads the state the stream keeps (``streams/profile.py``), never the source files: per
 customer the purchases per day (spend, products, categories), last purchase, monetary value,
-segment and review mean. Profiles are read with ``SCAN`` and a read script per chunk, so the stream
+segment and review mean. Profiles are read with ``SCAN`` and pipelined ``HGETALL``, so the stream
 keeps writing meanwhile; a profile changed during the pass is read either before or after its
 change, never half-written (each profile write is one atomic script call).
 """
@@ -17,17 +17,11 @@ import orjson
 import redis
 
 from segstream.keys import Keys
-from segstream.scripts import lua
 from streams.profile import PURCHASE_FIELD, day_entry
 
 __all__ = ["Population", "read_population"]
 
 log = logging.getLogger(__name__)
-
-# Many profiles in one call: one command to pack and parse instead of one per customer. Reads
-# only; each profile is read whole, as before or after a worker's write (scripts are atomic).
-_READ = lua("models", "read_profiles.lua")
-_FIELDS = ("customer_unique_id", "purchases", "last_purchase", "monetary", "segment", "reviews", "review_sum")
 
 
 @dataclass
@@ -76,41 +70,81 @@ class Population:
         return products, categories
 
     @classmethod
-    def from_rows(cls, rows: list[list[bytes | None]]) -> Population:
-        population = cls()
-        last, monetary, means = [], [], []
-        for customer, purchases, last_purchase, spent, segment, reviews, review_sum, days in rows:
+    def from_rows(cls, rows: list[dict[bytes, bytes]]) -> Population:
+        """The population of ``rows`` (HGETALL replies), in customer-id order."""
+        builder = _Builder()
+        builder.add(rows)
+        return builder.population()
+
+
+class _Builder:
+    """Collects the profiles' HGETALL replies chunk by chunk; :meth:`population` sorts and packs them."""
+
+    def __init__(self) -> None:
+        self.customers: list[str] = []
+        self.purchases: list[dict[str, list]] = []
+        self.segments: list[str] = []
+        self.last: list[float] = []
+        self.monetary: list[float] = []
+        self.means: list[float] = []
+
+    def add(self, rows: list[dict[bytes, bytes]]) -> None:
+        """Profiles as HGETALL gives them (field -> value); an empty one: deleted since the SCAN."""
+        prefix = PURCHASE_FIELD.encode()
+        cut = len(prefix)
+        for fields in rows:
+            customer = fields.get(b"customer_unique_id")
             if customer is None:  # deleted between SCAN and the read
                 continue
-            population.customers.append(customer.decode())
+            self.customers.append(customer.decode())
             # one field per purchase day; a profile written before that layout has them in one field
+            purchases = fields.get(b"purchases")
             own = orjson.loads(purchases) if purchases else {}
-            for k in range(0, len(days), 2):
-                own[days[k][len(PURCHASE_FIELD) :].decode()] = day_entry(days[k + 1].decode())
-            population.purchases.append(own)
-            last.append(float(last_purchase) if last_purchase else np.nan)
-            monetary.append(float(spent) if spent else 0.0)
-            population.segments.append(segment.decode() if segment else "")
+            for name, value in fields.items():
+                if name[:cut] == prefix:
+                    own[name[cut:].decode()] = day_entry(value.decode())
+            self.purchases.append(own)
+            last_purchase, spent = fields.get(b"last_purchase"), fields.get(b"monetary")
+            self.last.append(float(last_purchase) if last_purchase else np.nan)
+            self.monetary.append(float(spent) if spent else 0.0)
+            segment = fields.get(b"segment")
+            self.segments.append(segment.decode() if segment else "")
+            reviews = fields.get(b"reviews")
             count = int(reviews) if reviews else 0
-            means.append(int(review_sum or 0) / count if count else np.nan)
-        population.last_purchase = np.asarray(last, dtype=float)
-        population.monetary = np.asarray(monetary, dtype=float)
-        population.review_means = np.asarray(means, dtype=float)
-        return population
+            self.means.append(int(fields.get(b"review_sum") or 0) / count if count else np.nan)
+
+    def population(self) -> Population:
+        order = np.asarray(sorted(range(len(self.customers)), key=self.customers.__getitem__), dtype=np.int64)
+        return Population(
+            customers=[self.customers[i] for i in order],
+            purchases=[self.purchases[i] for i in order],
+            last_purchase=np.asarray(self.last, dtype=float)[order],
+            monetary=np.asarray(self.monetary, dtype=float)[order],
+            segments=[self.segments[i] for i in order],
+            review_means=np.asarray(self.means, dtype=float)[order],
+        )
 
 
 def read_population(client: redis.Redis, keys: Keys, chunk: int = 1_000) -> Population:
-    """Every profile in Redis, in customer-id order, read in chunks of ``chunk`` customers (one
-    script call each: Redis is busy ~1 ms per call, which the workers wait out)."""
-    rows: list[list[bytes | None]] = []
+    """Every profile in Redis, in customer-id order, read with pipelined ``HGETALL`` in chunks of
+    ``chunk`` customers (one round trip each; Redis is busy ~6 ms per chunk, which the workers
+    wait out). Each profile is read whole, as before or after a worker's write (its scripts are
+    atomic).
+
+    Plain ``HGETALL``: a read script that picked the fields cost Redis 19.7 us a profile, against
+    5.7 for the ``HGETALL`` alone (1M profiles of 23 fields).
+    """
+    builder = _Builder()
+    seen: set[bytes] = set()
     pending: list[bytes] = []
-    read = client.register_script(_READ)
 
     def flush() -> None:
-        rows.extend(read(keys=pending, args=_FIELDS))
+        pipe = client.pipeline(transaction=False)
+        for key in pending:
+            pipe.hgetall(key)
+        builder.add(pipe.execute())
         pending.clear()
 
-    seen: set[bytes] = set()
     for key in client.scan_iter(match=keys.profiles_pattern, count=chunk):
         if key in seen:  # SCAN may return a key twice (while Redis resizes its table)
             continue
@@ -123,7 +157,6 @@ def read_population(client: redis.Redis, keys: Keys, chunk: int = 1_000) -> Popu
     # SCAN's order follows Redis's hash table (and so the key prefix and the table's history):
     # rows in customer-id order give the same matrices, the same ALS fit and the same lists for
     # the same state, which a backtest's identical figures need
-    rows.sort(key=lambda row: row[0] or b"")
-    population = Population.from_rows(rows)
+    population = builder.population()
     log.info("read %d profiles (%d with a purchase)", len(population), int(population.scored.sum()))
     return population

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.als import AlsRecommender, interaction_matrix, popular_items
+from models.als import AlsRecommender, NormOrder, distinct_rows, interaction_matrix, popular_items
 
 GROUPS, PER_GROUP, PRODUCTS_PER_GROUP, TOP_N = 20, 60, 15, 10
 
@@ -63,3 +63,48 @@ def test_an_empty_matrix_is_refused() -> None:
     matrix, _, _ = interaction_matrix({"a": [], "b": []})
     with pytest.raises(ValueError, match="no purchases"):
         AlsRecommender().fit(matrix)
+
+
+def _factors(rng: np.random.Generator, n: int, skew: float) -> np.ndarray:
+    """Random factors whose norms spread like ALS's (log-normal, ``skew`` its sigma)."""
+    directions = rng.standard_normal((n, 16)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return directions * rng.lognormal(0.0, skew, (n, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("skew", [2.0, 0.0])
+def test_the_norm_ordered_ranking_is_the_exhaustive_one(skew: float) -> None:
+    from implicit.cpu.topk import topk
+
+    rng = np.random.default_rng(3)
+    items, users = _factors(rng, 3_000, skew), rng.standard_normal((500, 16)).astype(np.float32)
+    by_norm = NormOrder(items, head=64)
+    ids, scores = by_norm.topk(users, 12)
+    want_ids, want_scores = topk(items, users, 12, num_threads=1)
+    assert (ids == want_ids).all()
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    if skew:  # skewed norms: every user is settled by a tenth of the items at most
+        assert sum(n for size, n in by_norm.settled_at_.items() if size <= 300) == len(users), by_norm.settled_at_
+    else:  # even norms: the head grows to every item for most users, and the result is still exact
+        assert by_norm.settled_at_[len(items)] > 0, by_norm.settled_at_
+
+
+def test_more_wanted_than_there_are_items() -> None:
+    rng = np.random.default_rng(4)
+    items = _factors(rng, 5, 1.0)
+    ids, _ = NormOrder(items).topk(rng.standard_normal((3, 16)).astype(np.float32), 9)
+    assert ids.shape == (3, 5)
+    assert all(sorted(row) == list(range(5)) for row in ids.tolist())
+
+
+def test_distinct_rows_point_every_row_at_the_first_equal_one() -> None:
+    from scipy import sparse
+
+    rng = np.random.default_rng(5)
+    dense = np.zeros((400, 6), dtype=np.float32)
+    for row in dense:  # mostly one product bought once or twice, some bought several
+        row[rng.choice(6, size=rng.choice([0, 1, 1, 1, 2, 3]), replace=False)] = rng.choice([1.0, 2.0], 1)
+    firsts, slot = distinct_rows(sparse.csr_matrix(dense))
+    first_equal = [next(j for j in range(len(dense)) if (dense[j] == row).all()) for row in dense]
+    assert firsts[slot].tolist() == first_equal
+    assert len(set(firsts.tolist())) == len(firsts) == len({row.tobytes() for row in dense})
