@@ -150,9 +150,15 @@ def ranking_recall(settings: Settings, sample: int = 5_000, n: int = 10) -> dict
 
 def run_retrain(settings: Settings) -> dict:
     """``segstream retrain --once`` in its own process; its report, wall time and peak RSS."""
+    # The job's own peak: a forked child starts with its parent's resident set as its high-water mark
+    # (ru_maxrss), and this parent holds the whole generated history; so the child resets the mark
+    # (clear_refs 5) and reports VmHWM.
     code = (
-        "import json, sys; from models.retrain import retrain_once; from segstream.settings import Settings\n"
+        "import json, sys; open('/proc/self/clear_refs', 'w').write('5')\n"
+        "from models.retrain import retrain_once; from segstream.settings import Settings\n"
         "report = retrain_once(Settings())\n"
+        "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]\n"
+        "report.peak_rss_mb = round(int(hwm) / 1024, 1)\n"
         "print(json.dumps({k: v for k, v in vars(report).items() if k != 'models'}))"
     )
     env = {**os.environ, **settings_env(settings), "OPENBLAS_NUM_THREADS": "1"}

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "load_settings", "settings_env"]
@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     )
     broker_rebalance_timeout: float = Field(5.0, gt=0, description="Kafka consumer-group rebalance timeout (s).")
     broker_heartbeat_interval: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval (s).")
+    broker_request_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Kafka client request timeout (s), at least the session timeout [default: the larger of the "
+        "session and rebalance timeouts, plus 10 s]. A group join waits for the rebalance timeout: this is how "
+        "long a worker waits for a coordinator that never answers before it joins again (Faust's own: 90 s).",
+    )
     churn_default_gap_days: float = Field(
         180.0, gt=0, description="Expected days between purchases for customers who bought once."
     )
@@ -237,6 +244,15 @@ class Settings(BaseSettings):
         0.05, ge=0, description="Republish R/M thresholds only when one moves by more than this share."
     )
 
+    @model_validator(mode="after")
+    def _request_timeout_covers_the_session(self) -> Settings:
+        if self.broker_request_timeout is not None and self.broker_request_timeout < self.broker_session_timeout:
+            raise ValueError(
+                f"broker_request_timeout ({self.broker_request_timeout} s) must be at least broker_session_timeout "
+                f"({self.broker_session_timeout} s)"
+            )
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -260,6 +276,13 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.models_dir or self.run_dir / "models"
+
+    @property
+    def request_timeout(self) -> float:
+        """``broker_request_timeout``, or the larger of the session and rebalance timeouts plus 10 s."""
+        if self.broker_request_timeout is not None:
+            return self.broker_request_timeout
+        return max(self.broker_session_timeout, self.broker_rebalance_timeout) + 10.0
 
     @property
     def redis_address(self) -> str:

@@ -51,6 +51,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.broker_session_timeout,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        # Faust's 90 s default is how long a worker waited on a group join the embedded broker never
+        # answered (a leave and a join two seconds apart; docs/architecture.md, "Rebalances")
+        broker_request_timeout=settings.request_timeout,
         broker_commit_every=settings.worker_batch,
         broker_commit_interval=0.5,
         web_enabled=settings.worker_web_port is not None,
