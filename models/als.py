@@ -152,16 +152,19 @@ class AlsRecommender:
         bought = matrix[distinct]
         counts = np.diff(bought.indptr)
         # the n best of all columns, plus as many as the row bought, then the bought ones dropped:
-        # implicit's own filter slices the sparse matrix row by row in Python, three times slower
-        extra = int(min(counts.max(initial=0), _MAX_FILTERED))
+        # implicit's own filter slices the sparse matrix row by row in Python, three times slower.
+        # Rows are ranked by how many they bought, so each asks for no more than it needs (most
+        # bought one product: n + 1); a top k costs more with k.
         found: list[list[int]] = [[] for _ in range(len(distinct))]
         with threadpool_limits(1, "blas"):
-            for start in range(0, len(distinct), chunk):  # exact, and fast on ALS's skewed norms
-                ids, _scores = self.by_norm_.topk(users[start : start + chunk], n + extra, threads=self.threads)
-                for offset, row in enumerate(ids.tolist()):
-                    i = start + offset
-                    own = set(bought.indices[bought.indptr[i] : bought.indptr[i + 1]].tolist())
-                    found[i] = [column for column in row if column >= 0 and column not in own][:n]
+            for extra in np.unique(counts[counts <= _MAX_FILTERED]).tolist():
+                group = np.flatnonzero(counts == extra)
+                for start in range(0, len(group), chunk):  # exact, and fast on ALS's skewed norms
+                    part = group[start : start + chunk]
+                    ids, _scores = self.by_norm_.topk(users[part], n + extra, threads=self.threads)
+                    for i, row in zip(part.tolist(), ids.tolist(), strict=True):
+                        own = set(bought.indices[bought.indptr[i] : bought.indptr[i + 1]].tolist())
+                        found[i] = [column for column in row if column not in own][:n]
             heavy = np.flatnonzero(counts > _MAX_FILTERED)  # bought more than the margin: filter exactly
             if len(heavy):
                 ids, _scores = topk(items, users[heavy], n, filter_query_items=bought[heavy], num_threads=self.threads)

@@ -466,16 +466,15 @@ def _recommendations(
         other = np.asarray([segment in elsewhere for segment in population.segments], dtype=bool)
         buyers = np.flatnonzero((np.diff(matrix.indptr) > 0) & ~full & ~other)
         lists: dict[str, tuple[list[str], str]] = {customer: (picks, "top_rated") for customer, picks in seeded.items()}
-        for start in range(0, len(buyers), 10_000):
-            rows = buyers[start : start + 10_000]
-            for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
-                customer = customers[row]
-                picks = seeded.get(customer)
-                if picks is None:
-                    lists[customer] = (items, "als")
-                else:  # a big spender with fewer top-rated products than wanted: ALS fills up
-                    filler = [p for p in items if p not in picks]
-                    lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
+        # all in one call: rows with the same purchases are ranked once across the whole population
+        for row, items in zip(buyers.tolist(), als.recommend(buyers, top_n, labels=products), strict=True):
+            customer = customers[row]
+            picks = seeded.get(customer)
+            if picks is None:
+                lists[customer] = (items, "als")
+            else:  # a big spender with fewer top-rated products than wanted: ALS fills up
+                filler = [p for p in items if p not in picks]
+                lists[customer] = ((picks + filler)[:top_n], "top_rated+als" if filler else "top_rated")
 
     c2v_artifact, c2v_model = None, None
     everyone = [r for r, days in enumerate(population.purchases) if any(day <= until for day in days)]
@@ -494,10 +493,8 @@ def _recommendations(
                 if picks:
                     rivals["top_rated"][population.customers[row]] = picks
             rows = np.asarray([r for r in everyone if matrix.indptr[r + 1] > matrix.indptr[r]], dtype=np.int64)
-            for start in range(0, len(rows), 10_000):
-                chunk = rows[start : start + 10_000]
-                for row, items in zip(chunk.tolist(), als.recommend(chunk, top_n, labels=products), strict=True):
-                    rivals["als"][customers[row]] = items
+            for row, items in zip(rows.tolist(), als.recommend(rows, top_n, labels=products), strict=True):
+                rivals["als"][customers[row]] = items
             rivals["customer2vec"] = _c2v_lists(c2v_model, days, [population.customers[r] for r in everyone], top_n)
         report.rivals = {strategy: len(found) for strategy, found in rivals.items()}
         report.rival_lists = rivals  # written by the caller, then dropped from the report

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.als import AlsRecommender, NormOrder, distinct_rows, interaction_matrix, popular_items
+from models.als import AlsRecommender, NormOrder, dense_factors, distinct_rows, interaction_matrix, popular_items
 
 GROUPS, PER_GROUP, PRODUCTS_PER_GROUP, TOP_N = 20, 60, 15, 10
 
@@ -108,3 +108,15 @@ def test_distinct_rows_point_every_row_at_the_first_equal_one() -> None:
     first_equal = [next(j for j in range(len(dense)) if (dense[j] == row).all()) for row in dense]
     assert firsts[slot].tolist() == first_equal
     assert len(set(firsts.tolist())) == len(firsts) == len({row.tobytes() for row in dense})
+
+
+def test_recommend_equals_an_exhaustive_ranking_with_the_bought_filtered() -> None:
+    from implicit.cpu.topk import topk
+
+    baskets, _ = _planted()
+    matrix, _, _ = interaction_matrix(baskets)
+    als = AlsRecommender(factors=16, iterations=5).fit(matrix)
+    rows = np.arange(matrix.shape[0])
+    users, items = dense_factors(als.model_.user_factors), dense_factors(als.model_.item_factors)
+    want, _ = topk(items, users, TOP_N, filter_query_items=matrix, num_threads=1)
+    assert als.recommend(rows, TOP_N) == want.tolist()
