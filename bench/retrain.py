@@ -143,7 +143,7 @@ def ranking_recall(settings: Settings, sample: int = 5_000, n: int = 10) -> dict
     exhaustive, _ = topk(items, users, n, filter_query_items=matrix[rows], num_threads=0)
     exhaustive_s = time.perf_counter() - started
     hits = [len(set(a) & set(b.tolist())) / len(b) for a, b in zip(found, exhaustive, strict=True)]
-    return {"recall_at_10": round(float(np.mean(hits)), 4), "sample": len(rows),
+    return {f"recall_at_{n}": round(float(np.mean(hits)), 4), "sample": len(rows),
             "sample_seconds_job_ranking": round(job_s, 2), "sample_seconds_exhaustive": round(exhaustive_s, 2),
             "settled_at_head_size": {int(k): v for k, v in sorted(als.by_norm_.settled_at_.items())}}  # fmt: skip
 

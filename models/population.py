@@ -69,13 +69,6 @@ class Population:
                     own_categories += days[day][2]
         return products, categories
 
-    @classmethod
-    def from_rows(cls, rows: list[dict[bytes, bytes]]) -> Population:
-        """The population of ``rows`` (HGETALL replies), in customer-id order."""
-        builder = _Builder()
-        builder.add(rows)
-        return builder.population()
-
 
 class _Builder:
     """Collects the profiles' HGETALL replies chunk by chunk; :meth:`population` sorts and packs them."""
