@@ -242,3 +242,15 @@ def test_a_broker_killed_mid_replay_is_one_line_and_the_checkpoint_resumes(tmp_p
         assert any(checkpoints.iterdir())  # the acknowledged part is kept
     finally:
         services_down(settings)
+
+
+def test_the_request_timeout_follows_the_group_timeouts_and_never_undercuts_the_session() -> None:
+    from pydantic import ValidationError
+
+    from segstream.settings import Settings
+
+    assert Settings(broker_session_timeout=6, broker_rebalance_timeout=5).request_timeout == 16
+    assert Settings(broker_session_timeout=30, broker_rebalance_timeout=60).request_timeout == 70
+    assert Settings(broker_request_timeout=20).request_timeout == 20
+    with pytest.raises(ValidationError, match="must be at least broker_session_timeout"):
+        Settings(broker_session_timeout=6, broker_request_timeout=5)
