@@ -82,8 +82,8 @@ async def run(settings: Settings, customers: int, orders: int) -> dict:
             "ratio": round(statistics.median(late) / statistics.median(first), 3),
         }
     sync = redis_client(settings)
-    figures["heavy_profile_bytes"] = sync.memory_usage(keys.profile(veterans[0]), samples=0)
-    figures["heavy_profile_fields"] = sync.hlen(keys.profile(veterans[0]))
+    figures["heavy_profile_bytes"] = sync.memory_usage(keys.partition(0).profile(veterans[0]), samples=0)
+    figures["heavy_profile_fields"] = sync.hlen(keys.partition(0).profile(veterans[0]))
     await client.aclose()
     return figures
 

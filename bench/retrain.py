@@ -45,7 +45,9 @@ from replay.olist import load_olist
 from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
+from segstream.kafka import partition_for
 from segstream.keys import Keys
+from segstream.partitioned import counters
 from segstream.schemas import CampaignSent
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.scripts import lua
@@ -62,16 +64,23 @@ def build_state(settings: Settings, data: Path) -> dict:
     history = load_source("olist", data)  # with the campaigns.csv beside the files, if any
     client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
     store_sends = client.register_script(lua("streams", "campaigns.lua"))
+    count = settings.topic_partitions
     profiles: dict[str, Profile] = {}
-    sends: list[str | float] = []
+    sends: list[list[str]] = [[] for _ in range(count)]  # per partition, as a worker stores them
     last = 0.0
+
+    def flush_sends(partition: int) -> None:
+        part = keys.partition(partition)
+        store_sends(keys=[part.campaign_sends, part.campaigns, part.counters], args=[0, *sends[partition]])
+        sends[partition] = []
+
     for event in history.events():
         if isinstance(event, CampaignSent):
-            sends += [event.event_id, event.campaign_id, event.customer_unique_id, repr(event.event_time.timestamp())]
-            sends += [event.group, event.offer]
-            if len(sends) >= 6_000:
-                store_sends(keys=[keys.campaign_sends, keys.campaigns, keys.counters], args=[0, *sends])
-                sends = []
+            partition = partition_for(event.customer_unique_id, count)
+            sends[partition] += [event.event_id, event.campaign_id, event.customer_unique_id]
+            sends[partition] += [repr(event.event_time.timestamp()), event.group, event.offer]
+            if len(sends[partition]) >= 6_000:
+                flush_sends(partition)
             continue
         customer = event.customer_unique_id
         profile = profiles.get(customer)
@@ -79,16 +88,20 @@ def build_state(settings: Settings, data: Path) -> dict:
             profile = profiles[customer] = Profile(customer)
         profile.apply(event)
         last = max(last, event.event_time.timestamp())
-    if sends:
-        store_sends(keys=[keys.campaign_sends, keys.campaigns, keys.counters], args=[0, *sends])
+    for partition in range(count):
+        if sends[partition]:
+            flush_sends(partition)
     scorer, rules = RfmScorer(), ChurnRules()
     pipe = client.pipeline(transaction=False)
     for n, profile in enumerate(profiles.values(), 1):
         profile.evaluate(last, scorer, rules)
-        pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
+        customer = profile.customer_unique_id
+        pipe.hset(keys.partition(partition_for(customer, count)).profile(customer), mapping=profile.changed_fields())
         if n % 5_000 == 0:
             pipe.execute()
-    pipe.hset(keys.watermarks, mapping={str(p): last for p in range(settings.topic_partitions)})
+    for partition in range(count):
+        pipe.hset(keys.partition(partition).watermarks, str(partition), last)
+    pipe.sadd(keys.partition_numbers, *range(count))
     pipe.execute()
     products = {p for profile in profiles.values() for p in profile.products}
     return {
@@ -181,7 +194,7 @@ def stream_during_retrain(settings: Settings, data: Path, job: Settings, rate: f
     client, keys = redis.Redis.from_url(stream.redis_address), Keys(stream.redis_prefix)
 
     def applied() -> int:
-        return int(client.hget(keys.counters, "applied") or 0)
+        return counters(client, keys).get("applied", 0)
 
     history = load_olist(data)
     thread = threading.Thread(target=lambda: asyncio.run(replay_history(history, stream, rate=rate)), daemon=True)

@@ -62,6 +62,7 @@ from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.partitioned import counters, partitions
 from segstream.schemas import SENT_AT_HEADER
 from segstream.services import free_port, services_down, services_status, services_up
 from segstream.settings import Settings
@@ -139,7 +140,7 @@ def _wait_consumed(settings: Settings, replay_id: str, run_id: str, partitions: 
     client, keys = redis.Redis.from_url(settings.redis_address), Keys(settings.redis_prefix)
     deadline, first = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
-        if first is None and client.hget(keys.counters, "consumed"):
+        if first is None and counters(client, keys).get("consumed"):
             first = time.monotonic()
         if replay_consumed(settings, replay_id, run_id) == partitions:
             return first or time.monotonic(), time.monotonic()
@@ -302,8 +303,9 @@ def _analytics_cost(base: Settings, history, workdir: Path, tag: str, figures: d
         print(f"end-to-end {name} analytics: {rates[name]:,.0f} events/s", file=sys.stderr)
         if name == "with":
             client, keys = redis.Redis.from_url(run.redis_address), Keys(run.redis_prefix)
-            sizes = {model: client.memory_usage(keys.analytics(model)) or 0 for model in READ_MODELS}
-            fields = {model: client.hlen(keys.analytics(model)) for model in READ_MODELS}
+            parts = partitions(client, keys)
+            sizes = {m: sum(client.memory_usage(p.analytics(m)) or 0 for p in parts) for m in READ_MODELS}
+            fields = {m: sum(client.hlen(p.analytics(m)) for p in parts) for m in READ_MODELS}
             customers = sum(1 for _ in client.scan_iter(match=keys.profiles_pattern, count=1000))
             figures["analytics_redis_bytes"] = sizes
             figures["analytics_redis_fields"] = fields
@@ -373,12 +375,11 @@ def main() -> None:
 
             client, keys = redis.Redis.from_url(e2e.redis_address), Keys(e2e.redis_prefix)
             sample = [
-                k.decode().rsplit(":", 1)[1]
-                for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
+                k for k, _ in zip(client.scan_iter(match=keys.profiles_pattern, count=1000), range(2000), strict=False)
             ]
             per_customer = [
-                client.memory_usage(keys.profile(c)) or 0  # the applied digests are in the profile
-                for c in sample
+                client.memory_usage(key) or 0  # the applied digests are in the profile
+                for key in sample
             ]
             figures["redis_bytes_per_customer"] = round(float(np.mean(per_customer)))
             figures["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 1e6, 1)

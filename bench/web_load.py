@@ -38,6 +38,7 @@ from replay.producer import ensure_topics, replay_history
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
 from segstream.keys import Keys
+from segstream.partitioned import counters
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings
 from streams.readmodel import replay_consumed
@@ -114,7 +115,7 @@ def _run(base: Settings, history, with_view: bool, workdir: Path) -> dict:
             seconds, commands = ended - started, _calls(client) - calls
             per_command = {name: round(n / summary.events_sent, 4) for name, n in commands.most_common()}
             snapshots = int(page.evaluate("document.body.dataset.snapshots")) if page else 0
-        consumed = int(client.hget(keys.counters, "consumed") or 0)
+        consumed = counters(client, keys).get("consumed", 0)
         figures = {
             "view": with_view,
             "events": summary.events_sent,

@@ -56,13 +56,14 @@ from models.thresholds import refresh_thresholds
 from models.uplift import fit_targeting, parse_sends
 from segstream.clients import redis_client
 from segstream.keys import Keys
+from segstream.partitioned import merged, partitions, sum_hashes
 from segstream.scoring import DAY
 from segstream.scripts import lua
 from segstream.settings import Settings
 from streams.analytics import daily_table
 from streams.thresholds import current_thresholds
 
-__all__ = ["RetrainBusy", "RetrainReport", "current_models", "retrain_once", "watermark"]
+__all__ = ["RetrainBusy", "RetrainReport", "campaign_sends", "current_models", "retrain_once", "watermark"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,21 @@ class RetrainReport:
 
 def watermark(client: redis.Redis, keys: Keys) -> float | None:
     """The stream's event-time watermark: the lowest of its partitions' (None before any tick)."""
-    values = client.hvals(keys.watermarks)
+    marks = [part.watermarks for part in partitions(client, keys)]
+    pipe = client.pipeline(transaction=False)
+    for name in marks:
+        pipe.hvals(name)
+    values = [v for found in (pipe.execute() if marks else []) for v in found]
     return min(float(v) for v in values) if values else None
+
+
+def campaign_sends(client: redis.Redis, keys: Keys) -> dict[bytes, bytes]:
+    """Every partition's campaign sends (event id -> send), in one hash."""
+    parts = partitions(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for part in parts:
+        pipe.hgetall(part.campaign_sends)
+    return merged(pipe.execute() if parts else [])
 
 
 def current_models(client: redis.Redis, keys: Keys) -> dict[str, Any]:
@@ -284,7 +298,7 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
 
     targeting: dict[str, Any] | None = None
     with watch("uplift"):
-        sends = parse_sends(client.hgetall(keys.campaign_sends))
+        sends = parse_sends(campaign_sends(client, keys))
         if sends.empty:
             report.uplift = "no campaign sends"
         else:
@@ -337,10 +351,10 @@ def _run(settings: Settings, client: redis.Redis, keys: Keys, cutoff: float, run
 
 def _basket_rules(settings: Settings, client: redis.Redis, keys: Keys, report: RetrainReport) -> dict[str, Any]:
     """Both kinds' rules from the counts the stream keeps (as of the stream's watermark)."""
-    pipe = client.pipeline(transaction=False)
-    for model in ("basket_orders", "basket_months"):
-        pipe.hgetall(keys.analytics(model))
-    counts = dict(zip(("basket_orders", "basket_months"), pipe.execute(), strict=True))
+    parts = partitions(client, keys)
+    counts = {
+        model: sum_hashes(client, [p.analytics(model) for p in parts]) for model in ("basket_orders", "basket_months")
+    }
     rules = rules_of_counts(
         counts, settings.basket_min_support, settings.basket_min_confidence, settings.basket_rules_kept
     )
@@ -354,7 +368,8 @@ def _sales_forecast(
 ) -> dict[str, Any]:
     """Daily purchases and revenue over the forecast horizon after the cutoff's day (models/forecast.py)."""
     until = datetime.fromtimestamp(cutoff, tz=UTC).date()
-    series = daily_series(daily_table(client.hgetall(keys.analytics("daily"))), until)
+    daily = sum_hashes(client, [part.analytics("daily") for part in partitions(client, keys)])
+    series = daily_series(daily_table(daily), until)
     horizon, level = settings.forecast_horizon_days, settings.forecast_level
     out: dict[str, Any] = {"run": report.run, "until": until.isoformat(), "horizon_days": horizon, "level": level}
     out["method"] = "statsmodels ETS(A, Ad, A) with a weekly season"

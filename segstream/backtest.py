@@ -49,6 +49,7 @@ import redis
 
 from segstream.clients import redis_client
 from segstream.keys import Keys
+from segstream.partitioned import counters, outbox_length
 from segstream.settings import Settings
 
 __all__ = ["BacktestError", "parse_cutoffs", "parse_horizon", "run_backtest"]
@@ -360,12 +361,12 @@ def run_backtest(
                 if worker.poll() is not None:
                     raise BacktestError(f"the stream worker exited with code {worker.returncode}; see {worker_log}")
                 ends = replay_consumed(run, summary.replay_id, summary.run_id)
-                return ends == partitions and client.xlen(keys.outbox) == 0
+                return ends == partitions and outbox_length(client, keys) == 0
 
             bar.catch_up(
                 index,
                 day,
-                lambda: int(client.hget(keys.counters, "consumed") or 0),
+                lambda: counters(client, keys).get("consumed", 0),
                 consumed_all,
                 summary.events_sent + summary.ticks_sent + partitions,
             )
@@ -446,7 +447,7 @@ def _retrain_and_freeze(
         if left:
             raise BacktestError(f"the worker did not re-score partitions {left} after the retrain at {day}")
         deadline = time.monotonic() + WAIT_S
-        while client.xlen(keys.outbox) and time.monotonic() < deadline:
+        while outbox_length(client, keys) and time.monotonic() < deadline:
             time.sleep(0.1)
     frozen = _freeze(client, keys, day, with_models=True, registry=run.models_path)
     frozen.retrain = {

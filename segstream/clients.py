@@ -55,11 +55,19 @@ def redis_options(settings: Settings) -> dict[str, Any]:
 
 
 def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_address, **{**redis_options(settings), **kwargs})
+    """A client of the configured Redis: a ``RedisCluster`` with ``SEGSTREAM_REDIS_CLUSTER`` (it has
+    the same commands; keys of one script or transaction share a slot, segstream/keys.py)."""
+    options = {**redis_options(settings), **kwargs}
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.redis_address, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(settings.redis_address, **options)
 
 
 def async_redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_address, **{**redis_options(settings), **kwargs})
+    options = {**redis_options(settings), **kwargs}
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(settings.redis_address, **options)  # type: ignore[return-value]
+    return aioredis.Redis.from_url(settings.redis_address, **options)
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:

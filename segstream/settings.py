@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="External Redis URL (redis://host:port/db). Unset: use the embedded redis-server."
     )
+    redis_cluster: bool = Field(
+        False,
+        description="The Redis at redis_url is a Redis Cluster: give any node's address, the client learns the "
+        "others and sends each key to the node serving its slot.",
+    )
     redis_username: str | None = Field(None, description="Redis ACL user (Redis 6+); unset: the default user.")
     redis_password: SecretStr | None = Field(
         None, description="Redis password, kept out of the URL so that it is never printed."
@@ -251,6 +256,12 @@ class Settings(BaseSettings):
                 f"broker_request_timeout ({self.broker_request_timeout} s) must be at least broker_session_timeout "
                 f"({self.broker_session_timeout} s)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_is_external(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url: the embedded redis-server is a single Redis")
         return self
 
     @field_validator("log_level")

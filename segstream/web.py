@@ -39,8 +39,9 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from segstream.clients import async_redis_client, kafka_options, redis_client
+from segstream.clients import async_redis_client, kafka_options, redis_client, shown
 from segstream.keys import Keys
+from segstream.partitioned import apartitions, merged, newest, oldest, summed
 from segstream.scoring import SEGMENTS, segment_meaning
 from segstream.settings import Settings
 
@@ -303,7 +304,7 @@ class Snapshots:
         self.snapshot: dict[str, Any] = {}
         self.version = 0
         self.feed: deque[dict[str, Any]] = deque(maxlen=FEED_KEPT)
-        self.last_id: str | None = None
+        self.last_ids: dict[int, str] = {}  # per partition, the last change read from its stream
         self.rates: deque[tuple[float, int]] = deque(maxlen=20)
         self.lag: dict[str, Any] = {"orders": {}, "reviews": {}, "checked": None, "error": "not read yet"}
         self.changed = asyncio.Event()
@@ -312,46 +313,49 @@ class Snapshots:
 
     async def read(self) -> None:
         keys, pipe = self.keys, self.client.pipeline(transaction=False)
-        pipe.hgetall(keys.segments)
-        pipe.hgetall(keys.churn_statuses)
-        pipe.hgetall(keys.counters)
-        pipe.hgetall(keys.watermarks)
-        pipe.hgetall(keys.review_watermarks)
+        parts = await apartitions(self.client, keys)
+        per_partition = ("segments", "churn_statuses", "counters", "watermarks", "review_watermarks", "outbox")
+        for part in parts:
+            pipe.hgetall(part.segments)
+            pipe.hgetall(part.churn_statuses)
+            pipe.hgetall(part.counters)
+            pipe.hgetall(part.watermarks)
+            pipe.hgetall(part.review_watermarks)
+            pipe.xlen(part.outbox)
+            pipe.xrevrange(part.dead_letters, count=5)
+            after = self.last_ids.get(part.number)
+            if after is None:
+                pipe.xrevrange(part.changes, count=FEED_KEPT)
+            else:
+                pipe.xrange(part.changes, min=f"({after}", count=1_000)
         pipe.hgetall(keys.rescored)
         pipe.get(keys.thresholds)
         pipe.get(keys.models)
-        pipe.xlen(keys.outbox)
-        pipe.xrevrange(keys.dead_letters, count=5)
-        if self.last_id is None:
-            pipe.xrevrange(keys.changes, count=FEED_KEPT)
-        else:
-            pipe.xrange(keys.changes, min=f"({self.last_id}", count=1_000)
-        (
-            segments,
-            churn,
-            counters,
-            marks,
-            review_marks,
-            rescored,
-            thresholds,
-            models,
-            outbox,
-            dead,
-            changes,
-        ) = await pipe.execute()
+        *replies, rescored, thresholds, models = await pipe.execute()
+        stride = len(per_partition) + 2
+        read = {name: replies[k::stride] for k, name in enumerate(per_partition)}
+        segments, churn, counters = summed(read["segments"]), summed(read["churn_statuses"]), summed(read["counters"])
+        marks, review_marks = merged(read["watermarks"]), merged(read["review_watermarks"])
+        outbox = sum(read["outbox"])
+        dead = newest(replies[len(per_partition) :: stride], 5)
+        changes = replies[len(per_partition) + 1 :: stride]
         now = time.time()
         counters = _ints(counters)
         self.rates.append((time.monotonic(), counters.get("consumed", 0)))
         first = next((r for r in self.rates if self.rates[-1][0] - r[0] <= 10.5), self.rates[-1])
         span = self.rates[-1][0] - first[0]
         rate = (self.rates[-1][1] - first[1]) / span if span > 0 else None
-        entries = list(reversed(changes)) if self.last_id is None else changes
+        entries = []  # each partition's new changes (the newest ones on a first read), oldest first
+        for part, found in zip(parts, changes, strict=True):
+            if found:
+                fresh = part.number not in self.last_ids
+                self.last_ids[part.number] = (found[0] if fresh else found[-1])[0].decode()
+                entries.append(list(reversed(found)) if fresh else found)
         new = []
-        for entry_id, fields in entries:
+        for entry_id, fields in oldest(entries)[-FEED_KEPT:]:
             for field, kind in ((b"change", "segment"), (b"churn", "churn")):
                 if field in fields:
                     new.append({"kind": kind, "id": entry_id.decode(), **json.loads(fields[field])})
-            self.last_id = entry_id.decode()
         self.feed.extend(new)
         marks, review_marks = _floats(marks), _floats(review_marks)
         thresholds = json.loads(thresholds) if thresholds else None
@@ -465,8 +469,7 @@ class Snapshots:
 
     def redis_shown(self) -> str:
         """Where Redis is, without a password."""
-        kwargs = self.client.connection_pool.connection_kwargs
-        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
+        return shown(self.settings.redis_address)
 
 
 # ---- the app -----------------------------------------------------------------------------------
@@ -605,8 +608,10 @@ def create_app(settings: Settings) -> FastAPI:
 
         return await asyncio.to_thread(recent_changes, sync, keys, limit)
 
-    def analytics(name: str) -> dict[bytes, bytes]:
-        return sync.hgetall(keys.analytics(name))
+    def analytics(name: str) -> dict[bytes, int]:
+        from streams.readmodel import analytics_counts
+
+        return analytics_counts(sync, keys, name)
 
     @app.get("/api/analytics/cohorts", response_model=list[Cohort])
     async def cohorts() -> list[dict[str, Any]]:

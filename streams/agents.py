@@ -29,9 +29,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from segstream.clients import async_redis_client, kafka_options
+from segstream.clients import async_redis_client, kafka_options, shown
 from segstream.kafka import RecordBatches, batch_producer, partition_for
-from segstream.keys import Keys
+from segstream.keys import Keys, PartitionKeys
+from segstream.partitioned import apartitions
 from segstream.schemas import SENT_AT_HEADER, CampaignSent, ClockTick, CustomerEvent, DeadLetter, decode_event
 from segstream.scoring import ChurnRules, RfmScorer, bgnbd_of
 from segstream.scripts import lua
@@ -144,12 +145,10 @@ class StreamHandler:
         """Say once that Redis went away, then a short line per ``retry`` (None: nothing more)."""
         if self._redis_away_since is None:
             self._redis_away_since = time.monotonic()
-            where = self.client.connection_pool.connection_kwargs
             log.warning(
-                "Redis at %s:%s is unavailable (%s); the worker waits and retries with backoff (events stay in "
+                "Redis at %s is unavailable (%s); the worker waits and retries with backoff (events stay in "
                 "Kafka, change events in the outbox)",
-                where.get("host", where.get("path", "?")),
-                where.get("port", ""),
+                shown(self.settings.redis_address),
                 " ".join(str(exc).split()),
             )
         elif retry is not None:
@@ -198,7 +197,7 @@ class StreamHandler:
         batch, so the outbox may pass it by one batch's entries per agent.
         """
         bound = self.settings.worker_outbox_max
-        length = await self.client.xlen(self.keys.outbox)
+        length = await self._outbox_length()
         if length < bound:
             return
         started = said = time.monotonic()
@@ -212,7 +211,7 @@ class StreamHandler:
             if self.rebalancing():
                 raise Rebalancing(f"the outbox held {length} entries")
             await asyncio.sleep(poll_s)
-            length = await self.client.xlen(self.keys.outbox)
+            length = await self._outbox_length()
             if time.monotonic() - said > 30:
                 said = time.monotonic()
                 log.warning("input still paused: the outbox holds %d entries (bound %d)", length, bound)
@@ -222,6 +221,13 @@ class StreamHandler:
             time.monotonic() - started,
         )
 
+    async def _outbox_length(self) -> int:
+        """Entries in every partition's outbox."""
+        pipe = self.client.pipeline(transaction=False)
+        for part in await apartitions(self.client, self.keys):
+            pipe.xlen(part.outbox)
+        return sum(await pipe.execute())
+
     async def _replay_ends(self, topic: str, finals: list[tuple[int, ClockTick]]) -> None:
         for partition, tick in finals:
             await self.client.hset(self.keys.replay_ends, f"{topic}:{partition}", f"{tick.replay_id}/{tick.run_id}")
@@ -230,19 +236,26 @@ class StreamHandler:
     async def _handle_campaigns(self, records: list[Record], send: Send) -> None:
         """Store the batch's campaign sends (one script call); ticks only count, finals mark the replay's end."""
         topic = self.settings.topic_campaigns
-        ticks, sends, finals = 0, [], []
+        ticks: dict[int, int] = {}
+        sends: dict[int, list[str]] = {}  # per partition, like the profiles (segstream/keys.py)
+        finals = []
         why = "only campaign sends and clock ticks belong there"
         async for partition, event, _headers in self._decoded(topic, records, send, (CampaignSent, ClockTick), why):
             if type(event) is ClockTick:
-                ticks += 1
+                ticks[partition] = ticks.get(partition, 0) + 1
                 if event.final:
                     finals.append((partition, event))
             else:
                 sent = repr(event.event_time.timestamp())
-                sends += [event.event_id, event.campaign_id, event.customer_unique_id, sent, event.group, event.offer]
-        if sends or ticks:
-            keys = [self.keys.campaign_sends, self.keys.campaigns, self.keys.counters]
-            await self.client.eval(_CAMPAIGNS, len(keys), *keys, ticks, *sends)
+                sends.setdefault(partition, []).extend(
+                    (event.event_id, event.campaign_id, event.customer_unique_id, sent, event.group, event.offer)
+                )
+        touched = sorted(set(ticks) | set(sends))
+        await (await self._ready()).register(touched)
+        for partition in touched:
+            part = self.keys.partition(partition)
+            keys = [part.campaign_sends, part.campaigns, part.counters]
+            await self.client.eval(_CAMPAIGNS, len(keys), *keys, ticks.get(partition, 0), *sends.get(partition, []))
         await self._replay_ends(topic, finals)
 
     async def _decoded(
@@ -285,7 +298,10 @@ class StreamHandler:
         while True:
             behind = [p for p, until in needed.items() if reviews.get(p, -math.inf) < until]
             if behind:
-                stored = await self.client.hmget(self.keys.review_watermarks, [str(p) for p in behind])
+                pipe = self.client.pipeline(transaction=False)
+                for p in behind:
+                    pipe.hget(self.keys.partition(p).review_watermarks, str(p))
+                stored = await pipe.execute()
                 behind = [p for p, w in zip(behind, stored, strict=True) if w is None or float(w) < needed[p]]
             if not behind:
                 return
@@ -324,28 +340,40 @@ class StreamHandler:
             payload=value.decode(errors="replace") if value is not None else "",
         )
         await (await send(self.settings.topic_dead_letter, key, record.model_dump_json().encode()))
+        await (await self._ready()).register([partition])
+        part = self.keys.partition(partition)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(self.keys.counters, "consumed", 1)
-        pipe.hincrby(self.keys.counters, "dead_lettered", 1)
+        pipe.hincrby(part.counters, "consumed", 1)
+        pipe.hincrby(part.counters, "dead_lettered", 1)
         # the latest few, for the operations view (the topic has them all)
         seen = {"topic": topic, "partition": partition, "offset": offset, "reason": reason, "at": time.time()}
-        pipe.xadd(self.keys.dead_letters, seen, maxlen=DEAD_LETTERS_KEPT, approximate=True)
+        pipe.xadd(part.dead_letters, seen, maxlen=DEAD_LETTERS_KEPT, approximate=True)
         await pipe.execute()
         log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 
-    async def publish(self, batch: int = 50) -> int:
-        """Move change events from the Redis outbox to Kafka; one worker at a time (a Redis lease).
+    async def publish(self, partitions: list[int], batch: int = 50) -> int:
+        """Move change events from the given partitions' Redis outboxes to Kafka; returns how many
+        events were published.
 
-        An outbox entry holds the change events of one write batch, each in a field named
-        ``<n>:<topic>:<customer>``. They are sent with a plain aiokafka producer in record batches
-        (acks=all), keyed and partitioned by customer like every segstream topic; entries leave the
-        outbox once Kafka acknowledged them. Returns how many events were published.
+        Each worker publishes the outboxes of the partitions it owns, so publishing spreads over the
+        workers like the input. A partition's outbox is published by one worker at a time (a Redis
+        lease): across a rebalance, the partition's old and new owners may both try.
         """
-        lock = self.keys.outbox_lock
+        published = 0
+        for partition in partitions:
+            published += await self._publish(self.keys.partition(partition), batch)
+        return published
+
+    async def _publish(self, part: PartitionKeys, batch: int) -> int:
+        """One partition's outbox: an entry holds the change events of one write, each in a field
+        named ``<n>:<topic>:<customer>``. They are sent with a plain aiokafka producer in record
+        batches (acks=all), keyed and partitioned by customer like every segstream topic; entries
+        leave the outbox once Kafka acknowledged them."""
+        lock = part.outbox_lock
         taken = await self.client.set(lock, self.token, nx=True, px=5_000)
         if not taken and not await self.client.eval(_RENEW, 1, lock, self.token, 5_000):  # atomic: ours, renewed
             return 0
-        entries = await self.client.xrange(self.keys.outbox, count=batch)
+        entries = await self.client.xrange(part.outbox, count=batch)
         if not entries:
             return 0
         producer = await self._producer()
@@ -363,8 +391,8 @@ class StreamHandler:
                     await asyncio.sleep(0)  # an outbox entry can hold thousands: let the agents run between
         await batches.flush()
         pipe = self.client.pipeline(transaction=True)
-        pipe.xdel(self.keys.outbox, *[entry_id for entry_id, _ in entries])
-        pipe.hincrby(self.keys.counters, "published", published)
+        pipe.xdel(part.outbox, *[entry_id for entry_id, _ in entries])
+        pipe.hincrby(part.counters, "published", published)
         await pipe.execute()
         return published
 

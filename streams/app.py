@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> faust.App:
     async def send(topic: str, key: bytes | None, value: bytes):
         return await outputs[topic].send(key=key, value=value)
 
+    inputs = {settings.topic_orders, settings.topic_reviews, settings.topic_campaigns}
     orders = app.topic(settings.topic_orders, schema=RawSchema())
     reviews = app.topic(settings.topic_reviews, schema=RawSchema())
     campaigns = app.topic(settings.topic_campaigns, schema=RawSchema())
@@ -126,8 +127,10 @@ def create_app(settings: Settings) -> faust.App:
         # A loop, not a timer: under load one pass can outlast any interval.
         delay = 1.0
         while not app.should_stop:
+            # the outboxes of the partitions this worker owns (their writes fill them)
+            owned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in inputs})
             try:
-                published = await handler.publish()
+                published = await handler.publish(owned)
             except REDIS_AWAY as exc:  # the outbox keeps the events: try again
                 handler.redis_away(exc)
                 await asyncio.sleep(delay)

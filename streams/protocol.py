@@ -20,7 +20,7 @@ class WriteHeader:
     profile_prefix: str  # + customer: the profile hash
     transitions_prefix: str  # + event-day: the transition counts of that day
     analytics_keys: str  # the analytics read models' hashes, newline-separated, in READ_MODELS order
-    due_prefix: str  # + partition: the due index
+    due: str  # the partition's due index
     segments: str  # customers per segment (a hash)
     churn_statuses: str  # customers per churn status (a hash)
     changes: str  # the capped stream of recent segment and churn changes

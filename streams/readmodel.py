@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from segstream.clients import kafka_options, redis_client
 from segstream.kafka import partition_for
 from segstream.keys import Keys
+from segstream.partitioned import newest, partitions, sum_hashes, summed
 from segstream.schemas import SegmentChanged
 from segstream.scripts import lua
 from segstream.settings import Settings
@@ -28,6 +29,7 @@ __all__ = [
     "AmbiguousId",
     "CustomerModels",
     "Overview",
+    "analytics_counts",
     "analytics_lines",
     "analytics_view",
     "customer_changes",
@@ -59,15 +61,19 @@ def read_profile(settings: Settings, customer: str) -> Profile | None:
     """The profile of ``customer``: a full ``customer_unique_id``, or the start of exactly one (as
     ``segments`` prints them); None if there is none. Raises :class:`AmbiguousId` for several."""
     client, keys = _client(settings), Keys(settings.redis_prefix)
-    data = client.hgetall(keys.profile(customer))
+    # the customer's partition is the one holding its profile: one read per partition, pipelined
+    pipe = client.pipeline(transaction=False)
+    for part in partitions(client, keys):
+        pipe.hgetall(part.profile(customer))
+    data = next((found for found in pipe.execute() if found), {}) if customer else {}
     if not data and customer and not any(c in customer for c in "*?[]\\"):
         matches = []
-        for key in client.scan_iter(match=keys.profile(customer) + "*", count=1000):
+        for key in client.scan_iter(match=keys.profiles_pattern.removesuffix("*") + customer + "*", count=1000):
             matches.append(key)
             if len(matches) > 5:
                 break
         if len(matches) > 1:
-            shown = ", ".join(sorted(k.decode().removeprefix(keys.profile("")) for k in matches[:5]))
+            shown = ", ".join(sorted(k.decode().split(":profile:", 1)[1] for k in matches[:5]))
             raise AmbiguousId(
                 f"{customer!r} starts several customer ids ({shown}{', ...' if len(matches) > 5 else ''})"
             )
@@ -145,17 +151,22 @@ class Overview:
 
 def overview(settings: Settings, latest: int = 10) -> Overview:
     client, keys = _client(settings), Keys(settings.redis_prefix)
+    parts = partitions(client, keys)
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.segments)
-    pipe.hgetall(keys.counters)
-    pipe.hvals(keys.watermarks)
-    if latest:
-        pipe.xrevrange(keys.changes, count=4 * latest)  # churn changes share the stream
-    segments, counters, watermarks, *changes = pipe.execute()
-    changes = changes[0] if changes else []
+    for part in parts:
+        pipe.hgetall(part.segments)
+        pipe.hgetall(part.counters)
+        pipe.hvals(part.watermarks)
+    for part in parts if latest else []:
+        pipe.xrevrange(part.changes, count=4 * latest)  # churn changes share the stream
+    replies = pipe.execute() if parts else []
+    n = 3 * len(parts)
+    segments, counters = summed(replies[0:n:3]), summed(replies[1:n:3])
+    watermarks = [mark for marks in replies[2:n:3] for mark in marks]
+    changes = newest(replies[n:], 4 * latest)
     latest = [SegmentChanged.model_validate_json(f[b"change"]) for _, f in changes if b"change" in f][:latest]
     return Overview(
-        segments={k.decode(): int(v) for k, v in segments.items() if int(v)},
+        segments={k.decode(): v for k, v in segments.items()},
         # newest event time first (the stream holds them in write order: partitions interleave)
         latest=sorted(latest, key=lambda change: (change.event_time, change.event_id), reverse=True),
         counters={k.decode(): int(v) for k, v in counters.items()},
@@ -236,19 +247,28 @@ def overview_lines(view: Overview) -> list[str]:
 
 def _days(client: redis.Redis, keys: Keys) -> list[str]:
     """The event-days with transition counts, in order."""
-    return sorted({k.decode().rsplit(":", 1)[1] for k in client.scan_iter(match=keys.transitions("*"), count=1_000)})
+    found = client.scan_iter(match=keys.transitions_pattern(), count=1_000)
+    return sorted({k.decode().rsplit(":", 1)[1] for k in found})
+
+
+def _transitions(client: redis.Redis, keys: Keys, days: list[str]) -> list[dict[bytes, int]]:
+    """Each day's transition counts, summed over the partitions."""
+    parts = partitions(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for day in days:
+        for part in parts:
+            pipe.hgetall(part.transitions(day))
+    replies = pipe.execute() if days and parts else []
+    return [summed(replies[k : k + len(parts)]) for k in range(0, len(replies), len(parts))]
 
 
 def segment_history(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Customers per segment at the end of each event-day with a change, from the stream's per-day
     transition counts ('previous>new'; an empty previous is a first segment)."""
     days = _days(client, keys)
-    pipe = client.pipeline(transaction=False)
-    for day in days:
-        pipe.hgetall(keys.transitions(day))
     sizes: Counter[str] = Counter()
     history = []
-    for day, flows in zip(days, pipe.execute() if days else [], strict=True):
+    for day, flows in zip(days, _transitions(client, keys, days), strict=True):
         for flow, count in flows.items():
             before, after = flow.decode().split(">", 1)
             if before:
@@ -263,11 +283,8 @@ def transitions_between(client: redis.Redis, keys: Keys, start: date, end: date)
     """Segment transitions of the event-days ``start`` to ``end`` (both included), summed:
     ``{"from", "to", "customers"}``, largest first; ``from`` is "" for a customer's first segment."""
     days = [d for d in _days(client, keys) if start.isoformat() <= d <= end.isoformat()]
-    pipe = client.pipeline(transaction=False)
-    for day in days:
-        pipe.hgetall(keys.transitions(day))
     flows: Counter[tuple[str, str]] = Counter()
-    for counts in pipe.execute() if days else []:
+    for counts in _transitions(client, keys, days):
         for flow, count in counts.items():
             before, after = flow.decode().split(">", 1)
             flows[(before, after)] += int(count)
@@ -276,14 +293,14 @@ def transitions_between(client: redis.Redis, keys: Keys, start: date, end: date)
     ]
 
 
-def recent_changes(client: redis.Redis, keys: Keys, limit: int = 50, after: str | None = None) -> list[dict[str, Any]]:
-    """The latest segment and churn changes, newest written first (or, with ``after``, those written
-    after that stream id, oldest first): ``kind`` (``segment`` or ``churn``), ``id`` (the stream id)
-    and the event's fields."""
-    if after:
-        entries = client.xrange(keys.changes, min=f"({after}", count=limit)
-    else:
-        entries = client.xrevrange(keys.changes, count=limit)
+def recent_changes(client: redis.Redis, keys: Keys, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest segment and churn changes, newest written first: ``kind`` (``segment`` or
+    ``churn``), ``id`` (the stream id) and the event's fields."""
+    parts = partitions(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for part in parts:
+        pipe.xrevrange(part.changes, count=limit)
+    entries = newest(pipe.execute() if parts else [], limit)
     out = []
     for entry_id, fields in entries:
         for field, kind in ((b"change", "segment"), (b"churn", "churn")):
@@ -361,7 +378,12 @@ ANALYTICS_VIEWS = {  # the CLI's name -> the read model and its table (streams/a
 def analytics_view(settings: Settings, view: str) -> Any:
     """One analytics read model as a table (``ANALYTICS_VIEWS``); an empty one if nothing counted yet."""
     model, table = ANALYTICS_VIEWS[view]
-    return table(_client(settings).hgetall(Keys(settings.redis_prefix).analytics(model)))
+    return table(analytics_counts(_client(settings), Keys(settings.redis_prefix), model))
+
+
+def analytics_counts(client: redis.Redis, keys: Keys, model: str) -> dict[bytes, int]:
+    """One analytics read model's counts, summed over the partitions."""
+    return sum_hashes(client, [part.analytics(model) for part in partitions(client, keys)])
 
 
 def run_document(client: redis.Redis, keys: Keys, name: str) -> dict[str, Any] | None:

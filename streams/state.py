@@ -24,6 +24,7 @@ from itertools import chain
 import redis.asyncio as aioredis
 
 from segstream.keys import Keys
+from segstream.partitioned import apartitions, summed
 from segstream.schemas import ClockTick
 from segstream.scoring import ChurnRules, RfmScorer
 from segstream.scripts import lua
@@ -71,7 +72,6 @@ class ProfileStore:
         self.client = client
         self.keys = keys
         self.fold = Fold(scorer, rules, clusters, analytics)
-        self._analytics_keys = "\n".join(keys.analytics(name) for name in READ_MODELS)
         self.scripts = ScriptRunner(client)
         self.segment_topic = segment_topic
         self.churn_topic = churn_topic
@@ -80,6 +80,7 @@ class ProfileStore:
         self.cache_size = cache_size
         # profiles as this worker last wrote them, with their applied event ids; most recent last
         self._cache: dict[str, tuple[Profile, set[str]]] = {}
+        self._registered: set[int] = set()  # partitions this store added to Keys.partition_numbers
 
     # the fold's thresholds, rules and clusters: a threshold republication replaces the first two
     @property
@@ -112,6 +113,13 @@ class ProfileStore:
         if len(self._cache) > self.cache_size:
             self._cache.pop(next(iter(self._cache)))
 
+    async def register(self, partitions: Iterable[int]) -> None:
+        """Add partitions to the set readers sum over (segstream/partitioned.py), before writing them."""
+        new = sorted(set(partitions) - self._registered)
+        if new:
+            await self.client.sadd(self.keys.partition_numbers, *new)
+            self._registered.update(new)
+
     async def _load(
         self, wanted: dict[int, list[str]], due_until: dict[int, float], only: dict[int, set[str]] | None = None
     ) -> dict[int, tuple[dict[str, Working], dict[str, float]]]:
@@ -121,24 +129,24 @@ class ProfileStore:
         A cached profile is used as it is (and taken out of the cache until it is written): it is
         what this worker last wrote, and its applied digests with it; if anything else wrote the
         customer since, the version moved and the write loses its compare-and-set, and the
-        customer is read again. Two round trips at most, whatever the
-        number of partitions.
+        customer is read again. Two round trips at most, whatever the number of partitions.
         """
         loaded = {partition: ({}, {}) for partition in wanted}
-        reading = [(p, c) for p, cs in wanted.items() for c in cs if not self._from_cache(c, loaded[p][0])]
-        queries = [(p, until) for p, until in due_until.items() if p in loaded]
-        if reading or queries:
-            replies = await self._read([c for _, c in reading], queries)
-            for (partition, _until), flat in zip(queries, replies, strict=False):
+        reading = {p: [c for c in cs if not self._from_cache(c, loaded[p][0])] for p, cs in wanted.items()}
+        queries = {p: until for p, until in due_until.items() if p in loaded}
+        asks = {p: (cs, queries.get(p)) for p, cs in reading.items() if cs or p in queries}
+        for partition, (due_flat, profiles) in (await self._read(asks)).items():
+            if partition in queries:
                 keep = None if only is None else only[partition]
-                scored = zip((c.decode() for c in flat[::2]), flat[1::2], strict=True)
+                scored = zip((c.decode() for c in due_flat[::2]), due_flat[1::2], strict=True)
                 loaded[partition][1].update((c, float(s)) for c, s in scored if keep is None or c in keep)
-            self._finish_read(reading, replies[len(queries) :], loaded)
-        missing = [
-            (p, c) for p, (work, due) in loaded.items() for c in due if c not in work and not self._from_cache(c, work)
-        ]
-        if missing:
-            self._finish_read(missing, await self._read([c for _, c in missing], []), loaded)
+            self._finish_read(partition, reading[partition], profiles, loaded)
+        missing = {
+            p: [c for c in due if c not in work and not self._from_cache(c, work)] for p, (work, due) in loaded.items()
+        }
+        asks = {p: (cs, None) for p, cs in missing.items() if cs}
+        for partition, (_, profiles) in (await self._read(asks)).items():
+            self._finish_read(partition, missing[partition], profiles, loaded)
         for work, due in loaded.values():
             for customer, score in due.items():
                 work[customer].due = score
@@ -155,17 +163,22 @@ class ProfileStore:
             work[customer] = Working(profile.copy(), profile, applied)
         return hit is not None
 
-    async def _read(self, customers: list[str], queries: list[tuple[int, float]]) -> list:
-        """One script call: per ``(partition, until)`` query the partition's customers due by then
-        (flat, with scores), then each customer's profile hash (flat, with the applied digests)."""
-        due = [arg for partition, until in queries for arg in (self.keys.due(partition), repr(until))]
-        return await self.scripts.run(_READ, [self.keys.profile(""), len(queries), *due, *customers])
+    async def _read(self, asks: dict[int, tuple[list[str], float | None]]) -> dict[int, tuple[list, list]]:
+        """One script call per partition of ``asks`` (``partition -> (customers, due until)``), all
+        pipelined: the partition's customers due by then (flat, with scores; none without a time),
+        and each customer's profile hash (flat, with the applied digests)."""
+        calls = []
+        for partition, (customers, until) in asks.items():
+            part = self.keys.partition(partition)
+            calls.append(([part.due], [part.profile(""), "" if until is None else repr(until), *customers]))
+        replies = await self.scripts.run_many(_READ, calls) if calls else []
+        return {p: (reply[0], reply[1:]) for p, reply in zip(asks, replies, strict=True)}
 
     @staticmethod
     def _finish_read(
-        customers: list[tuple[int, str]], replies: list, loaded: dict[int, tuple[dict[str, Working], dict]]
+        partition: int, customers: list[str], replies: list, loaded: dict[int, tuple[dict[str, Working], dict]]
     ) -> None:
-        for (partition, customer), flat in zip(customers, replies, strict=True):
+        for customer, flat in zip(customers, replies, strict=True):
             if flat:
                 data = dict(zip(flat[::2], flat[1::2], strict=True))
                 seen = b"".join(v for k, v in data.items() if k.startswith(b"seen"))  # seen, seen1, ...
@@ -249,7 +262,8 @@ class ProfileStore:
         ends = {partition: watermarks.get(partition, 0.0) for partition in batches}
         extras = (ticks, sent_at_ms or [])  # written once, with the first attempt's last call
         # each topic's watermarks apart: the orders clock waits for the reviews' (streams/agents.py)
-        marks_key = self.keys.watermarks if clock else self.keys.review_watermarks
+        marks = "watermarks" if clock else "review_watermarks"
+        await self.register(batches)
         for _attempt in range(max_retries):
             wanted = {
                 p: [c for c in seen if only is None or c in only[p]]
@@ -267,7 +281,7 @@ class ProfileStore:
                     moved = ends[partition] if partition in last_tick or not clock else None  # reviews: events move it
                     yield partition, part, moved, *(extras if n == len(loaded) else (0, []))
 
-            lost = await self._write(folded(), result, marks_key)
+            lost = await self._write(folded(), result, marks)
             extras = (0, [])
             if not lost:
                 return result, ends
@@ -279,10 +293,11 @@ class ProfileStore:
         self,
         parts: Iterable[tuple[int, dict[str, Working], float | None, int, list[int]]],
         result: BatchResult,
-        marks_key: str | None = None,
+        marks: str = "watermarks",
     ) -> dict[int, set[str]]:
         """Write each ``(partition, work, watermark, ticks, sent_at_ms)`` of ``parts`` with one
-        atomic script call, pipelined (see :meth:`streams.transport.ScriptRunner.run_many`; ``parts`` may be lazy).
+        atomic script call, pipelined (see :meth:`streams.transport.ScriptRunner.run_many`; ``parts`` may be lazy);
+        the watermark goes to the partition's hash named ``marks`` (``watermarks`` or ``review_watermarks``).
 
         Returns, per partition, the customers whose write lost (their cached profiles are stale
         and are dropped).
@@ -291,12 +306,10 @@ class ProfileStore:
 
         def calls():
             for partition, work, watermark, ticks, sent_at_ms in parts:
-                args, planned, only_duplicates = self._write_args(
-                    partition, work, watermark, ticks, sent_at_ms, marks_key or self.keys.watermarks
-                )
+                args, planned, only_duplicates = self._write_args(partition, work, watermark, ticks, sent_at_ms, marks)
                 if args is not None:
                     plans.append((partition, planned, only_duplicates))
-                    yield args
+                    yield [self.keys.partition(partition).counters], args
                 written = {customer for customer, _ in planned}
                 for customer, state in work.items():  # nothing to write: back to the cache as it was
                     if customer not in written and state.base is not None:
@@ -327,7 +340,7 @@ class ProfileStore:
         watermark: float | None,
         ticks: int,
         sent_at_ms: list[int],
-        marks_key: str,
+        marks: str,
     ) -> tuple[list | None, list[tuple[str, Working]], int]:
         """The write script's arguments for one partition (None: nothing to write), the
         customers it writes in order, and the duplicates of customers with nothing to write."""
@@ -345,7 +358,7 @@ class ProfileStore:
             deltas = self._deltas(state)
             counts = f"{len(state.segment_changes) // 4} {len(state.churn_changes) // 3} {len(deltas) // 2}"
             counts += f" {len(state.applied)}"  # the digests stored: where the fresh ones go (write.lua)
-            shape = f"{partition} {expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
+            shape = f"{expected} {len(fields)} {len(state.fresh)} {scored} {state.duplicates} {counts}"
             args += (customer, shape)
             args += chain.from_iterable(fields.items())  # name, value, name, value...
             args += state.fresh
@@ -356,18 +369,19 @@ class ProfileStore:
             planned.append((customer, state))
         if not (planned or only_duplicates or watermark is not None or ticks or sent_at_ms):
             return None, planned, only_duplicates
+        part = self.keys.partition(partition)
         header = WriteHeader(
-            profile_prefix=self.keys.profile(""),
-            transitions_prefix=self.keys.transitions(""),
-            analytics_keys=self._analytics_keys,
-            due_prefix=self.keys.due(""),
-            segments=self.keys.segments,
-            churn_statuses=self.keys.churn_statuses,
-            changes=self.keys.changes,
-            outbox=self.keys.outbox,
-            counters=self.keys.counters,
-            watermarks=marks_key,
-            latencies=self.keys.latencies,
+            profile_prefix=part.profile(""),
+            transitions_prefix=part.transitions(""),
+            analytics_keys="\n".join(part.analytics(name) for name in READ_MODELS),
+            due=part.due,
+            segments=part.segments,
+            churn_statuses=part.churn_statuses,
+            changes=part.changes,
+            outbox=part.outbox,
+            counters=part.counters,
+            watermarks=getattr(part, marks),
+            latencies=part.latencies,
             recent_changes=self.recent_changes,
             recent_latencies=self.recent_latencies,
             segment_topic=self.segment_topic,
@@ -404,10 +418,11 @@ class ProfileStore:
         version = self.fold.scorer.version
         result = BatchResult()
         for _pass in range(max_passes):
-            customers = [c.decode() for c in await self.client.zrange(self.keys.due(partition), 0, -1)]
+            part = self.keys.partition(partition)
+            customers = [c.decode() for c in await self.client.zrange(part.due, 0, -1)]
             # At the partition's watermark: a customer's own last evaluation may be long past, since
             # under the old thresholds time alone had nothing to change for them.
-            watermark = await self.client.hget(self.keys.watermarks, str(partition))
+            watermark = await self.client.hget(part.watermarks, str(partition))
             now = float(watermark) if watermark is not None else 0.0
             left = 0
             for start in range(0, len(customers), chunk):
@@ -434,5 +449,8 @@ class ProfileStore:
         raise RuntimeError(f"partition {partition}: customers still without thresholds version {version}")
 
     async def counters(self) -> Counter:
-        raw = await self.client.hgetall(self.keys.counters)
-        return Counter({k.decode(): int(v) for k, v in raw.items()})
+        """Every partition's counters, summed."""
+        pipe = self.client.pipeline(transaction=False)
+        for part in await apartitions(self.client, self.keys):
+            pipe.hgetall(part.counters)
+        return Counter({name.decode(): n for name, n in summed(await pipe.execute()).items()})

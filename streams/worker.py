@@ -32,17 +32,21 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _check_layout(settings: Settings) -> None:
-    """Refuse state of the layout before the profiles kept their events' digests: its applied-id
-    sets would be ignored, and a redelivered old event counted again."""
+    """Refuse state of an older key layout (segstream/keys.py, ``legacy_patterns``): applied-id
+    sets from before the profiles kept their events' digests (they would be ignored, and a
+    redelivered old event counted again), and keys from before the partition hash tags (a worker
+    would start over beside them)."""
     keys = Keys(settings.redis_prefix)
     try:
-        old = next(redis_client(settings).scan_iter(match=keys.legacy_applied_pattern, count=10_000), None)
+        client = redis_client(settings)
+        old = next((k for p in keys.legacy_patterns for k in client.scan_iter(match=p, count=10_000)), None)
     except redis.RedisError:
         return  # Redis away: the worker waits for it, and a later start checks again
     if old is not None:
         raise ServiceError(
             f"Redis holds state of an older segstream under the prefix {settings.redis_prefix!r} ({old.decode()}): "
-            "replay into a fresh prefix (SEGSTREAM_REDIS_PREFIX) or remove the old keys first"
+            "replay into a fresh prefix (SEGSTREAM_REDIS_PREFIX) or remove the old keys first (docs/architecture.md, "
+            "Upgrading)"
         )
 
 

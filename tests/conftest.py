@@ -29,11 +29,14 @@ from aiokafka import AIOKafkaConsumer
 from replay.producer import ReplaySummary, ensure_topics
 from replay.synth import SynthConfig, synthesize
 from segstream.demo import start_worker, stop_worker
+from segstream.kafka import partition_for
 from segstream.keys import Keys
+from segstream.partitioned import counters, outbox_length, partitions, sum_hashes
 from segstream.schemas import Item, OrderPlaced, decode_output
 from segstream.services import free_port
 from segstream.settings import Settings
 from streams.profile import Profile
+from streams.readmodel import analytics_counts
 
 __all__ = [
     "EDGE",
@@ -65,12 +68,29 @@ def _docker_engine() -> bool:
         return False
 
 
-def save_profiles(client: redis.Redis, keys: Keys, profiles: list[Profile]) -> None:
-    """Store profiles as a worker's first write of each would (any old hash replaced)."""
+def profile_key(keys: Keys, customer: str, partitions: int = 4) -> str:
+    """Where a worker keeps the customer's profile: in the partition the producer puts it on."""
+    return keys.partition(partition_for(customer, partitions)).profile(customer)
+
+
+def save_profiles(client: redis.Redis, keys: Keys, profiles: list[Profile], partitions: int = 4) -> None:
+    """Store profiles as a worker's first write of each would (any old hash replaced), each in
+    its partition of ``partitions``."""
     pipe = client.pipeline(transaction=False)
     for profile in profiles:
-        pipe.delete(keys.profile(profile.customer_unique_id))
-        pipe.hset(keys.profile(profile.customer_unique_id), mapping=profile.changed_fields())
+        key = profile_key(keys, profile.customer_unique_id, partitions)
+        pipe.delete(key)
+        pipe.hset(key, mapping=profile.changed_fields())
+    pipe.sadd(keys.partition_numbers, *range(partitions))
+    pipe.execute()
+
+
+def set_watermarks(client: redis.Redis, keys: Keys, marks: dict[int, float]) -> None:
+    """Set partitions' event-time watermarks as the workers' clock ticks would."""
+    pipe = client.pipeline(transaction=False)
+    for partition, mark in marks.items():
+        pipe.hset(keys.partition(partition).watermarks, str(partition), mark)
+    pipe.sadd(keys.partition_numbers, *marks)
     pipe.execute()
 
 
@@ -252,9 +272,9 @@ class Workers:
             time.sleep(0.2)
         else:
             raise AssertionError(f"replay {run} not consumed in {timeout_s} s\n{self.log_text()}")
-        while client.xlen(self.keys.outbox) and time.monotonic() < deadline:  # changes published
+        while outbox_length(client, self.keys) and time.monotonic() < deadline:  # changes published
             time.sleep(0.1)
-        assert client.xlen(self.keys.outbox) == 0
+        assert outbox_length(client, self.keys) == 0
 
     def wait_for_log(self, text: str, timeout_s: float, poll_s: float = 0.1) -> None:
         """Until a worker's log holds ``text``."""
@@ -275,8 +295,22 @@ class Workers:
             out[profile.customer_unique_id] = profile
         return out
 
+    def profile_of(self, customer: str) -> Profile:
+        """The customer's profile, from the partition the producer puts it on."""
+        return Profile.from_redis(self.redis.hgetall(profile_key(self.keys, customer, self.settings.topic_partitions)))
+
+    def summed(self, name: str) -> dict[str, int]:
+        """A count every partition keeps (``segments``, ``churn_statuses``...), summed."""
+        parts = partitions(self.redis, self.keys)
+        return {k.decode(): n for k, n in sum_hashes(self.redis, [getattr(p, name) for p in parts]).items()}
+
+    def watermarks(self) -> dict[str, float]:
+        """Each partition's orders watermark, by partition number."""
+        parts = partitions(self.redis, self.keys)
+        return {k.decode(): float(v) for p in parts for k, v in self.redis.hgetall(p.watermarks).items()}
+
     def counters(self) -> Counter:
-        return Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()})
+        return Counter(counters(self.redis, self.keys))
 
     def assert_published_valid(self) -> int:
         """The contract test: every record the workers wrote to their output topics (segment
@@ -297,7 +331,7 @@ def assert_read_models_match(group: Workers, data: Path, state: pandas.DataFrame
     expected = oracle.read_models(data, state)
     client = group.redis
     for name, want in expected.items():
-        got = {k.decode(): int(v) for k, v in client.hgetall(group.keys.analytics(name)).items()}
+        got = {k.decode(): v for k, v in analytics_counts(client, group.keys, name).items()}
         wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         assert not wrong, (name, len(wrong), [(k, got.get(k), want.get(k)) for k in wrong[:5]])
 

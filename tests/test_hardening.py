@@ -49,17 +49,19 @@ def test_a_full_outbox_pauses_input_until_it_drains(services: Settings, caplog: 
 
     async def run() -> None:
         client = aioredis.Redis.from_url(settings.redis_address)
+        part = keys.partition(1)  # the bound holds over every partition's outbox
+        await client.sadd(keys.partition_numbers, 0, 1)
         for n in range(3):
-            await client.xadd(keys.outbox, {f"{n}:topic:u": b"{}"})
+            await client.xadd(part.outbox, {f"{n}:topic:u": b"{}"})
         handler = StreamHandler(settings)
         record = (0, 0, b"u1", encode_event(review), None)
         task = asyncio.create_task(handler.handle(settings.topic_reviews, [record], send))
         await asyncio.sleep(1.5)
         assert not task.done()
-        assert await client.hget(keys.counters, "consumed") is None  # nothing taken
-        await client.xtrim(keys.outbox, maxlen=2, approximate=False)  # the publisher drained one
+        assert await client.hget(keys.partition(0).counters, "consumed") is None  # nothing taken
+        await client.xtrim(part.outbox, maxlen=2, approximate=False)  # the publisher drained one
         await asyncio.wait_for(task, timeout=5)
-        assert await client.hget(keys.counters, "consumed") == b"1"
+        assert await client.hget(keys.partition(0).counters, "consumed") == b"1"
         await client.aclose()
         await handler.client.aclose()
 
@@ -97,7 +99,7 @@ def test_applied_digests_fill_fields_of_16_and_read_back(services: Settings) -> 
         for start, end in ((0, 10), (10, 20), (20, 37)):  # writes that end inside a field and across fields
             await store.process({0: [placed_order("u", n, n) for n in range(start, end)]}, {})
         again = await store.process({0: [placed_order("u", n, n) for n in range(37)]}, {})  # every one redelivered
-        raw = await client.hgetall(keys.profile("u"))
+        raw = await client.hgetall(keys.partition(0).profile("u"))
         work = (await store._load({0: ["u"]}, {}))[0][0]["u"]
         await client.aclose()
         assert again[0].duplicates == 37 and again[0].applied == 0

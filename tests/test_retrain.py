@@ -31,7 +31,7 @@ from lifetimes.utils import summary_data_from_transaction_data
 from models.clv import rfm_summary
 from models.population import read_population
 from models.registry import Registry
-from models.retrain import RetrainBusy, current_models, retrain_every, retrain_once
+from models.retrain import RetrainBusy, current_models, retrain_every, retrain_once, watermark
 from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize
@@ -42,7 +42,7 @@ from segstream.settings import Settings
 from streams.profile import Profile
 from streams.readmodel import customer_models
 from tests import oracle
-from tests.conftest import Workers, free_port, save_profiles
+from tests.conftest import Workers, free_port, profile_key, save_profiles, set_watermarks
 
 CUTOFF = pd.Timestamp("2018-06-30 18:00", tz="UTC").timestamp()
 DAY = 86_400.0
@@ -211,14 +211,14 @@ def test_failed_fits_keep_the_model_in_force(store: Settings, caplog: pytest.Log
         }
         degenerate.append(Profile(f"d{i}", purchases=days))
     _save(store, degenerate)
-    client.unlink(*[keys.profile(p.customer_unique_id) for p in profiles])
+    client.unlink(*[profile_key(keys, p.customer_unique_id) for p in profiles])
     caplog.clear()
     third = retrain_once(store.model_copy(update={"clv_penalizer": 0.0, "clv_fallback_penalizer": 0.0}), cutoff=CUTOFF)
     assert "did not converge" in third.clv and "did not converge" in caplog.text
     assert current_models(client, keys)["clv"] == first.run and not client.exists(keys.scores(third.run))
 
     # 3. an empty matrix: buyers whose purchases name no product
-    client.unlink(*[keys.profile(p.customer_unique_id) for p in degenerate])
+    client.unlink(*[profile_key(keys, p.customer_unique_id) for p in degenerate])
     _save(store, _population(100, repeat_share=0.3, with_products=False))
     caplog.clear()
     fourth = retrain_once(store, cutoff=CUTOFF)
@@ -269,7 +269,7 @@ def test_event_time_cadence_runs_at_the_boundaries(store: Settings) -> None:
     client, keys = _client(store), Keys(store.redis_prefix)
     every = 30 * DAY
     start = (CUTOFF // every) * every + 5 * DAY  # 5 days after a boundary
-    client.hset(keys.watermarks, mapping={"0": start, "1": start + 40 * DAY})  # the lowest counts
+    set_watermarks(client, keys, {0: start, 1: start + 40 * DAY})  # the lowest counts
     cutoffs: list[str] = []
     thread = threading.Thread(
         target=retrain_every,
@@ -279,11 +279,11 @@ def test_event_time_cadence_runs_at_the_boundaries(store: Settings) -> None:
     thread.start()
     time.sleep(1.0)
     assert cutoffs == []  # no boundary passed yet
-    client.hset(keys.watermarks, "0", start + 26 * DAY)  # past the next boundary (+25 days)
+    set_watermarks(client, keys, {0: start + 26 * DAY})  # past the next boundary (+25 days)
     deadline = time.monotonic() + 30
     while len(cutoffs) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    client.hset(keys.watermarks, mapping={"0": start + 90 * DAY, "1": start + 90 * DAY})  # over two: one run
+    set_watermarks(client, keys, {0: start + 90 * DAY, 1: start + 90 * DAY})  # over two: one run
     thread.join(timeout=60)
     first, latest = start - 5 * DAY + every, start - 5 * DAY + 3 * every
     assert cutoffs == [pd.Timestamp(t, unit="s", tz="UTC").isoformat() for t in (first, latest)]
@@ -336,7 +336,7 @@ def test_retrain_while_a_replay_runs(workers: Workers, repeat_history: Path) -> 
     replay.start()
     client, keys = workers.redis, workers.keys
     deadline = time.monotonic() + 60
-    while (workers.counters()["applied"] < 3_000 or not client.hlen(keys.watermarks)) and time.monotonic() < deadline:
+    while (workers.counters()["applied"] < 3_000 or watermark(client, keys) is None) and time.monotonic() < deadline:
         time.sleep(0.1)
 
     # readers poll while the job runs twice: each answer names one run for both models
@@ -375,7 +375,7 @@ def test_retrain_while_a_replay_runs(workers: Workers, repeat_history: Path) -> 
 def test_wall_clock_cadence_runs_at_the_watermark(store: Settings) -> None:
     _save(store, _population(200, repeat_share=0.3))
     client, keys = _client(store), Keys(store.redis_prefix)
-    client.hset(keys.watermarks, mapping={"0": CUTOFF, "1": CUTOFF + DAY})
+    set_watermarks(client, keys, {0: CUTOFF, 1: CUTOFF + DAY})
     reports: list = []
     started = time.monotonic()
     made = retrain_every(store, 0.5, clock="wall", poll_s=0.05, runs=2, on_report=reports.append)

@@ -22,6 +22,7 @@ from segstream.clients import faust_credentials, kafka_options, redis_client
 from segstream.demo import start_worker, stop_worker
 from segstream.kafka import batch_producer
 from segstream.keys import Keys
+from segstream.partitioned import counters
 from segstream.services import free_port, services_down, services_up
 from segstream.settings import Settings, settings_env
 from tests.conftest import isolated
@@ -63,9 +64,9 @@ def test_a_password_protected_redis_serves_every_stage_and_the_password_is_never
             outputs.append(_run(env, "replay", "--data", str(synth_small), "--source", "olist"))
             keys, client = Keys(settings.redis_prefix), redis_client(settings)
             deadline = time.monotonic() + 120
-            while client.hget(keys.counters, "applied") is None and time.monotonic() < deadline:
+            while not counters(client, keys).get("applied") and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert client.hget(keys.counters, "applied"), (tmp_path / "worker.log").read_text()[-3000:]
+            assert counters(client, keys).get("applied"), (tmp_path / "worker.log").read_text()[-3000:]
             # Faust's data directory goes under the run directory, not into the working directory
             assert (settings.run_dir / "faust").is_dir() and not (Path.cwd() / f"{settings.app_id}-data").exists()
             outputs.append(_run(env, "retrain", "--once"))
@@ -192,9 +193,9 @@ def test_redis_over_tls_with_a_ca_file(synth_small: Path, kafka: Settings, tmp_p
             _run(env, "replay", "--data", str(synth_small), "--source", "olist")
             client, keys = redis_client(settings), Keys(settings.redis_prefix)
             deadline = time.monotonic() + 120
-            while int(client.hget(keys.counters, "applied") or 0) == 0 and time.monotonic() < deadline:
+            while not counters(client, keys).get("applied") and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert int(client.hget(keys.counters, "applied") or 0) > 0, (tmp_path / "worker.log").read_text()[-3000:]
+            assert counters(client, keys).get("applied"), (tmp_path / "worker.log").read_text()[-3000:]
             status = _run(env, "services", "status", check=False)  # (the test session's broker is not this run dir's)
             redis_line = next(line for line in status.stdout.splitlines() if line.startswith("redis"))
             assert f"rediss://127.0.0.1:{port}/0" in redis_line and redis_line.endswith("up"), status.stdout

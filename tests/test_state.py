@@ -61,15 +61,20 @@ async def _scenario(settings: Settings) -> dict:
         two, _ = await first.process({0: [placed_order("a", 3, 5)], 1: [placed_order("b", 2, 5)]}, marks)
         # redelivered events change nothing
         again, _ = await first.process({0: [placed_order("a", 1, 0), placed_order("a", 3, 5)]}, marks)
-        profiles = {c: Profile.from_redis(await client.hgetall(keys.profile(c))) for c in ("a", "b")}
+        where = {"a": keys.partition(0), "b": keys.partition(1)}  # the partitions the batches put them in
+        profiles = {c: Profile.from_redis(await client.hgetall(part.profile(c))) for c, part in where.items()}
+        parts = [keys.partition(p) for p in (0, 1)]
         return {
             "one": one,
             "two": two,
             "again": again,
             "profiles": profiles,
-            "counters": {k.decode(): int(v) for k, v in (await client.hgetall(keys.counters)).items()},
-            "watermarks": {k.decode(): float(v) for k, v in (await client.hgetall(keys.watermarks)).items()},
-            "due": {p: await client.zcard(keys.due(p)) for p in (0, 1)},
+            "counters": dict(await first.counters()),
+            "watermarks": {
+                k.decode(): float(v) for part in parts for k, v in (await client.hgetall(part.watermarks)).items()
+            },
+            "due": {part.number: await client.zcard(part.due) for part in parts},
+            "partitions": await client.smembers(keys.partition_numbers),
         }
     finally:
         await client.aclose()
@@ -87,6 +92,7 @@ def test_partitions_in_one_batch_and_a_lost_compare_and_set(services: Settings) 
     assert out["counters"] == {"consumed": 7, "applied": 5, "duplicates": 2, "ticks": 2}
     assert out["watermarks"] == {"0": (T0 + timedelta(days=1)).timestamp(), "1": (T0 + timedelta(days=2)).timestamp()}
     assert out["due"] == {0: 1, 1: 1}  # each customer in its own partition's due index
+    assert out["partitions"] == {b"0", b"1"}  # what readers sum over
 
 
 async def _watermark_after_old_ticks(settings: Settings) -> float:
@@ -97,7 +103,7 @@ async def _watermark_after_old_ticks(settings: Settings) -> float:
         await store.process({0: [placed_order("a", 1, 0), _tick(10, 0)]}, {})
         # a worker catching up again from the start of the topic (a new broker, Redis kept)
         await _store(client, keys).process({0: [_tick(2, 0)]}, {})
-        return float(await client.hget(keys.watermarks, "0"))
+        return float(await client.hget(keys.partition(0).watermarks, "0"))
     finally:
         await client.aclose()
 

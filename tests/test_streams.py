@@ -16,6 +16,7 @@ from replay.olist import load_olist
 from replay.producer import replay_history
 from replay.synth import SynthConfig, synthesize, synthesize_online_retail
 from replay.transactions import load_online_retail
+from segstream.partitioned import outbox_length
 from streams.clusters import OnlineClusters
 from streams.readmodel import overview
 from streams.thresholds import publish_thresholds
@@ -64,10 +65,8 @@ def test_stream_equals_the_oracle(workers: Workers, history_dir: Path) -> None:
     profiles = json.loads(workers.redis.get(workers.keys.cluster_profiles))
     assert len(profiles) == 5 and all(0 <= c["late_share"] <= 1 and c["orders"] >= 0.5 for c in profiles.values())
 
-    counts = workers.redis.hgetall(workers.keys.segments)
-    assert {k.decode(): int(v) for k, v in counts.items() if int(v)} == expected["segment"].value_counts().to_dict()
-    statuses = workers.redis.hgetall(workers.keys.churn_statuses)
-    assert {k.decode(): int(v) for k, v in statuses.items() if int(v)} == expected["churn"].value_counts().to_dict()
+    assert workers.summed("segments") == expected["segment"].value_counts().to_dict()
+    assert workers.summed("churn_statuses") == expected["churn"].value_counts().to_dict()
     counters = workers.counters()
     assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
     assert counters["applied"] == summary.events_total
@@ -287,7 +286,7 @@ def test_republished_thresholds_rescore_everyone(workers: Workers, history_dir: 
         time.sleep(0.2)
     else:
         raise AssertionError("not re-scored in 60 s\n" + workers.log_text())
-    while workers.redis.xlen(workers.keys.outbox) and time.monotonic() < deadline:
+    while outbox_length(workers.redis, workers.keys) and time.monotonic() < deadline:
         time.sleep(0.1)
     expected = assert_matches_oracle(
         workers, history_dir, r_thresholds=scorer.recency_days, m_thresholds=scorer.monetary
@@ -345,13 +344,13 @@ def test_rescore_survives_a_killed_worker_and_a_broker_restart(workers: Workers,
         assert all(p.thresholds_version == first.version for p in group.profiles().values() if p.orders)
 
         group.stop()
-        watermarks = group.redis.hgetall(group.keys.watermarks)
+        watermarks = group.watermarks()
         services_down(settings)  # the broker goes (and its topics with it); Redis keeps the state
         services_up(settings)
         group.start()
         replayed = asyncio.run(replay_history(load_olist(history_dir), settings))
         group.wait_for_end(replayed)
-        assert group.redis.hgetall(group.keys.watermarks) == watermarks  # never moved back
+        assert group.watermarks() == watermarks  # never moved back
         second = publish_thresholds(settings, (45.0, 120.0, 240.0, 420.0), (70.0, 110.0, 180.0, 350.0))
         _wait_rescored(group, second.version)
         assert_matches_oracle(group, history_dir, r_thresholds=second.recency_days, m_thresholds=second.monetary)

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from models.clv import ClvModel, rfm_summary
-from models.retrain import retrain_once
+from models.retrain import campaign_sends, retrain_once
 from models.uplift import FEATURES, UpliftModel, compare_targeting, fit_targeting, parse_sends, training_table
 from replay.campaigns import CampaignMapping, load_campaigns
 from replay.history import LoadReport
@@ -264,9 +264,9 @@ def test_sends_stream_into_redis_once_and_the_retrain_targets_from_them(workers:
             log["campaign_id"], log["customer_unique_id"], sent, log["group"], log["offer"], strict=True
         )
     }
-    got = {k.decode(): v.decode() for k, v in client.hgetall(keys.campaign_sends).items()}
+    got = {k.decode(): v.decode() for k, v in campaign_sends(client, keys).items()}
     assert got == want
-    index = {k.decode(): int(v) for k, v in client.hgetall(keys.campaigns).items()}
+    index = workers.summed("campaigns")
     assert index == {f"{c}\t{g}": n for (c, g), n in log.groupby(["campaign_id", "group"]).size().items()}
     counters = workers.counters()
     deadline = time.monotonic() + 30
@@ -291,7 +291,7 @@ def test_sends_stream_into_redis_once_and_the_retrain_targets_from_them(workers:
     # scores: refit independently on the pandas state gives the same per-customer uplift
     purchases = _purchases(oracle.load_facts(small)["purchases"])
     customers = sorted(purchases)
-    sends = parse_sends(client.hgetall(keys.campaign_sends))
+    sends = parse_sends(campaign_sends(client, keys))
     entries, independent = fit_targeting(
         sends, customers, [purchases[c] for c in customers], [""] * len(customers), cutoff, WINDOW, 100, 1000
     )
@@ -329,7 +329,7 @@ def test_a_campaign_log_with_a_mapping_replays_like_a_transaction_log(workers: W
     )
     assert history.event_counts()["campaign_sent"] == 3
     workers.wait_for_end(summary)
-    got = {k.decode(): v.decode().split("\t")[3] for k, v in workers.redis.hgetall(workers.keys.campaign_sends).items()}
+    got = {k.decode(): v.decode().split("\t")[3] for k, v in campaign_sends(workers.redis, workers.keys).items()}
     assert got == {
         "cdnow-mail:campaign:c1:00001": "treatment",
         "cdnow-mail:campaign:c1:00002": "control",

@@ -55,8 +55,7 @@ class Live:
         return httpx.get(self.url + path, timeout=10, **kwargs)
 
     def redis_segments(self) -> dict[str, int]:
-        raw = self.workers.redis.hgetall(self.workers.keys.segments)
-        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+        return self.workers.summed("segments")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +144,7 @@ def test_the_page_follows_a_replay_without_reload_and_ends_equal_to_redis(live: 
         page.evaluate("document.getElementById('lookup').requestSubmit(); 1")
         page.wait_for("!!document.getElementById('customer-profile')")
         assert page.evaluate("document.getElementById('customer-profile').dataset.customer") == customer
-        stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
+        stored = live.workers.profile_of(customer).segment
         assert stored in page.evaluate("document.getElementById('customer-profile').innerText")
         # and the customer's whole history of changes, read from the change topics
         page.wait_for("!!(document.getElementById('customer-history') || {dataset: {}}).dataset.segmentChanges")
@@ -198,13 +197,13 @@ def test_the_api_answers_from_the_workers_state(live: Live) -> None:
         model = SegmentChanged if change["kind"] == "segment" else ChurnChanged
         model.model_validate({k: v for k, v in change.items() if k not in ("kind", "id")})
     health = live.get("/api/health").json()
-    counters = {k.decode(): int(v) for k, v in live.workers.redis.hgetall(live.workers.keys.counters).items()}
+    counters = live.workers.counters()
     assert health["counters"]["applied"] == counters["applied"] > 0
     assert health["watermark"] is not None and len(health["partitions"]) == live.settings.topic_partitions
     assert health["lag_total"] is not None, health["lag_note"]  # read from the broker's committed offsets
     customer = changes[0]["customer_unique_id"]
     found = live.get(f"/api/customers/{customer}").json()
-    stored = live.workers.redis.hget(live.workers.keys.profile(customer), "segment").decode()
+    stored = live.workers.profile_of(customer).segment
     assert found["profile"]["segment"] == stored
     assert found["changes"] and all(c["customer_unique_id"] == customer for c in found["changes"])
     # the whole history from the change topics: numbered 1..n as the profile counts, ending where it is

@@ -20,6 +20,7 @@ from models.retrain import retrain_once
 from replay.olist import load_olist
 from replay.producer import replay_history
 from segstream.demo import start_worker, stop_worker
+from segstream.partitioned import outbox_length
 from streams.thresholds import wait_for_rescore
 from tests.conftest import Workers, free_port, wait_for_web
 
@@ -87,7 +88,7 @@ def test_the_winback_list_equals_the_redis_state_after_a_kill_and_restart(
     # its RFM thresholds re-score the customers (changes with cause "rescore"): the list moves too
     assert wait_for_rescore(workers.settings, report.models["thresholds_version"]) == []
     deadline = time.monotonic() + 30
-    while workers.redis.xlen(workers.keys.outbox) and time.monotonic() < deadline:
+    while outbox_length(workers.redis, workers.keys) and time.monotonic() < deadline:
         time.sleep(0.1)
     want = _from_redis(workers)
     written = workers.redis.hgetall(workers.keys.scores(report.run))

@@ -1,8 +1,10 @@
 -- The write script of streams/state.py: one atomic call writes one partition's part of a batch.
+-- KEYS[1]: the partition's counters; every key the call touches carries the partition's hash tag
+-- (segstream/keys.py), so on Redis Cluster the call runs on the node holding that one slot.
 -- ARGV: the header (streams/protocol.py, WriteHeader: the names and order below are the same, a
 -- test checks it), then sections, all flat strings (no decoding): (partition, watermark) *
--- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, ten numbers
--- in one string: 'partition expected-version n-fields n-ids scored(1/0) duplicates
+-- watermark_count; send time (ms) * sent_count; then per write: customer; its shape, nine numbers
+-- in one string: 'expected-version n-fields n-ids scored(1/0) duplicates
 -- n-segment-changes n-churn-changes n-deltas n-seen'; (field name, value) * n-fields; the 8-byte
 -- digest of each fresh event id * n-ids, appended after the n-seen digests the profile holds
 -- (fields seen, seen1, seen2...: SEEN_CHUNK digests each, so a write rewrites at most a short
@@ -18,13 +20,13 @@
 -- more, ~6 us a write; the ~6 extra arguments cost the worker ~2 us at hiredis's ~0.35 us each,
 -- an estimate, not timed). Measured on 40 captured calls of a catch-up, in one sitting.
 local HEADER = {
-  'profile_prefix', 'transitions_prefix', 'analytics_keys', 'due_prefix', 'segments', 'churn_statuses', 'changes',
+  'profile_prefix', 'transitions_prefix', 'analytics_keys', 'due', 'segments', 'churn_statuses', 'changes',
   'outbox', 'counters', 'watermarks', 'latencies', 'recent_changes', 'recent_latencies', 'segment_topic', 'churn_topic',
   'duplicates', 'ticks', 'watermark_count', 'sent_count', 'write_count',
 }
 local h = {}
 for k, name in ipairs(HEADER) do h[name] = ARGV[k] end
-local profile, transitions, due_prefix = h.profile_prefix, h.transitions_prefix, h.due_prefix
+local profile, transitions, due_key = h.profile_prefix, h.transitions_prefix, h.due
 local segments, changes, outbox, counters, watermarks = h.segments, h.changes, h.outbox, h.counters, h.watermarks
 local churn_statuses = h.churn_statuses
 local analytics, nmodels = {}, 0  -- read model index (one character: '0', '1', ...) -> its hash
@@ -54,11 +56,10 @@ local SEEN_CHUNK = 16  -- streams/state.py reads every field named seen*
 local i = sent_at + nsent
 for write = 1, nwrites do
   local customer = ARGV[i]
-  local partition, expected, nfields, nids, scored, dups, nsegment, nchurn, ndeltas, nseen =
-    string.match(ARGV[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local expected, nfields, nids, scored, dups, nsegment, nchurn, ndeltas, nseen =
+    string.match(ARGV[i + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
   expected, nfields, nids, scored = tonumber(expected), tonumber(nfields), tonumber(nids), tonumber(scored)
   dups, nsegment, nchurn, ndeltas = tonumber(dups), tonumber(nsegment), tonumber(nchurn), tonumber(ndeltas)
-  local due_key = due_prefix .. partition
   local pkey = profile .. customer
   local fields_at = i + 2
   local ids_at = fields_at + 2 * nfields
