@@ -38,6 +38,7 @@ __all__ = [
     "ServiceError",
     "ServiceStatus",
     "describe_kafka",
+    "free_cluster_ports",
     "free_port",
     "kafka_cluster_id",
     "redis_cli_binary",
@@ -223,6 +224,34 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports for Redis Cluster nodes: each node also listens on its port + 10000 (the
+    cluster bus), so both must be free, and both below the kernel's ephemeral range (32768 and up on
+    Linux) so that no outgoing connection takes one between this check and the node's start."""
+    import random
+
+    found: list[int] = []
+    for port in random.sample(range(12_000, 22_000), 2_000):
+        if len(found) == count:
+            break
+        if all(_bindable(host, p) for p in (port, port + 10_000)) and not {port, port + 10_000} & {
+            q + d for q in found for d in (0, 10_000)
+        }:
+            found.append(port)
+    if len(found) < count:
+        raise ServiceError(f"found no {count} free port pairs (port and port + 10000) for a Redis Cluster on {host}")
+    return found
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _check_port_free(host: str, port: int, what: str, flag: str, env: str) -> None:

@@ -42,7 +42,8 @@ def publish_thresholds(
     """Store new thresholds (and BG/NBD parameters; those not given stay) with the next version,
     atomically (WATCH/MULTI), and return the thresholds."""
     client, key = redis_client(settings), Keys(settings.redis_prefix).thresholds
-    with client.pipeline() as pipe:
+    # transaction=True spelled out: a RedisCluster pipeline is not transactional by default
+    with client.pipeline(transaction=True) as pipe:
         while True:
             try:
                 pipe.watch(key)

@@ -9,6 +9,7 @@ segstream's own services module, on free ports, in a temporary run directory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from replay.producer import ReplaySummary, ensure_topics
 from replay.synth import SynthConfig, synthesize
+from segstream.clients import redis_client
 from segstream.demo import start_worker, stop_worker
 from segstream.kafka import partition_for
 from segstream.keys import Keys
@@ -154,9 +156,27 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         services_down(settings)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The session's broker with a real Redis Cluster of three masters (the same redis-server
+    binary, cluster-enabled, on local ports) in place of the single Redis."""
+    from segstream.services import free_cluster_ports, start_redis_cluster, stop_redis_cluster
+
+    ports = free_cluster_ports(3)
+    procs = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"), ports)
+    try:
+        yield services.model_copy(update={"redis_url": f"redis://127.0.0.1:{ports[0]}/0", "redis_cluster": True})
+    finally:
+        stop_redis_cluster(procs)
+
+
 @pytest.fixture
 def kafka(services: Settings, tmp_path: Path) -> Settings:
     """The session's services with topics and a checkpoint directory of this test's own."""
+    return _own_topics(services, tmp_path)
+
+
+def _own_topics(services: Settings, tmp_path: Path) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     return services.model_copy(
         update={
@@ -242,9 +262,10 @@ class Workers:
         for proc in self.procs:
             stop_worker(proc, timeout_s=15)
 
-    @property
+    @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_address)
+        """A client of the workers' Redis (a cluster client on a Redis Cluster)."""
+        return redis_client(self.settings)
 
     @property
     def keys(self) -> Keys:
@@ -487,6 +508,16 @@ def own_services(tmp_path: Path) -> Iterator[Settings]:
 
 @pytest.fixture
 def workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
+    yield from _workers(kafka, tmp_path)
+
+
+@pytest.fixture
+def cluster_workers(redis_cluster: Settings, tmp_path: Path) -> Iterator[Workers]:
+    """Workers of their own on the session's broker and the Redis Cluster."""
+    yield from _workers(_own_topics(redis_cluster, tmp_path), tmp_path)
+
+
+def _workers(kafka: Settings, tmp_path: Path) -> Iterator[Workers]:
     tag = uuid.uuid4().hex[:8]
     settings = kafka.model_copy(
         update={
