@@ -233,20 +233,21 @@ def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     import random
 
     found: list[int] = []
+    # ports below 22000, bus ports from 22000: no port is another's bus port, and the sample is distinct
     for port in random.sample(range(12_000, 22_000), 2_000):
         if len(found) == count:
             break
-        if all(_bindable(host, p) for p in (port, port + 10_000)) and not {port, port + 10_000} & {
-            q + d for q in found for d in (0, 10_000)
-        }:
+        if _bindable(host, port) and _bindable(host, port + 10_000):
             found.append(port)
     if len(found) < count:
         raise ServiceError(f"found no {count} free port pairs (port and port + 10000) for a Redis Cluster on {host}")
     return found
 
 
-def _bindable(host: str, port: int) -> bool:
+def _bindable(host: str, port: int, reuse: bool = False) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -255,15 +256,11 @@ def _bindable(host: str, port: int) -> bool:
 
 
 def _check_port_free(host: str, port: int, what: str, flag: str, env: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise ServiceError(
-                f"port {port} on {host} is already in use, so the embedded {what} cannot start there; "
-                f"choose a free port with {flag} or {env}, or stop whatever listens on it"
-            ) from None
+    if not _bindable(host, port, reuse=True):
+        raise ServiceError(
+            f"port {port} on {host} is already in use, so the embedded {what} cannot start there; "
+            f"choose a free port with {flag} or {env}, or stop whatever listens on it"
+        )
 
 
 @dataclass
@@ -337,6 +334,12 @@ def _last_line_of(text: str, empty: str = "no output") -> str:
     return lines[-1].strip() if lines else empty
 
 
+def _redis_server_args(host: str, port: int, data_dir: Path, config: list[str] | None = None) -> list[str]:
+    """The embedded redis-server's command line (a config file, if any, must come first)."""
+    args = [str(redis_server_binary()), *(config or []), "--bind", host, "--port", str(port), "--dir", str(data_dir)]
+    return [*args, "--appendonly", "yes", "--appendfsync", "everysec", *REDIS_TUNING, "--save", "", "--daemonize", "no"]
+
+
 def _start_kafka(settings: Settings) -> _Spawned:
     host, port = settings.kafka_host, settings.kafka_port
     _check_port_free(host, port, "Kafka broker", "--kafka-port", "SEGSTREAM_KAFKA_PORT")
@@ -382,25 +385,7 @@ def _start_redis(settings: Settings) -> _Spawned:
         auth.write_text("\n".join(lines) + "\n")
         config = [str(auth)]
     proc = _spawn(
-        [
-            str(redis_server_binary()),
-            *config,
-            "--bind",
-            host,
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            *REDIS_TUNING,
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-        ],
+        _redis_server_args(host, port, data_dir, config),
         log_path,
         "redis-server",
     )
@@ -568,9 +553,8 @@ def start_redis_cluster(directory: Path, ports: list[int], host: str = "127.0.0.
     for port in ports:
         data = (directory / str(port)).resolve()
         data.mkdir(parents=True, exist_ok=True)
-        args = [str(redis_server_binary()), "--bind", host, "--port", str(port), "--dir", str(data)]
-        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "yes"]
-        args += [*REDIS_TUNING, "--save", "", "--daemonize", "no"]
+        args = [*_redis_server_args(host, port, data), "--cluster-enabled", "yes"]
+        args += ["--cluster-config-file", "nodes.conf"]
         procs.append(_spawn(args, data / "redis.log", "redis-server"))
     for proc, port in zip(procs, ports, strict=True):
         ping = functools.partial(_redis_ping, f"redis://{host}:{port}/0", 1.0, {})

@@ -72,7 +72,7 @@ def test_a_worker_killed_mid_replay_on_a_cluster_ends_equal_to_the_oracle(
     assert counters["consumed"] == counters["applied"] + counters["duplicates"] + counters["dead_lettered"]
     assert workers.summed("segments") == expected["segment"].value_counts().to_dict()
 
-    # the state is spread: every master holds some of it, no key outside a tagged slot group
+    # the state is spread: every master holds some of it
     spread = keys_per_node(workers.redis, workers.settings.redis_prefix)
     assert len(spread) == 3 and min(spread.values()) > 0, spread
 
